@@ -1,0 +1,22 @@
+"""Structured-config schemas registered with Hydra's ConfigStore, so a typo or a wrong type in
+any ``sae.*`` or ``data.*`` key fails when the config is composed, naming the key; value ranges
+are checked by each dataclass's ``__post_init__`` when the config is turned into objects."""
+
+from __future__ import annotations
+
+from hydra.core.config_store import ConfigStore
+
+from saelab.data.synthetic import SyntheticDataConfig
+from saelab.lit.families import LIT_CLASSES
+
+SCHEMAS = {
+    "sae": {f"{name}_schema": cls.config_class for name, cls in LIT_CLASSES.items()},
+    "data": {"synthetic_schema": SyntheticDataConfig},
+}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, node in schemas.items():
+            cs.store(group=group, name=name, node=node)

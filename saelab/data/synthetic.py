@@ -1,0 +1,146 @@
+"""Synthetic activations with known ground truth: sparse combinations of unit feature directions in
+superposition (more features than dimensions), so an SAE's recovery can be checked exactly.
+
+Token t is ``x_t = sum_i a_ti m_ti F_i + noise`` with ``F_i`` a random unit vector in R^d_in,
+``a_ti ~ Bernoulli(p_i)`` and magnitudes ``m_ti ~ |N(magnitude_mean, magnitude_std)|``. The
+probabilities p_i are log-uniform over a ``prob_spread``-fold range, rescaled so that the expected
+number of active features per token (the true L0) equals ``mean_l0``.
+
+Batch i of a split is a pure function of (seed, split, i): any rank, any resumed run, any order
+of reads produces the same tokens, and there is nothing to store on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+_SPLIT_OFFSET = {"train": 0, "val": 1 << 40}
+
+
+@dataclass
+class SyntheticDataConfig:
+    d_in: int = 64
+    """Dimension of the activations."""
+    n_features: int = 512
+    """Number of true features (8x d_in by default: features in superposition)."""
+    mean_l0: float = 8.0
+    """Expected number of active true features per token."""
+    prob_spread: float = 4.0
+    """Ratio between the most and least frequent feature's firing probability."""
+    magnitude_mean: float = 1.0
+    magnitude_std: float = 0.25
+    noise_std: float = 0.0
+    """Std of isotropic Gaussian noise added to every token (per dimension)."""
+    batch_size: int = 4096
+    train_tokens: int = 1_000_000_000
+    """Size of the (virtual) training split; training length is set by trainer.max_steps."""
+    val_tokens: int = 65_536
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "d_in": self.d_in > 0,
+            "n_features": self.n_features > 0,
+            "mean_l0": 0 < self.mean_l0 <= self.n_features,
+            "prob_spread": self.prob_spread >= 1,
+            "magnitude_std": self.magnitude_std >= 0,
+            "noise_std": self.noise_std >= 0,
+            "batch_size": self.batch_size > 0,
+            "train_tokens": self.train_tokens >= self.batch_size,
+            "val_tokens": self.val_tokens >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise ValueError(
+                    f"data.{key}={getattr(self, key)!r} is invalid (see SyntheticDataConfig: "
+                    "sizes must be positive, mean_l0 in (0, n_features], prob_spread >= 1, "
+                    "train_tokens >= batch_size)."
+                )
+        max_p = self.mean_l0 / self.n_features * self.prob_spread
+        if max_p > 1:
+            raise ValueError(
+                f"data.mean_l0={self.mean_l0} with n_features={self.n_features} and prob_spread="
+                f"{self.prob_spread} needs firing probabilities above 1; lower mean_l0 or prob_spread."
+            )
+
+    def build(self) -> "SyntheticDataModule":
+        return SyntheticDataModule(self)
+
+
+class SyntheticFeatures:
+    """The ground truth: directions ``features [n_features, d_in]`` and probabilities ``probs``."""
+
+    def __init__(self, cfg: SyntheticDataConfig):
+        self.cfg = cfg
+        g = torch.Generator().manual_seed(cfg.seed)
+        self.features = torch.nn.functional.normalize(torch.randn(cfg.n_features, cfg.d_in, generator=g), dim=1)
+        log_p = torch.rand(cfg.n_features, generator=g) * math.log(cfg.prob_spread)
+        probs = log_p.exp()
+        self.probs = probs * (cfg.mean_l0 / probs.sum())
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``n`` tokens and their true feature coefficients [n, n_features]."""
+        cfg = self.cfg
+        active = torch.rand(n, cfg.n_features, generator=generator) < self.probs
+        magnitudes = (cfg.magnitude_mean + cfg.magnitude_std * torch.randn(n, cfg.n_features, generator=generator)).abs()
+        coeffs = active * magnitudes
+        x = coeffs @ self.features
+        if cfg.noise_std > 0:
+            x = x + cfg.noise_std * torch.randn(x.shape, generator=generator)
+        return x, coeffs
+
+
+class SyntheticBatches(Dataset):
+    """Map-style dataset whose items are whole batches [batch_size, d_in] (no per-row collate)."""
+
+    def __init__(self, truth: SyntheticFeatures, split: str, n_tokens: int, batch_size: int):
+        self.truth, self.split, self.batch_size = truth, split, batch_size
+        self.n_batches = max(1, n_tokens // batch_size)
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, index: int) -> Tensor:
+        if not 0 <= index < self.n_batches:
+            raise IndexError(index)
+        seed = self.truth.cfg.seed * 1_000_003 + _SPLIT_OFFSET[self.split] + index
+        x, _ = self.truth.sample(self.batch_size, torch.Generator().manual_seed(seed))
+        return x
+
+
+class SyntheticDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: SyntheticDataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.truth = SyntheticFeatures(cfg)
+        self.train_set = SyntheticBatches(self.truth, "train", cfg.train_tokens, cfg.batch_size)
+        self.val_set = SyntheticBatches(self.truth, "val", cfg.val_tokens, cfg.batch_size)
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+    @property
+    def true_features(self) -> Tensor:
+        return self.truth.features
+
+    def sample_activations(self, n_tokens: int) -> Tensor:
+        """The first ``n_tokens`` training tokens (rounded up to whole batches)."""
+        n_batches = min(len(self.train_set), max(1, math.ceil(n_tokens / self.cfg.batch_size)))
+        return torch.cat([self.train_set[i] for i in range(n_batches)])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=None, shuffle=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=None, shuffle=False)

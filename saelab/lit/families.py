@@ -1,0 +1,126 @@
+"""One LightningModule per SAE family, each a thin layer on SAELitModule, and each family's flat
+Hydra schema (its SAE config + TrainConfig, with the family's published defaults)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saelab.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
+from saelab.sae.gated import GatedConfig
+from saelab.sae.jumprelu import JumpReLUConfig
+from saelab.sae.relu import ReLUConfig
+from saelab.sae.topk import BatchTopKConfig, TopKConfig, geometric_median
+
+from .base import SAELitModule
+from .config import TrainConfig
+
+
+# --- JumpReLU (SPEC.md 1; Gemma Scope defaults) -------------------------------------------------
+@dataclass
+class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
+    lr: float = 7e-5
+    lr_warmup_steps: int = 1000
+    sparsity_warmup_steps: int | None = 10_000
+
+
+class JumpReLULit(SAELitModule):
+    sae_class = JumpReLUSAE
+    config_class = JumpReLUTrainConfig
+
+    def after_training_step(self, out) -> None:
+        # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high
+        # for a long time on small token budgets; SPEC.md 1).
+        theta = self.sae.threshold.detach()
+        self.log_dict({
+            "train/threshold/mean": theta.mean(),
+            "train/threshold/median": theta.median(),
+            "train/threshold/min": theta.min(),
+            "train/threshold/max": theta.max(),
+        })
+
+
+# --- Gated (SPEC.md 2; defaults from public trainers) ------------------------------------------
+@dataclass
+class GatedTrainConfig(TrainConfig, GatedConfig):
+    lr: float = 5e-5
+    lr_warmup_steps: int = 1000
+    sparsity_warmup_steps: int | None = 2000
+
+
+class GatedLit(SAELitModule):
+    sae_class = GatedSAE
+    config_class = GatedTrainConfig
+
+
+# --- TopK / BatchTopK (SPEC.md 3) ---------------------------------------------------------------
+@dataclass
+class TopKTrainConfig(TrainConfig, TopKConfig):
+    lr: float | None = None
+    """None: Gao et al.'s 2e-4 / sqrt(d_sae / 2^14)."""
+    adam_eps: float = 6.25e-10
+    lr_warmup_steps: int = 1000
+    sparsity_warmup_steps: int | None = 0  # no sparsity penalty to warm up
+
+    def __post_init__(self) -> None:
+        if self.lr is None:
+            d_sae = self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor
+            self.lr = 2e-4 / math.sqrt(d_sae / 2**14)
+        super().__post_init__()
+
+
+@dataclass
+class BatchTopKTrainConfig(TopKTrainConfig, BatchTopKConfig):
+    pass
+
+
+class TopKLit(SAELitModule):
+    sae_class = TopKSAE
+    config_class = TopKTrainConfig
+
+    geometric_median_tokens = 10_000
+
+    def init_from_data(self, x: Tensor) -> None:
+        # b_dec at the geometric median of a sample (Gao et al. appendix A.1).
+        with torch.no_grad():
+            self.sae.b_dec.copy_(geometric_median(x[: self.geometric_median_tokens]))
+
+
+class BatchTopKLit(TopKLit):
+    sae_class = BatchTopKSAE
+    config_class = BatchTopKTrainConfig
+
+    def after_training_step(self, out) -> None:
+        # Mean over ranks of each rank's smallest selected activation keeps replicas identical.
+        value = self.trainer.strategy.reduce(out.metrics["min_selected_act"], reduce_op="mean")
+        self.sae.update_threshold(value)
+        self.log("train/inference_threshold", self.sae.threshold)
+
+
+# --- ReLU (SPEC.md 4; Anthropic April 2024) ----------------------------------------------------
+@dataclass
+class ReLUTrainConfig(TrainConfig, ReLUConfig):
+    lr: float = 5e-5
+    adam_beta1: float = 0.9
+    lr_warmup_steps: int = 0
+    lr_decay_fraction: float = 0.2
+    sparsity_warmup_steps: int | None = None  # 5% of the run
+    max_warmup_fraction: float = 0.05
+
+
+class ReLULit(SAELitModule):
+    sae_class = ReLUSAE
+    config_class = ReLUTrainConfig
+
+
+LIT_CLASSES: dict[str, type[SAELitModule]] = {
+    cls.sae_class.config_class.architecture: cls for cls in (JumpReLULit, GatedLit, TopKLit, BatchTopKLit, ReLULit)
+}
+
+
+def lit_class_for(config) -> type[SAELitModule]:
+    """The LightningModule class for a family config (instance or class)."""
+    return LIT_CLASSES[config.architecture]

@@ -1,0 +1,55 @@
+"""SAE maths as plain torch modules: no Lightning, no Hydra, so an exported SAE runs anywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .base import SAE, SAEConfig, SAEOutput
+from .gated import GatedConfig, GatedSAE
+from .jumprelu import JumpReLUConfig, JumpReLUSAE
+from .relu import ReLUConfig, ReLUSAE
+from .topk import BatchTopKConfig, BatchTopKSAE, TopKConfig, TopKSAE
+
+# Stable architecture strings (written into exports) -> SAE class.
+SAE_CLASSES: dict[str, type[SAE]] = {
+    cls.config_class.architecture: cls
+    for cls in (JumpReLUSAE, GatedSAE, TopKSAE, BatchTopKSAE, ReLUSAE)
+}
+
+
+def build_sae(architecture: str, **config) -> SAE:
+    """Build an SAE from its architecture string and config fields."""
+    if architecture not in SAE_CLASSES:
+        raise ValueError(
+            f"Unknown SAE architecture {architecture!r}; known: {', '.join(SAE_CLASSES)}."
+        )
+    cls = SAE_CLASSES[architecture]
+    return cls(cls.config_class(**config))
+
+
+def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
+    """Load an SAE written by ``saelab.io.save_sae`` (SAELens layout)."""
+    from saelab.io.saelens import load_saelens_folder
+
+    cfg, tensors = load_saelens_folder(Path(path))
+    fields = dict(cfg.get("saelab_config") or {})
+    architecture = fields.pop("architecture", cfg.get("architecture"))
+    if not fields:
+        fields = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
+        if "k" in cfg:
+            fields["k"] = cfg["k"]
+    sae = build_sae(architecture, **fields)
+    if "threshold" in tensors and hasattr(sae, "log_threshold"):
+        tensors["log_threshold"] = tensors.pop("threshold").log()
+    sae.load_state_dict(tensors)
+    return sae.to(device)
+
+
+__all__ = [
+    "SAE", "SAEConfig", "SAEOutput", "SAE_CLASSES", "build_sae", "load_sae",
+    "JumpReLUSAE", "JumpReLUConfig", "GatedSAE", "GatedConfig", "TopKSAE", "TopKConfig",
+    "BatchTopKSAE", "BatchTopKConfig", "ReLUSAE", "ReLUConfig",
+]

@@ -1,0 +1,157 @@
+"""The shared SAE base: parameters, initialisation, the output record and the decoder constraint.
+
+Everything here is plain torch (no Lightning, no Hydra) so an exported SAE runs anywhere.
+Conventions (SPEC.md section 0): explicit parameters ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` in the orientation of Gemma Scope and SAELens files;
+reconstruction loss is the squared error summed over the model dimensions, averaged over the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class SAEConfig:
+    """Shape and initialisation shared by every family. Subclasses add the family's knobs."""
+
+    d_in: int
+    """Width of the activations the SAE reads (the model's d_model or attention width)."""
+    d_sae: int | None = None
+    """Number of latents M. ``None`` means ``d_in * expansion_factor``."""
+    expansion_factor: int = 8
+    """Used only when ``d_sae`` is None."""
+
+    architecture: ClassVar[str] = "base"
+
+    def __post_init__(self) -> None:
+        if self.d_sae is None:
+            self.d_sae = self.d_in * self.expansion_factor
+        _require(self, "d_in", self.d_in > 0, "a positive integer")
+        _require(self, "d_sae", self.d_sae > 0, "a positive integer")
+        _require(self, "expansion_factor", self.expansion_factor > 0, "a positive integer")
+
+    def to_dict(self) -> dict:
+        return {"architecture": self.architecture, **dataclasses.asdict(self)}
+
+
+def _require(cfg: object, key: str, ok: bool, allowed: str) -> None:
+    """Raise a ValueError naming the config key, its value and what is allowed."""
+    if not ok:
+        raise ValueError(
+            f"{type(cfg).__name__}.{key}={getattr(cfg, key)!r} is invalid: it must be {allowed}."
+        )
+
+
+def require_choice(cfg: object, key: str, choices: tuple[str, ...]) -> None:
+    value = getattr(cfg, key)
+    _require(cfg, key, value in choices, "one of " + ", ".join(repr(c) for c in choices))
+
+
+def require_nonnegative(cfg: object, *keys: str) -> None:
+    for key in keys:
+        _require(cfg, key, getattr(cfg, key) >= 0, "a number >= 0")
+
+
+class SAEOutput(NamedTuple):
+    """What every SAE's forward returns, so training loops can log generically.
+
+    ``losses`` holds the weighted terms whose sum is the training loss; ``metrics`` holds
+    detached diagnostics (L0 and family-specific numbers).
+    """
+
+    x_hat: Tensor
+    feature_acts: Tensor
+    losses: dict[str, Tensor]
+    metrics: dict[str, Tensor]
+
+    @property
+    def loss(self) -> Tensor:
+        return sum(self.losses.values())  # type: ignore[return-value]
+
+
+def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
+    """mean_b sum_d (x - x_hat)^2 (SPEC.md 0; a per-element mean would rescale lambda by d_in)."""
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+class SAE(nn.Module):
+    """Base class. A family overrides ``encode``, ``forward`` and, when it has extra
+    parameters that live in activation units, ``_input_scaled_parameters``."""
+
+    config_class: ClassVar[type[SAEConfig]] = SAEConfig
+    unit_norm_decoder: ClassVar[bool] = True
+    """Whether training keeps decoder rows at unit norm (SPEC.md 0); ReLU-April and RI-L1 don't."""
+    has_b_enc: ClassVar[bool] = True
+    """Gated replaces b_enc by its gate and magnitude biases."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.d_in = cfg.d_in
+        self.d_sae = int(cfg.d_sae)  # type: ignore[arg-type]
+        W_dec = torch.empty(self.d_sae, self.d_in)
+        # Kaiming-uniform, then each latent's direction (a row) to unit norm (SPEC.md 0).
+        nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.T.clone().contiguous())  # copied, not tied
+        if self.has_b_enc:
+            self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+
+    # --- the maths ------------------------------------------------------------------------
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return x @ self.W_enc + self.b_enc
+
+    def encode(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, f: Tensor) -> Tensor:
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+        """``sparsity_scale`` multiplies the family's sparsity coefficient (the trainer's warm-up);
+        ``dead_mask`` [d_sae] marks latents the trainer counts as dead (used by AuxK)."""
+        raise NotImplementedError
+
+    # --- constraint (SPEC.md 0) ------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Drop from each decoder row's gradient its component along the row, so a unit-norm
+        row only rotates (the step then changes its norm only to second order)."""
+        if self.W_dec.grad is None:
+            return
+        W = self.W_dec
+        W.grad -= (W.grad * W).sum(1, keepdim=True) * W / W.pow(2).sum(1, keepdim=True)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    # --- normalisation fold (SPEC.md 0) -----------------------------------------------------
+    def _input_scaled_parameters(self) -> tuple[str, ...]:
+        """Names of parameters/buffers measured in activation units (biases, thresholds)."""
+        return ("b_enc", "b_dec")
+
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        """Make an SAE trained on ``x / scale`` act on raw ``x``: every quantity in activation
+        units is multiplied by ``scale``; weights are unchanged, so decoder rows stay unit norm.
+        Pre-activations then scale by ``scale``, which keeps TopK order and threshold tests."""
+        for name in self._input_scaled_parameters():
+            getattr(self, name).mul_(scale)
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype

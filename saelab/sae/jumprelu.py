@@ -1,0 +1,152 @@
+"""JumpReLU SAE (Rajamanoharan et al. 2024, "Jumping Ahead", arXiv 2407.14435).
+
+    z     = x @ W_enc + b_enc
+    f     = z * H(z - theta)                 theta = exp(log_threshold) > 0, per latent
+    x_hat = f @ W_dec + b_dec
+    loss  = mean_b sum_d (x - x_hat)^2 + lambda * mean_b sum_i H(z_i - theta_i)
+
+The Heaviside step H has zero gradient almost everywhere, so theta learns only through the
+straight-through pseudo-derivatives of the paper's eqs. 11-12, implemented below as autograd
+Functions. The L0 step is applied to the pre-activation z (not to f), which keeps both halves of
+the kernel window; see SPEC.md section 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_choice
+from .kernels import KERNELS
+
+
+def _sum_to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
+    """Reduce a [..., M] gradient over the batch dimensions to the threshold's shape/dtype."""
+    return grad.reshape(-1, grad.shape[-1]).sum(0).to(threshold.dtype)
+
+
+class JumpReLUFunction(torch.autograd.Function):
+    """f = z * H(z - theta). d/dz = H(z - theta); d/dtheta = -(theta/eps) K((z - theta)/eps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth, ctx.kernel = bandwidth, kernel
+        return z * (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, threshold = ctx.saved_tensors
+        eps, K = ctx.bandwidth, KERNELS[ctx.kernel]
+        theta = threshold.to(z.dtype)
+        grad_z = grad_out * (z > theta).to(z.dtype)
+        grad_theta = grad_out * (-(theta / eps) * K((z - theta) / eps))
+        return grad_z, _sum_to_threshold(grad_theta, threshold), None, None
+
+
+class StepFunction(torch.autograd.Function):
+    """H(z - theta). d/dz = 0 (L0 sends no gradient to the encoder); d/dtheta = -(1/eps) K(.)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) -> Tensor:
+        ctx.save_for_backward(z, threshold)
+        ctx.bandwidth, ctx.kernel = bandwidth, kernel
+        return (z > threshold).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, threshold = ctx.saved_tensors
+        eps, K = ctx.bandwidth, KERNELS[ctx.kernel]
+        theta = threshold.to(z.dtype)
+        grad_theta = grad_out * (-(1.0 / eps) * K((z - theta) / eps))
+        return None, _sum_to_threshold(grad_theta, threshold), None, None
+
+
+class ExpIdentityGrad(torch.autograd.Function):
+    """theta = exp(t) whose backward passes d/dtheta through unchanged as d/dt. This is the
+    Anthropic-style parametrisation (``threshold_grad="direct"``): it differs from autodiff
+    through exp by a factor theta."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor) -> Tensor:
+        return t.exp()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad
+
+
+@dataclass
+class JumpReLUConfig(SAEConfig):
+    l0_coefficient: float = 5e-4
+    """lambda: weight of the L0 penalty (SPEC.md 1; ~5e-4 gave Gemma Scope L0 ~50-100)."""
+    bandwidth: float = 1e-3
+    """eps, the STE kernel bandwidth, in units of the normalised activations."""
+    kernel: str = "rectangle"
+    """STE kernel K: rectangle, triangle, gaussian or epanechnikov (paper: results robust)."""
+    threshold_init: float = 1e-3
+    """Initial theta for every latent."""
+    threshold_grad: str = "autodiff"
+    """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
+    'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
+    target_l0: float | None = None
+    """If set, the sparsity term becomes lambda * (L0 / target_l0 - 1)^2, which pulls L0 towards
+    target_l0 from both sides (Gemma Scope 2 style) instead of always pushing it down."""
+
+    architecture = "jumprelu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self, "l0_coefficient", self.l0_coefficient >= 0, "a number >= 0")
+        _require(self, "bandwidth", self.bandwidth > 0, "a number > 0")
+        _require(self, "threshold_init", self.threshold_init > 0, "a number > 0")
+        require_choice(self, "kernel", tuple(KERNELS))
+        require_choice(self, "threshold_grad", ("autodiff", "direct"))
+        if self.target_l0 is not None:
+            _require(self, "target_l0", 0 < self.target_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
+
+
+class JumpReLUSAE(SAE):
+    config_class = JumpReLUConfig
+
+    def __init__(self, cfg: JumpReLUConfig):
+        super().__init__(cfg)
+        self.cfg: JumpReLUConfig = cfg
+        # Train log(theta) so theta stays positive; kept fp32 even under bf16 autocast (in bf16
+        # a threshold barely moves under Adam, a known SAELens bug).
+        self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.threshold_init)))
+
+    @property
+    def threshold(self) -> Tensor:
+        if self.cfg.threshold_grad == "direct":
+            return ExpIdentityGrad.apply(self.log_threshold)
+        return self.log_threshold.exp()
+
+    def encode(self, x: Tensor) -> Tensor:
+        z = self.pre_acts(x)
+        return z * (z > self.threshold.detach()).to(z.dtype)
+
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+        cfg = self.cfg
+        z = self.pre_acts(x)
+        theta = self.threshold
+        f = JumpReLUFunction.apply(z, theta, cfg.bandwidth, cfg.kernel)
+        x_hat = self.decode(f)
+        l0 = StepFunction.apply(z, theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
+        if cfg.target_l0 is None:
+            sparsity = l0
+        else:
+            sparsity = (l0 / cfg.target_l0 - 1).pow(2)
+        losses = {
+            "mse": reconstruction_loss(x, x_hat),
+            "l0": cfg.l0_coefficient * sparsity_scale * sparsity,
+        }
+        return SAEOutput(x_hat, f, losses, {"l0": l0.detach()})
+
+    @torch.no_grad()
+    def fold_activation_scale(self, scale: float) -> None:
+        super().fold_activation_scale(scale)
+        self.log_threshold.add_(math.log(scale))  # theta * scale

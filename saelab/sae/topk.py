@@ -1,0 +1,163 @@
+"""TopK SAE (Gao et al. 2024, arXiv 2406.04093) and BatchTopK (Bussmann et al. 2024, 2412.06410).
+
+    z     = (x - b_dec) @ W_enc + b_enc
+    f     = ReLU(TopK_k(z))                        TopK: the k largest per token
+    x_hat = f @ W_dec + b_dec
+    loss  = mse(x, x_hat) + alpha * L_aux
+
+AuxK (Gao et al. appendix A.2) gives dead latents a gradient: the top ``aux_k`` pre-activations
+among dead latents reconstruct the detached residual e = x - x_hat, decoded without b_dec.
+BatchTopK keeps the k*B largest activations of the whole batch while training (mean L0 = k) and
+at inference uses one global threshold, an EMA of the smallest selected activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_nonnegative
+
+
+@dataclass
+class TopKConfig(SAEConfig):
+    k: int = 32
+    """Latents kept per token (the L0)."""
+    aux_k: int | None = None
+    """Dead latents used by AuxK; None means d_in // 2 (SPEC.md 3; OpenAI used 256)."""
+    aux_coefficient: float = 1 / 32
+    """alpha, the weight of the AuxK loss."""
+
+    architecture = "topk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aux_k is None:
+            self.aux_k = max(1, self.d_in // 2)
+        _require(self, "k", 0 < self.k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
+        _require(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
+        require_nonnegative(self, "aux_coefficient")
+
+
+@dataclass
+class BatchTopKConfig(TopKConfig):
+    threshold_ema: float = 0.999
+    """EMA decay of the inference threshold (the smallest activation selected per batch)."""
+
+    architecture = "batchtopk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self, "threshold_ema", 0 <= self.threshold_ema < 1, "in [0, 1)")
+
+
+def scatter_topk(z: Tensor, k: int) -> Tensor:
+    """ReLU of the k largest entries of each row, zeros elsewhere. torch.topk selects without a
+    full sort of the row."""
+    values, indices = z.topk(k, dim=-1, sorted=False)
+    return torch.zeros_like(z).scatter_(-1, indices, F.relu(values))
+
+
+@torch.no_grad()
+def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances to ``points``
+    [N, d]. Gao et al. initialise TopK's b_dec with it (robust to outlier activations)."""
+    points = points.double()
+    median = points.mean(0)
+    for _ in range(iters):
+        dist = (points - median).norm(dim=1).clamp_min(1e-12)
+        weights = 1 / dist
+        new = (weights[:, None] * points).sum(0) / weights.sum()
+        if (new - median).norm() <= tol * median.norm().clamp_min(1e-12):
+            median = new
+            break
+        median = new
+    return median.float()
+
+
+class TopKSAE(SAE):
+    config_class = TopKConfig
+
+    def __init__(self, cfg: TopKConfig):
+        super().__init__(cfg)
+        self.cfg: TopKConfig = cfg
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def select(self, z: Tensor) -> Tensor:
+        return scatter_topk(z, self.cfg.k)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.select(self.pre_acts(x))
+
+    def auxk_loss(self, x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor) -> Tensor:
+        """||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / aux_k, 1). With no dead
+        latent the scale is 0, so AuxK engages only when latents are dead."""
+        e = (x - x_hat).detach()
+        # Non-dead latents go to -inf: ReLU turns any that topk still picks into zeros, so no
+        # host sync is needed to cap aux_k at the number of dead latents.
+        f_aux = scatter_topk(z.masked_fill(~dead_mask, float("-inf")), self.cfg.aux_k)
+        e_hat = f_aux @ self.W_dec
+        l_aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
+        scale = (dead_mask.sum() / self.cfg.aux_k).clamp(max=1.0)
+        return scale * l_aux
+
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+        z = self.pre_acts(x)
+        f = self.select(z)
+        x_hat = self.decode(f)
+        losses = {"mse": reconstruction_loss(x, x_hat)}
+        if dead_mask is not None and self.cfg.aux_coefficient > 0:
+            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(x, x_hat, z, dead_mask)
+        metrics = {"l0": (f != 0).sum(-1).float().mean()}
+        return SAEOutput(x_hat, f, losses, metrics)
+
+
+class BatchTopKSAE(TopKSAE):
+    config_class = BatchTopKConfig
+
+    def __init__(self, cfg: BatchTopKConfig):
+        super().__init__(cfg)
+        self.cfg: BatchTopKConfig = cfg
+        # One global threshold for inference; negative means "not estimated yet".
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def batch_select(self, z: Tensor) -> Tensor:
+        """Keep the k * B largest ReLU activations of the whole [B, M] batch."""
+        acts = F.relu(z)
+        flat = acts.reshape(-1)
+        values, indices = flat.topk(self.cfg.k * acts.shape[0], sorted=False)
+        return torch.zeros_like(flat).scatter_(0, indices, values).view_as(acts)
+
+    def select(self, z: Tensor) -> Tensor:
+        if self.training or self.threshold < 0:
+            return self.batch_select(z)
+        return z * (z > self.threshold).to(z.dtype)
+
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+        out = super().forward(x, sparsity_scale, dead_mask)
+        if self.training:
+            # Smallest selected activation: the EMA target for the inference threshold.
+            selected = out.feature_acts.detach()
+            out.metrics["min_selected_act"] = selected.masked_fill(selected <= 0, float("inf")).min()
+        return out
+
+    @torch.no_grad()
+    def update_threshold(self, min_selected_act: Tensor) -> None:
+        """EMA update of the inference threshold (call once per optimiser step; in DDP pass the
+        value reduced over ranks so every replica keeps the same threshold)."""
+        value = min_selected_act.to(self.threshold)
+        if not torch.isfinite(value):
+            return
+        if self.threshold < 0:
+            self.threshold.copy_(value)
+        else:
+            self.threshold.lerp_(value, 1 - self.cfg.threshold_ema)
+
+    def _input_scaled_parameters(self) -> tuple[str, ...]:
+        names = super()._input_scaled_parameters()
+        return names + ("threshold",) if self.threshold >= 0 else names
