@@ -23,9 +23,18 @@ from saelab.lit import FeatureRecoveryCallback, lit_class_for
 def build(cfg: DictConfig):
     """(datamodule, LightningModule) from a composed config; every value is validated here,
     before any work starts."""
-    data_cfg = OmegaConf.to_object(cfg.data)
-    sae_cfg = OmegaConf.to_object(cfg.sae)
+    data_cfg, sae_cfg = _to_object(cfg, "data"), _to_object(cfg, "sae")
     return data_cfg.build(), lit_class_for(sae_cfg)(**dataclasses.asdict(sae_cfg))
+
+
+def _to_object(cfg: DictConfig, group: str):
+    """The group's dataclass; its range errors are reworded to name the key as users type it
+    (``sae.k=...`` rather than ``TopKTrainConfig.k=...``)."""
+    try:
+        return OmegaConf.to_object(cfg[group])
+    except ValueError as error:
+        schema = OmegaConf.get_type(cfg[group]).__name__
+        raise ValueError(str(error).replace(f"{schema}.", f"{group}.")) from None
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

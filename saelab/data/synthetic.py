@@ -12,6 +12,7 @@ of reads produces the same tokens, and there is nothing to store on disk.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
@@ -20,7 +21,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-_SPLIT_OFFSET = {"train": 0, "val": 1 << 40}
+
+def _batch_seed(seed: int, split: str, index: int) -> int:
+    """A well-mixed 32-bit seed per (seed, split, batch). torch's CPU generator keeps only the
+    low 32 bits of a seed, so offsets like ``index + 2**40`` would silently collide."""
+    digest = hashlib.blake2b(f"{seed}/{split}/{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 @dataclass
@@ -109,8 +115,8 @@ class SyntheticBatches(Dataset):
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < self.n_batches:
             raise IndexError(index)
-        seed = self.truth.cfg.seed * 1_000_003 + _SPLIT_OFFSET[self.split] + index
-        x, _ = self.truth.sample(self.batch_size, torch.Generator().manual_seed(seed))
+        generator = torch.Generator().manual_seed(_batch_seed(self.truth.cfg.seed, self.split, index))
+        x, _ = self.truth.sample(self.batch_size, generator)
         return x
 
 

@@ -1,0 +1,101 @@
+"""Short real Lightning runs of every family: constraints hold after optimiser steps, the
+normalisation scale is estimated and exported correctly, and TensorBoard gets the scalars."""
+
+from __future__ import annotations
+
+import json
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from saelab.runner import build, train
+from saelab.sae import load_sae
+from tests.conftest import FAMILIES, TINY_RUN, compose_config
+
+
+def _fit(cfg, steps=6):
+    datamodule, module = build(cfg)
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    return datamodule, module
+
+
+@pytest.mark.parametrize("arch", FAMILIES + ["gated-ri_l1"])
+def test_decoder_constraint_after_steps(arch, tmp_path):
+    family, _, variant = arch.partition("-")
+    overrides = [f"sae={family}", *TINY_RUN, "sae.lr=1e-2"] + ([f"sae.variant={variant}"] if variant else [])
+    datamodule, module = _fit(compose_config(overrides, tmp_path))
+    init = build(compose_config(overrides, tmp_path))[1].sae
+    assert not torch.allclose(module.sae.W_dec, init.W_dec), "training must move the decoder"
+    norms = module.sae.W_dec.norm(dim=1)
+    if module.sae.unit_norm_decoder:
+        torch.testing.assert_close(norms, torch.ones_like(norms))
+    else:
+        assert (norms - 1).abs().max() > 1e-3, "ReLU / RI-L1 decoders are free to change norm"
+
+
+def test_normalisation_scale_is_estimated_and_folded_at_export(tmp_path):
+    cfg = compose_config(["sae=jumprelu", *TINY_RUN], tmp_path)
+    datamodule, module = _fit(cfg, steps=3)
+    sample = datamodule.sample_activations(cfg.sae.normalization_tokens)
+    expected = sample.pow(2).sum(1).mean().sqrt()
+    torch.testing.assert_close(module.activation_scale, expected)
+    exported = module.export_sae()
+    raw = datamodule.val_set[0]
+    module.sae.eval()
+    torch.testing.assert_close(exported.encode(raw), expected * module.sae.encode(raw / expected), rtol=1e-4, atol=1e-4)
+
+
+def test_grad_projection_removes_parallel_component():
+    from tests.conftest import make_sae
+
+    sae = make_sae("jumprelu")
+    sae.W_dec.grad = torch.randn_like(sae.W_dec)
+    sae.remove_parallel_decoder_grad()
+    torch.testing.assert_close((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(64), atol=1e-6, rtol=0)
+
+
+def _scalars(run_dir):
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_run_writes_tensorboard_checkpoint_and_export(arch, tmp_path):
+    cfg = compose_config([f"sae={arch}", *TINY_RUN, "sae.lr=1e-3"], tmp_path)
+    metrics = train(cfg)
+    acc = _scalars(tmp_path)
+    tags = set(acc.Tags()["scalars"])
+    for tag in ["train/loss", "train/loss/mse", "train/l0", "train/dead_fraction", "train/sparsity_scale",
+                "val/l0", "val/fvu", "val/dead_fraction", "val/dense_10pct_fraction", "val/mmcs",
+                "val/recovered_fraction"]:
+        assert tag in tags, f"{tag} not logged; have {sorted(tags)}"
+    assert any(t.startswith("lr-") for t in tags), "learning rate not logged"
+    assert "val/log10_feature_density" in acc.Tags()["histograms"]
+    if arch == "jumprelu":
+        assert "train/threshold/mean" in tags
+    losses = [e.value for e in acc.Scalars("train/loss/mse")]
+    assert losses[-1] < losses[0], "reconstruction must improve over the run"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/fvu"] == pytest.approx(metrics["val/fvu"])
+    sae = load_sae(tmp_path / "sae")
+    assert sae.cfg.architecture == arch
+
+
+def test_dead_latents_are_tracked_over_a_token_window(tmp_path):
+    cfg = compose_config(["sae=topk", *TINY_RUN, "sae.dead_tokens_window=512", "sae.k=4"], tmp_path)
+    datamodule, module = build(cfg)
+    with torch.no_grad():  # latents 0..2 can never win the top-k
+        module.sae.W_enc[:, :3] = 0
+        module.sae.b_enc[:3] = -100
+    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    dead = module.dead_mask()
+    assert dead[:3].all()
+    assert module.tokens_since_fired[:3].min() == 4 * 256
+    assert dead.float().mean() < 0.5, "latents that fire must not be counted dead"

@@ -1,0 +1,172 @@
+"""Invariants every SAE family must satisfy, checked with one parametrised test per property."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES, make_sae
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_shapes_and_gradients(arch):
+    sae = make_sae(arch)
+    x = torch.randn(32, 16)
+    out = sae(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+    assert out.x_hat.shape == (32, 16) and out.feature_acts.shape == (32, 64)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, p in sae.named_parameters():
+        assert p.grad is not None, f"{arch}: no gradient reached {name}"
+    assert sae.W_enc.grad.abs().sum() > 0 and sae.W_dec.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_init(arch):
+    sae = make_sae(arch)
+    assert sae.W_enc.shape == (16, 64) and sae.W_dec.shape == (64, 16)
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(sae.W_enc, sae.W_dec.T)
+    assert sae.W_enc.data_ptr() != sae.W_dec.data_ptr(), "encoder must be a copy, not tied"
+    assert torch.all(sae.b_dec == 0) and torch.all(sae.b_enc == 0)
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_encode_decode_match_forward(arch):
+    sae = make_sae(arch).eval()
+    x = torch.randn(32, 16) * 3
+    if arch == "batchtopk":
+        sae.update_threshold(torch.tensor(0.5))
+    out = sae(x)
+    f = sae.encode(x)
+    torch.testing.assert_close(f, out.feature_acts)
+    torch.testing.assert_close(sae.decode(f), out.x_hat)
+    assert torch.all(f >= 0), "feature activations are non-negative in every family"
+
+
+@pytest.mark.parametrize("arch", FAMILIES)
+def test_reconstruction_loss_is_summed_over_dims(arch):
+    sae = make_sae(arch)
+    x = torch.randn(8, 16)
+    out = sae(x)
+    expected = ((x - out.x_hat) ** 2).sum(1).mean()
+    torch.testing.assert_close(out.losses["mse"], expected)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "gated", "relu"])
+def test_sparsity_scale_weights_only_the_penalty(arch):
+    sae = make_sae(arch)
+    x = torch.randn(8, 16) * 3
+    full, half = sae(x, sparsity_scale=1.0), sae(x, sparsity_scale=0.5)
+    penalty = {"jumprelu": "l0", "gated": "l1", "relu": "l1"}[arch]
+    assert full.losses[penalty] > 0
+    torch.testing.assert_close(half.losses[penalty], 0.5 * full.losses[penalty])
+    torch.testing.assert_close(half.losses["mse"], full.losses["mse"])
+
+
+def test_topk_keeps_exactly_k_largest():
+    sae = make_sae("topk", k=5)
+    x = torch.randn(20, 16)
+    f = sae.encode(x)
+    z = sae.pre_acts(x)
+    assert torch.all((f != 0).sum(1) <= 5)
+    kth = z.topk(5, dim=1).values[:, -1:]
+    kept = f != 0
+    assert torch.all(z[kept] >= kth.expand_as(z)[kept])
+    torch.testing.assert_close(f[kept], z[kept])
+
+
+def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
+    sae = make_sae("batchtopk", k=3).train()
+    x = torch.randn(10, 16) * 3
+    out = sae(x)
+    assert int((out.feature_acts != 0).sum()) == 3 * 10
+    smallest = out.feature_acts[out.feature_acts > 0].min()
+    torch.testing.assert_close(out.metrics["min_selected_act"], smallest)
+    sae.update_threshold(smallest)
+    torch.testing.assert_close(sae.threshold, smallest)  # first value is taken as is
+    sae.update_threshold(smallest + 1)
+    torch.testing.assert_close(sae.threshold, smallest + (1 - 0.999))  # then an EMA
+    sae.eval()
+    z = sae.pre_acts(x)
+    torch.testing.assert_close(sae.encode(x), z * (z > sae.threshold))
+
+
+def test_auxk_engages_only_when_latents_are_dead():
+    sae = make_sae("topk", k=2, aux_k=8)
+    x = torch.randn(32, 16)
+    none_dead = sae(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+    assert none_dead.losses["auxk"] == 0
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[:4] = True
+    some_dead = sae(x, dead_mask=dead)
+    assert some_dead.losses["auxk"] > 0
+    some_dead.losses["auxk"].backward()
+    grad_rows = sae.W_enc.grad.abs().sum(0) != 0
+    assert grad_rows[:4].any() and not grad_rows[4:].any(), "AuxK must train only dead latents"
+    # scale min(n_dead / aux_k, 1): 4 dead of aux_k=8 halves the loss relative to its raw value
+    raw = sae.auxk_loss(x, some_dead.x_hat, sae.pre_acts(x), dead) / 0.5
+    e = (x - some_dead.x_hat).detach()
+    z = sae.pre_acts(x).detach().masked_fill(~dead, float("-inf"))
+    v, i = z.topk(8, dim=1)
+    f_aux = torch.zeros_like(z).scatter(1, i, torch.relu(v))
+    expected = ((e - f_aux @ sae.W_dec.detach()) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
+    torch.testing.assert_close(raw, expected)
+
+
+def test_gated_aux_term_does_not_train_the_decoder():
+    sae = make_sae("gated")
+    x = torch.randn(16, 16) * 3
+    sae(x).losses["aux"].backward()
+    assert sae.W_dec.grad is None or torch.all(sae.W_dec.grad == 0)
+    assert sae.W_enc.grad.abs().sum() > 0
+
+
+def test_gated_ri_l1_penalty_is_weighted_by_decoder_norms():
+    sae = make_sae("gated", variant="ri_l1", l1_coefficient=1.0)
+    assert not sae.unit_norm_decoder
+    x = torch.randn(16, 16) * 3
+    before = sae(x).losses["l1"]
+    with torch.no_grad():
+        sae.W_dec.mul_(2.0)
+    torch.testing.assert_close(sae(x).losses["l1"], 2 * before)
+
+
+def test_relu_penalty_uses_decoder_norms_and_no_constraint():
+    sae = make_sae("relu", l1_coefficient=1.0)
+    assert not sae.unit_norm_decoder
+    x = torch.randn(16, 16) * 3
+    f = sae.encode(x)
+    torch.testing.assert_close(sae(x).losses["l1"], (f * sae.W_dec.norm(dim=1)).sum(1).mean())
+
+
+def test_geometric_median_resists_outliers():
+    from saelab.sae.topk import geometric_median
+
+    points = torch.randn(200, 3) * 0.1 + torch.tensor([1.0, 2.0, 3.0])
+    points[:20] = 1000.0  # 10% far outliers drag the mean but not the median
+    median = geometric_median(points)
+    assert (median - torch.tensor([1.0, 2.0, 3.0])).norm() < 0.1
+    assert (points.mean(0) - torch.tensor([1.0, 2.0, 3.0])).norm() > 50
+
+
+@pytest.mark.parametrize(
+    "arch, bad, message",
+    [
+        ("topk", {"k": 100}, "k=100"),
+        ("jumprelu", {"l0_coefficient": -1.0}, "l0_coefficient"),
+        ("jumprelu", {"kernel": "box"}, "'rectangle'"),
+        ("gated", {"variant": "plain"}, "ri_l1"),
+        ("relu", {"l1_coefficient": -0.1}, "l1_coefficient"),
+    ],
+)
+def test_config_errors_name_key_and_allowed_values(arch, bad, message):
+    with pytest.raises(ValueError, match=message):
+        make_sae(arch, **bad)
+
+
+def test_unknown_architecture():
+    from saelab.sae import build_sae
+
+    with pytest.raises(ValueError, match="known: .*jumprelu"):
+        build_sae("sparse", d_in=4)

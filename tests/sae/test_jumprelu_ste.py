@@ -1,0 +1,111 @@
+"""JumpReLU's straight-through estimators against the paper's formulas (eqs. 11-12) and against
+a finite difference of the EXPECTED loss, which the batch-mean pseudo-gradient estimates."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from saelab.sae import JumpReLUSAE
+from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUFunction, StepFunction
+
+# Written out independently of saelab.sae.kernels, so a wrong kernel there fails here.
+REFERENCE_KERNELS = {
+    "rectangle": lambda u: ((u.abs() < 0.5)).double(),
+    "triangle": lambda u: torch.clamp(1 - u.abs(), min=0),
+    "gaussian": lambda u: torch.exp(-(u**2) / 2) / math.sqrt(2 * math.pi),
+    "epanechnikov": lambda u: 0.75 * torch.clamp(1 - u**2, min=0),
+}
+KERNEL_NAMES = sorted(REFERENCE_KERNELS)
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_kernels_integrate_to_one(kernel):
+    from saelab.sae.kernels import KERNELS
+
+    u = torch.linspace(-8, 8, 400_001, dtype=torch.float64)
+    assert abs(torch.trapezoid(KERNELS[kernel](u), u).item() - 1) < 1e-4
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_pseudo_gradients_match_formulas(kernel):
+    eps = 0.4
+    z = (torch.randn(64, 8, dtype=torch.float64) * 0.5 + 0.5).requires_grad_()
+    theta = (torch.rand(8, dtype=torch.float64) * 0.5 + 0.3).requires_grad_()
+    g = torch.randn(64, 8, dtype=torch.float64)
+    K = REFERENCE_KERNELS[kernel]((z.detach() - theta.detach()) / eps)
+    above = (z.detach() > theta.detach()).double()
+
+    f = JumpReLUFunction.apply(z, theta, eps, kernel)
+    torch.testing.assert_close(f, z.detach() * above)
+    gz, gt = torch.autograd.grad(f, (z, theta), g)
+    torch.testing.assert_close(gz, g * above)
+    torch.testing.assert_close(gt, (g * -(theta.detach() / eps) * K).sum(0))
+    assert gt.abs().sum() > 0, "the test window must catch some pre-activations"
+
+    h = StepFunction.apply(z, theta, eps, kernel)
+    torch.testing.assert_close(h, above)
+    gz, gt = torch.autograd.grad(h, (z, theta), g, allow_unused=True)
+    assert gz is None or torch.all(gz == 0), "L0 must send no gradient into the encoder"
+    torch.testing.assert_close(gt, (g * -(1 / eps) * K).sum(0))
+
+
+def _one_latent_sae(theta: float, lam: float, eps: float, kernel: str, **kw) -> JumpReLUSAE:
+    """d_in = d_sae = 1 with identity weights: z = x and x_hat = JumpReLU(x)."""
+    cfg = JumpReLUConfig(d_in=1, d_sae=1, l0_coefficient=lam, bandwidth=eps, kernel=kernel,
+                         threshold_init=theta, **kw)
+    sae = JumpReLUSAE(cfg).double()
+    with torch.no_grad():
+        sae.W_enc.fill_(1.0)
+        sae.W_dec.fill_(1.0)
+    return sae
+
+
+def _expected_loss(theta: float, lam: float, mu: float, sigma: float) -> float:
+    """E[(x - JumpReLU_theta(x))^2] + lam P(x > theta), x ~ N(mu, sigma^2), by quadrature:
+    the loss is x^2 below theta (the latent is off) and 0 above it."""
+    x = torch.linspace(mu - 12 * sigma, mu + 12 * sigma, 2_000_001, dtype=torch.float64)
+    p = torch.exp(-((x - mu) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi))
+    below = x <= theta
+    return torch.trapezoid(x**2 * p * below, x).item() + lam * torch.trapezoid(p * ~below, x).item()
+
+
+@pytest.mark.parametrize("kernel", KERNEL_NAMES)
+def test_batch_mean_threshold_gradient_estimates_expected_loss_gradient(kernel):
+    theta, lam, mu, sigma, eps = 1.5, 0.3, 0.5, 1.0, 0.05
+    h = 1e-3
+    fd = (_expected_loss(theta + h, lam, mu, sigma) - _expected_loss(theta - h, lam, mu, sigma)) / (2 * h)
+    sae = _one_latent_sae(theta, lam, eps, kernel)
+    x = torch.randn(2_000_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * sigma + mu
+    sae(x).loss.backward()
+    # autodiff through theta = exp(t): dL/dt = theta * dL/dtheta
+    estimate = sae.log_threshold.grad.item() / theta
+    assert fd > 0.1, "the chosen point must have a clearly non-zero gradient"
+    assert estimate == pytest.approx(fd, rel=0.05)
+
+
+def test_direct_threshold_gradient_differs_by_theta():
+    theta = 0.8
+    x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
+    grads = {}
+    for mode in ("autodiff", "direct"):
+        sae = _one_latent_sae(theta, 0.2, 0.1, "rectangle", threshold_grad=mode)
+        sae(x).loss.backward()
+        grads[mode] = sae.log_threshold.grad.item()
+        theta = sae.log_threshold.exp().item()  # 0.8 up to the float32 it was created in
+    assert grads["direct"] != 0
+    assert grads["autodiff"] == pytest.approx(theta * grads["direct"], rel=1e-9)
+
+
+def test_target_l0_pulls_from_both_sides():
+    x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
+    for target, sign in ((0.1, -1), (0.95, 1)):  # L0 here is ~0.5 (P(x > 0.5))
+        sae = _one_latent_sae(0.5, 1.0, 0.2, "rectangle", target_l0=target)
+        out = sae(x)
+        out.losses["l0"].backward()
+        # Too dense: raise theta (negative gradient). Too sparse: lower theta.
+        assert math.copysign(1, sae.log_threshold.grad.item()) == sign
+        expected = (out.metrics["l0"] / target - 1) ** 2
+        torch.testing.assert_close(out.losses["l0"], expected)

@@ -1,0 +1,83 @@
+"""Every option in conf/ composes and instantiates; bad configs fail early, naming the key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf.errors import ValidationError
+
+from saelab.lit import LIT_CLASSES
+from saelab.runner import build
+from tests.conftest import CONF_DIR, TINY_RUN, compose_config
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_every_family_has_a_config():
+    assert set(_options("sae")) == set(LIT_CLASSES)
+
+
+@pytest.mark.parametrize("sae", _options("sae"))
+@pytest.mark.parametrize("data", _options("data"))
+def test_sae_and_data_options_compose_and_build(sae, data, tmp_path):
+    cfg = compose_config([f"sae={sae}", f"data={data}", *TINY_RUN], tmp_path)
+    datamodule, module = build(cfg)
+    assert module.sae.cfg.architecture == sae
+    assert module.sae.d_in == datamodule.d_in == cfg.data.d_in
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_trainer_and_logger_options_instantiate(trainer, logger, tmp_path):
+    cfg = compose_config([f"trainer={trainer}", f"logger={logger}"], tmp_path)
+    lg = instantiate(cfg.logger) if cfg.get("logger") else False
+    t = instantiate(cfg.trainer, logger=lg)
+    assert t.max_steps == cfg.trainer.max_steps
+
+
+def test_unknown_family_lists_the_choices(tmp_path):
+    with pytest.raises(ConfigCompositionException, match="jumprelu"):
+        compose_config(["sae=sparse"], tmp_path)
+
+
+def test_typo_in_key_is_named(tmp_path):
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_config(["sae.l0_coeficient=1.0"], tmp_path)
+    assert "l0_coeficient" in str(info.value) + str(info.value.__cause__)
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises((ConfigCompositionException, ValidationError)) as info:
+        compose_config(["sae=topk", "sae.k=many"], tmp_path)
+    assert "k" in str(info.value) + str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["sae=topk", "sae.k=10000"], "sae.k=10000 is invalid: it must be an integer in \\[1, d_sae=512\\]"),
+        (["sae=jumprelu", "sae.l0_coefficient=-1"], "sae.l0_coefficient=-1.0 is invalid"),
+        (["sae=relu", "sae.l1_coefficient=-1"], "l1_coefficient"),
+        (["sae=jumprelu", "sae.kernel=box"], "sae.kernel=.box. is invalid: it must be one of 'rectangle'"),
+        (["sae=gated", "sae.lr=0"], "lr=0.0 is invalid"),
+        (["data.mean_l0=0"], "data.mean_l0"),
+    ],
+)
+def test_bad_values_fail_before_any_work(overrides, message, tmp_path):
+    cfg = compose_config(overrides, tmp_path)
+    with pytest.raises(ValueError, match=message):
+        build(cfg)
+
+
+def test_unknown_top_level_key_is_refused(tmp_path):
+    with pytest.raises(ConfigCompositionException):
+        compose_config(["learning_rate=1"], tmp_path)
+
+
+def test_topk_default_lr_follows_width(tmp_path):
+    cfg = compose_config(["sae=topk", "data.d_in=64", "sae.expansion_factor=256"], tmp_path)
+    _, module = build(cfg)
+    assert module.cfg.lr == pytest.approx(2e-4)  # d_sae = 2^14
