@@ -94,8 +94,11 @@ class SyntheticFeatures:
         """``n`` tokens and their true feature coefficients [n, n_features]."""
         cfg = self.cfg
         active = torch.rand(n, cfg.n_features, generator=generator) < self.probs
-        magnitudes = (cfg.magnitude_mean + cfg.magnitude_std * torch.randn(n, cfg.n_features, generator=generator)).abs()
-        coeffs = active * magnitudes
+        # Draw magnitudes only for the ~mean_l0 active entries per token, not all n_features.
+        rows, cols = active.nonzero(as_tuple=True)
+        magnitudes = (cfg.magnitude_mean + cfg.magnitude_std * torch.randn(rows.numel(), generator=generator)).abs()
+        coeffs = torch.zeros(n, cfg.n_features)
+        coeffs[rows, cols] = magnitudes
         x = coeffs @ self.features
         if cfg.noise_std > 0:
             x = x + cfg.noise_std * torch.randn(x.shape, generator=generator)

@@ -31,6 +31,12 @@ class JumpReLULit(SAELitModule):
     sae_class = JumpReLUSAE
     config_class = JumpReLUTrainConfig
 
+    threshold_init_tokens = 16_384
+
+    def init_from_data(self, x: Tensor) -> None:
+        if self.cfg.threshold_init_l0 is not None:
+            self.sae.init_threshold_from_data(x[: self.threshold_init_tokens], self.cfg.threshold_init_l0)
+
     def after_training_step(self, out) -> None:
         # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high
         # for a long time on small token budgets; SPEC.md 1).

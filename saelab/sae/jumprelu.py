@@ -89,6 +89,10 @@ class JumpReLUConfig(SAEConfig):
     """STE kernel K: rectangle, triangle, gaussian or epanechnikov (paper: results robust)."""
     threshold_init: float = 1e-3
     """Initial theta for every latent."""
+    threshold_init_l0: float | None = None
+    """If set, thresholds are instead initialised from data: each latent's theta at the quantile
+    of its pre-activations that makes it fire on a fraction threshold_init_l0 / d_sae of tokens,
+    so training starts near this L0 rather than at L0 ~ d_sae / 2 (see init_threshold_from_data)."""
     threshold_grad: str = "autodiff"
     """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
     'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
@@ -105,6 +109,8 @@ class JumpReLUConfig(SAEConfig):
         _require(self, "threshold_init", self.threshold_init > 0, "a number > 0")
         require_choice(self, "kernel", tuple(KERNELS))
         require_choice(self, "threshold_grad", ("autodiff", "direct"))
+        if self.threshold_init_l0 is not None:
+            _require(self, "threshold_init_l0", 0 < self.threshold_init_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
         if self.target_l0 is not None:
             _require(self, "target_l0", 0 < self.target_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
 
@@ -145,6 +151,17 @@ class JumpReLUSAE(SAE):
             "l0": cfg.l0_coefficient * sparsity_scale * sparsity,
         }
         return SAEOutput(x_hat, f, losses, {"l0": l0.detach()})
+
+    @torch.no_grad()
+    def init_threshold_from_data(self, x: Tensor, l0: float) -> None:
+        """theta_i = the (1 - l0/d_sae) quantile of z_i over the sample x, floored at 1e-6 (theta
+        must stay positive). Every latent then fires on the same fraction of the sample, and the
+        expected L0 on it is ``l0``."""
+        z = self.pre_acts(x)
+        n = z.shape[0]
+        k = min(n, max(1, round(n * (1 - l0 / self.d_sae))))  # k-th smallest = the quantile
+        theta = z.kthvalue(k, dim=0).values.clamp_min(1e-6)
+        self.log_threshold.copy_(theta.float().log())
 
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:

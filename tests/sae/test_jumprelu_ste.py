@@ -109,3 +109,17 @@ def test_target_l0_pulls_from_both_sides():
         assert math.copysign(1, sae.log_threshold.grad.item()) == sign
         expected = (out.metrics["l0"] / target - 1) ** 2
         torch.testing.assert_close(out.losses["l0"], expected)
+
+
+def test_quantile_threshold_init_gives_the_requested_starting_l0():
+    from tests.conftest import make_sae
+
+    sae = make_sae("jumprelu", d_in=16, d_sae=64)
+    sample = torch.randn(8000, 16) * 2 + 0.5
+    sae.init_threshold_from_data(sample, l0=6)
+    fresh = torch.randn(20_000, 16) * 2 + 0.5  # new draws from the same distribution
+    l0 = (sae.encode(fresh) != 0).sum(1).float().mean().item()
+    assert l0 == pytest.approx(6, rel=0.05)
+    density = (sae.encode(fresh) != 0).float().mean(0)
+    assert density.min() > 0.5 * 6 / 64 and density.max() < 1.5 * 6 / 64, "each latent fires equally often"
+    assert torch.all(sae.threshold > 0)
