@@ -8,10 +8,12 @@ from hydra.core.config_store import ConfigStore
 
 from saelab.data.synthetic import SyntheticDataConfig
 from saelab.lit.families import LIT_CLASSES
+from saelab.lm.config import ModelConfig
 
 SCHEMAS = {
     "sae": {f"{name}_schema": cls.config_class for name, cls in LIT_CLASSES.items()},
     "data": {"synthetic_schema": SyntheticDataConfig},
+    "model": {"schema": ModelConfig},
 }
 
 

@@ -81,3 +81,15 @@ def test_topk_default_lr_follows_width(tmp_path):
     cfg = compose_config(["sae=topk", "data.d_in=64", "sae.expansion_factor=256"], tmp_path)
     _, module = build(cfg)
     assert module.cfg.lr == pytest.approx(2e-4)  # d_sae = 2^14
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_model_options_compose_and_validate(model, tmp_path):
+    from omegaconf import OmegaConf
+
+    from saelab.lm.config import ModelConfig
+
+    cfg = compose_config([f"model={model}"], tmp_path)
+    model_cfg = OmegaConf.to_object(cfg.model)
+    assert isinstance(model_cfg, ModelConfig) and model_cfg.trust_remote_code is False
+    assert model_cfg.n_layers in (26, 42)

@@ -1,0 +1,191 @@
+"""Text corpora: the Python standard library (always present) or the user's own text.
+
+The default corpus is the source of the running interpreter's standard library: code,
+docstrings and comments that exist wherever Python does, so the embedded model can be
+pretrained and its activations collected fully offline. Nothing is copied into the repo;
+files are read at run time.
+
+The train/validation split is by DOCUMENT (a file, a JSONL line, a dataset row) and decided
+by a hash of the document's stable key, so it is the same on every machine and run, and a
+document never straddles the split (no leakage of a file's second half into validation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import sysconfig
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+STDLIB = "python-stdlib"
+HF_PREFIX = "hf:"
+SPLITS = ("train", "validation")
+
+# Folders of the stdlib that are not "the standard library's source": the interpreter's
+# own regression tests (huge, repetitive, and some contain deliberately broken text),
+# third-party packages installed next to it, and build-configuration leftovers.
+_EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+
+
+@dataclass
+class CorpusConfig:
+    """Where the text comes from and how it is split."""
+
+    source: str = STDLIB
+    """"python-stdlib", a local .txt/.jsonl file or folder of them, or "hf:<dataset name>"."""
+    text_field: str = "text"
+    """Field holding the text in .jsonl lines and Hugging Face dataset rows."""
+    hf_config: str | None = None
+    """Hugging Face dataset configuration name (e.g. "wikitext-103-raw-v1")."""
+    hf_split: str = "train"
+    """Hugging Face split that is then divided into our train/validation by row hash."""
+    hf_revision: str | None = None
+    val_fraction: float = 0.02
+    """Fraction of documents held out for validation (decided per document by hash)."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"corpus.val_fraction={self.val_fraction}: must be in (0, 1)")
+
+
+def as_config(cfg: CorpusConfig | Mapping[str, Any] | str | None) -> CorpusConfig:
+    """Accept a CorpusConfig, a dict/DictConfig with its fields, a bare source string or None."""
+    if cfg is None:
+        return CorpusConfig()
+    if isinstance(cfg, CorpusConfig):
+        return cfg
+    if isinstance(cfg, str):
+        return CorpusConfig(source=cfg)
+    known = {f.name for f in fields(CorpusConfig)}
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"unknown corpus keys {unknown}; allowed: {sorted(known)}")
+    return CorpusConfig(**{k: cfg[k] for k in cfg})
+
+
+def in_validation(key: str, val_fraction: float) -> bool:
+    """Deterministic, machine-independent split decision for one document key."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return h / 2.0**64 < val_fraction
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_files() -> list[tuple[str, Path]]:
+    """(relative posix path, path) of the stdlib's .py files, tests excluded, sorted."""
+    root = stdlib_root()
+    out = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        dirs = rel.parts[:-1]
+        if any(d in _EXCLUDED_DIRS or d.startswith("config-") for d in dirs):
+            continue
+        if rel.name.startswith("_sysconfigdata"):  # build-machine paths, not source
+            continue
+        out.append((rel.as_posix(), path))
+    return sorted(out)
+
+
+def _local_files(root: Path) -> list[tuple[str, Path]]:
+    if not root.exists():
+        raise FileNotFoundError(
+            f"corpus.source={str(root)!r} does not exist: give an existing .txt/.jsonl file or "
+            f"folder, '{STDLIB}', or '{HF_PREFIX}<dataset name>'"
+        )
+    if root.is_file():
+        return [(root.name, root)]
+    files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl")]
+    if not files:
+        raise FileNotFoundError(f"corpus.source={str(root)!r} holds no .txt or .jsonl files")
+    return sorted((p.relative_to(root).as_posix(), p) for p in files)
+
+
+def _read_text(path: Path) -> str:
+    # errors="replace": a stray non-UTF-8 byte in one file must not stop a run.
+    return path.read_text(encoding="utf-8", errors="replace")
+
+
+def _file_documents(files: list[tuple[str, Path]], field: str) -> Iterator[tuple[str, str]]:
+    """(key, text) pairs: one per .txt/.py file, one per non-empty .jsonl line."""
+    for rel, path in files:
+        if path.suffix != ".jsonl":
+            yield rel, _read_text(path)
+            continue
+        for i, line in enumerate(_read_text(path).splitlines()):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if field not in row:
+                raise ValueError(f"{path}:{i + 1} has no {field!r} field; set corpus.text_field")
+            yield f"{rel}:{i}", row[field]
+
+
+def _hf_documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError(
+            f"corpus.source={cfg.source!r} needs the optional 'datasets' package: "
+            "pip install 'saelab[datasets]'"
+        ) from e
+    name = cfg.source[len(HF_PREFIX):]
+    # Streaming: no full download before the first batch; rows arrive in a fixed order.
+    ds = datasets.load_dataset(
+        name, cfg.hf_config, split=cfg.hf_split, revision=cfg.hf_revision, streaming=True
+    )
+    for i, row in enumerate(ds):
+        yield str(i), row[cfg.text_field]
+
+
+def _documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
+    if cfg.source == STDLIB:
+        return _file_documents(stdlib_files(), cfg.text_field)
+    if cfg.source.startswith(HF_PREFIX):
+        return _hf_documents(cfg)
+    return _file_documents(_local_files(Path(cfg.source).expanduser()), cfg.text_field)
+
+
+def iter_keyed_documents(cfg: CorpusConfig | Mapping[str, Any] | str | None,
+                         split: str) -> Iterator[tuple[str, str]]:
+    """Yield (key, text) of one split in a fixed order; key = relative path[:line] or row."""
+    if split not in SPLITS:
+        raise ValueError(f"split={split!r}; allowed: {SPLITS}")
+    cfg = as_config(cfg)
+    want_val = split == "validation"
+    for key, text in _documents(cfg):
+        if text and in_validation(key, cfg.val_fraction) == want_val:
+            yield key, text
+
+
+def iter_documents(cfg: CorpusConfig | Mapping[str, Any] | str | None, split: str) -> Iterator[str]:
+    """Yield the documents (strings) of one split ("train" or "validation"), in a fixed order."""
+    for _, text in iter_keyed_documents(cfg, split):
+        yield text
+
+
+def fingerprint(cfg: CorpusConfig | Mapping[str, Any] | str | None = None) -> str:
+    """A short stable id of the corpus CONTENT and split, for cache keys.
+
+    Local files are hashed by content (a changed file changes the id); a Hugging Face dataset
+    by name/config/split/revision, since hashing a remote corpus would mean reading all of it.
+    """
+    cfg = as_config(cfg)
+    h = hashlib.sha256(f"split-by-sha256 val={cfg.val_fraction}".encode())
+    if cfg.source.startswith(HF_PREFIX):
+        parts = (cfg.source, cfg.hf_config, cfg.hf_split, cfg.hf_revision, cfg.text_field)
+        h.update(repr(parts).encode())
+        return h.hexdigest()[:16]
+    if cfg.source == STDLIB:
+        h.update(f"python-stdlib {sys.version_info[:3]}".encode())
+        files = stdlib_files()
+    else:
+        h.update(cfg.text_field.encode())
+        files = _local_files(Path(cfg.source).expanduser())
+    for rel, path in files:
+        h.update(rel.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()[:16]

@@ -1,0 +1,137 @@
+"""Load any causal LM and its tokenizer through one code path (transformers Auto classes).
+
+`tiny-gemma-2` names the model shipped inside this package (saelab/lm/assets/tiny-gemma-2);
+anything else is a local folder or a Hugging Face hub id. Remote code is never run unless
+the caller asks for it explicitly (`trust_remote_code=True`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import huggingface_hub
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+EMBEDDED = {"tiny-gemma-2": ASSETS / "tiny-gemma-2"}
+PRETRAIN_COMMAND = "python -m saelab.lm.pretrain --out saelab/lm/assets/tiny-gemma-2 --seed 0"
+
+# Gemma 2 soft-caps attention logits; the SDPA/flash kernels skip that, so activations would
+# differ slightly from the reference model. Eager attention is exact.
+_EAGER_MODEL_TYPES = {"gemma2", "gemma3", "gemma3_text"}
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer could not be found or fetched; the message says what to do."""
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or (
+        os.sep != "/" and os.sep in name
+    )
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """Map a model name to what transformers should load: a folder path or a hub id."""
+    name = str(name_or_path)
+    if name in EMBEDDED:
+        folder = EMBEDDED[name]
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"the embedded model {name!r} is missing from {folder} (an incomplete install "
+                f"or checkout). Rebuild it with: {PRETRAIN_COMMAND}"
+            )
+        return str(folder)
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model.name_or_path={name!r} is a local path but has no config.json; point it "
+                "at a folder written by save_pretrained (config.json + weights)"
+            )
+        return str(path)
+    if _looks_like_path(name):
+        raise ModelLoadError(
+            f"model.name_or_path={name!r}: no such local folder. Check the path, or use a hub "
+            "id (e.g. google/gemma-2-2b) or model=tiny-gemma-2 (embedded, offline)"
+        )
+    return name  # a hub id
+
+
+def _explain(name: str, what: str, err: Exception) -> ModelLoadError:
+    offline = huggingface_hub.constants.is_offline_mode()
+    lines = [
+        f"could not load the {what} {name!r}.",
+        f"Tried: the embedded names {sorted(EMBEDDED)}, a local folder {name!r} (not found), "
+        f"and the Hugging Face hub id {name!r} (local cache"
+        + (" only, HF_HUB_OFFLINE is set)." if offline else ", then the network)."),
+        f"Cause: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}",
+        "What to do:",
+        "  - check the spelling of the hub id / path;",
+        "  - gated models (google/gemma-2-*): accept the licence on the model's hub page, then "
+        "run `huggingface-cli login` (newer hubs: `hf auth login`; or set HF_TOKEN);",
+        "  - no network here: download once elsewhere with `huggingface-cli download <id>` and "
+        "copy the cache (or a save_pretrained folder) over, then pass its path; "
+        "HF_HUB_OFFLINE=1 skips the network retries;",
+        "  - or run fully offline with the embedded model: model=tiny-gemma-2.",
+    ]
+    return ModelLoadError("\n".join(lines))
+
+
+def _as_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype):
+        raise ValueError(f"model.dtype={dtype!r}: use float32, bfloat16, float16 or auto")
+    return value
+
+
+def load_model(
+    name_or_path: str | os.PathLike,
+    dtype: str | torch.dtype = "float32",
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    attn_implementation: str | None = None,
+) -> PreTrainedModel:
+    """A causal LM in eval mode with gradients off (we read activations, never train it)."""
+    target = resolve(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(
+            target, revision=revision, trust_remote_code=trust_remote_code
+        )
+        if attn_implementation is None and config.model_type in _EAGER_MODEL_TYPES:
+            attn_implementation = "eager"
+        model = AutoModelForCausalLM.from_pretrained(
+            target,
+            config=config,
+            revision=revision,
+            dtype=_as_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+            attn_implementation=attn_implementation,
+            use_safetensors=True,  # never unpickle .bin weights
+        )
+    except OSError as e:
+        if isinstance(e, ModelLoadError):
+            raise
+        raise _explain(str(name_or_path), "model", e) from e
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_tokenizer(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The model's tokenizer (fast tokenizer; Gemma-style ones prepend <bos>)."""
+    target = resolve(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(
+            target, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise _explain(str(name_or_path), "tokenizer", e) from e
