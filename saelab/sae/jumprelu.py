@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .auxk import auxk_loss
 from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_choice
 from .kernels import KERNELS
 
@@ -96,6 +97,12 @@ class JumpReLUConfig(SAEConfig):
     threshold_grad: str = "autodiff"
     """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
     'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
+    aux_coefficient: float = 0.0
+    """Weight of an AuxK loss on dead latents (as in TopK; 0 = off, the paper's method). Not in
+    the JumpReLU paper: on small token budgets latents that fall below their threshold before
+    they have learnt a feature get no gradient again, and this revives them."""
+    aux_k: int | None = None
+    """Dead latents used by AuxK; None means d_in // 2."""
     target_l0: float | None = None
     """If set, the sparsity term becomes lambda * (L0 / target_l0 - 1)^2, which pulls L0 towards
     target_l0 from both sides (Gemma Scope 2 style) instead of always pushing it down."""
@@ -107,6 +114,10 @@ class JumpReLUConfig(SAEConfig):
         _require(self, "l0_coefficient", self.l0_coefficient >= 0, "a number >= 0")
         _require(self, "bandwidth", self.bandwidth > 0, "a number > 0")
         _require(self, "threshold_init", self.threshold_init > 0, "a number > 0")
+        _require(self, "aux_coefficient", self.aux_coefficient >= 0, "a number >= 0")
+        if self.aux_k is None:
+            self.aux_k = max(1, self.d_in // 2)
+        _require(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
         require_choice(self, "kernel", tuple(KERNELS))
         require_choice(self, "threshold_grad", ("autodiff", "direct"))
         if self.threshold_init_l0 is not None:
@@ -150,6 +161,8 @@ class JumpReLUSAE(SAE):
             "mse": reconstruction_loss(x, x_hat),
             "l0": cfg.l0_coefficient * sparsity_scale * sparsity,
         }
+        if dead_mask is not None and cfg.aux_coefficient > 0:
+            losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead_mask, self.W_dec, cfg.aux_k)
         return SAEOutput(x_hat, f, losses, {"l0": l0.detach()})
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .auxk import auxk_loss, scatter_topk
 from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_nonnegative
 
 
@@ -52,13 +53,6 @@ class BatchTopKConfig(TopKConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self, "threshold_ema", 0 <= self.threshold_ema < 1, "in [0, 1)")
-
-
-def scatter_topk(z: Tensor, k: int) -> Tensor:
-    """ReLU of the k largest entries of each row, zeros elsewhere. torch.topk selects without a
-    full sort of the row."""
-    values, indices = z.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(z).scatter_(-1, indices, F.relu(values))
 
 
 @torch.no_grad()
@@ -95,16 +89,7 @@ class TopKSAE(SAE):
         return self.select(self.pre_acts(x))
 
     def auxk_loss(self, x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor) -> Tensor:
-        """||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / aux_k, 1). With no dead
-        latent the scale is 0, so AuxK engages only when latents are dead."""
-        e = (x - x_hat).detach()
-        # Non-dead latents go to -inf: ReLU turns any that topk still picks into zeros, so no
-        # host sync is needed to cap aux_k at the number of dead latents.
-        f_aux = scatter_topk(z.masked_fill(~dead_mask, float("-inf")), self.cfg.aux_k)
-        e_hat = f_aux @ self.W_dec
-        l_aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
-        scale = (dead_mask.sum() / self.cfg.aux_k).clamp(max=1.0)
-        return scale * l_aux
+        return auxk_loss(x, x_hat, z, dead_mask, self.W_dec, self.cfg.aux_k)
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
         z = self.pre_acts(x)

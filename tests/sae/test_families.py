@@ -92,8 +92,11 @@ def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
     torch.testing.assert_close(sae.encode(x), z * (z > sae.threshold))
 
 
-def test_auxk_engages_only_when_latents_are_dead():
-    sae = make_sae("topk", k=2, aux_k=8)
+@pytest.mark.parametrize("arch, extra", [("topk", {"k": 2}), ("batchtopk", {"k": 2}), ("jumprelu", {"aux_coefficient": 1 / 32})])
+def test_auxk_engages_only_when_latents_are_dead(arch, extra):
+    from saelab.sae.auxk import auxk_loss
+
+    sae = make_sae(arch, aux_k=8, **extra)
     x = torch.randn(32, 16)
     none_dead = sae(x, dead_mask=torch.zeros(64, dtype=torch.bool))
     assert none_dead.losses["auxk"] == 0
@@ -105,13 +108,19 @@ def test_auxk_engages_only_when_latents_are_dead():
     grad_rows = sae.W_enc.grad.abs().sum(0) != 0
     assert grad_rows[:4].any() and not grad_rows[4:].any(), "AuxK must train only dead latents"
     # scale min(n_dead / aux_k, 1): 4 dead of aux_k=8 halves the loss relative to its raw value
-    raw = sae.auxk_loss(x, some_dead.x_hat, sae.pre_acts(x), dead) / 0.5
+    raw = auxk_loss(x, some_dead.x_hat, sae.pre_acts(x), dead, sae.W_dec, 8) / 0.5
     e = (x - some_dead.x_hat).detach()
     z = sae.pre_acts(x).detach().masked_fill(~dead, float("-inf"))
     v, i = z.topk(8, dim=1)
     f_aux = torch.zeros_like(z).scatter(1, i, torch.relu(v))
     expected = ((e - f_aux @ sae.W_dec.detach()) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
     torch.testing.assert_close(raw, expected)
+    torch.testing.assert_close(some_dead.losses["auxk"], sae.cfg.aux_coefficient * 0.5 * expected)
+
+
+def test_jumprelu_has_no_auxk_by_default():
+    sae = make_sae("jumprelu")
+    assert "auxk" not in sae(torch.randn(8, 16), dead_mask=torch.ones(64, dtype=torch.bool)).losses
 
 
 def test_gated_aux_term_does_not_train_the_decoder():
