@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
 from saelab.lit import LIT_CLASSES
@@ -23,7 +24,10 @@ def test_every_family_has_a_config():
 @pytest.mark.parametrize("sae", _options("sae"))
 @pytest.mark.parametrize("data", _options("data"))
 def test_sae_and_data_options_compose_and_build(sae, data, tmp_path):
-    cfg = compose_config([f"sae={sae}", f"data={data}", *TINY_RUN], tmp_path)
+    # TINY_RUN shrinks the synthetic data; other sources keep their own (lazy) defaults.
+    overrides = TINY_RUN if data == "synthetic" else ["trainer=debug", "sae.expansion_factor=4"]
+    cfg = compose_config([*overrides, f"sae={sae}", f"data={data}"], tmp_path)
+    assert cfg.data.get("_target_") is None and OmegaConf.get_type(cfg.data).__name__.lower().startswith(data[:5])
     datamodule, module = build(cfg)
     assert module.sae.cfg.architecture == sae
     assert module.sae.d_in == datamodule.d_in == cfg.data.d_in
@@ -67,7 +71,8 @@ def test_wrong_type_is_named(tmp_path):
     ],
 )
 def test_bad_values_fail_before_any_work(overrides, message, tmp_path):
-    cfg = compose_config(overrides, tmp_path)
+    # These cases are about the synthetic data and its d_in=64 (d_sae=512); the default is LM activations.
+    cfg = compose_config(["data=synthetic", *overrides], tmp_path)
     with pytest.raises(ValueError, match=message):
         build(cfg)
 

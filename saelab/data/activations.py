@@ -1,0 +1,199 @@
+"""LM activations as SAE training data: the ``data=activations`` config and its DataModule.
+
+The first run builds (or finishes) a cache per split (``cache_build.py``): the train split of
+the corpus for training, its own, smaller validation split for validation. Every later run
+with the same key just memory-maps it. Batches are contiguous blocks of the pre-shuffled
+shards (``batches.py``), never per-row gathers, never the whole cache in RAM.
+
+Resuming: the DataModule counts the training batches Lightning really used (in
+``on_before_batch_transfer``, after Lightning's own one-batch look-ahead) and saves that
+position in checkpoints (``state_dict``), so a resumed run neither repeats nor skips data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from saelab.data.batches import ActivationLoader
+from saelab.data.cache import VERIFY_MODES, ActivationCache, CacheSpec, cache_root
+from saelab.data.cache_build import CacheBuilder, LMSource
+from saelab.data.corpus import CorpusConfig
+from saelab.data.shards import check_dtype
+from saelab.lm.config import ModelConfig
+from saelab.lm.sites import check_site
+
+
+@dataclass
+class ActivationsDataConfig:
+    site: str = "resid"
+    """resid | mlp | attn (SPEC.md 5); set through the ``site`` group: ``site=mlp``."""
+    layer: int = 12
+    """Decoder layer 0..n_layers-1; set through the top-level ``layer=``."""
+    d_in: int = 128
+    """The site's width (interpolated from the site group); checked against the real model."""
+    model: Any = None
+    """The ``model`` group (interpolated): which LM to read."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    context_length: int | None = None
+    """Tokens per LM context; None = the model's context_length."""
+    dtype: str = "float32"
+    """Storage dtype of the cache: float32, bfloat16 or float16 (batches are always float32)."""
+    train_tokens: int = 524_288
+    val_tokens: int = 16_384
+    batch_size: int = 4096
+    shard_tokens: int = 131_072
+    """Rows per shard file = the shuffle buffer (rows are shuffled across ~this/context contexts)."""
+    block_size: int = 512
+    """Rows per contiguous read; a batch is batch_size/block_size blocks from anywhere."""
+    cache_dir: str | None = None
+    """Cache root; None = $SAELAB_CACHE_DIR or ~/.cache/saelab/activations."""
+    verify_checksums: str = "first"
+    """first (full check once per cache), always, or never (sizes are always checked)."""
+    seed: int = 0
+    """Order of blocks per epoch (not part of the cache key)."""
+    shuffle_seed: int = 0
+    """Shuffle inside shards when the cache is built (part of the cache key)."""
+    lm_batch_size: int = 8
+    """Contexts per LM forward when building."""
+    device: str = "auto"
+    """Where the LM runs when building: auto (cuda if available), cpu, cuda, cuda:1, ..."""
+    prefetch_batches: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model is None:
+            self.model = ModelConfig()
+        elif not isinstance(self.model, ModelConfig):
+            self.model = ModelConfig(**self.model)
+        if isinstance(self.corpus, dict):
+            self.corpus = CorpusConfig(**self.corpus)
+        check_site(self.site)
+        check_site(self.site, self.layer, self.model.n_layers)
+        check_dtype(self.dtype)
+        positive = ["d_in", "train_tokens", "val_tokens", "batch_size", "shard_tokens", "block_size",
+                    "lm_batch_size"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"data.{key}={getattr(self, key)!r} is invalid: it must be > 0.")
+        if self.context_length is not None and self.context_length < 2:
+            raise ValueError(f"data.context_length={self.context_length} is invalid: it must be >= 2.")
+        for key in ("train_tokens", "val_tokens"):
+            if getattr(self, key) < self.batch_size:
+                raise ValueError(f"data.{key}={getattr(self, key)} is invalid: it must be >= "
+                                 f"data.batch_size={self.batch_size} (one full batch).")
+        if self.verify_checksums not in VERIFY_MODES:
+            raise ValueError(f"data.verify_checksums={self.verify_checksums!r} is invalid: use one of "
+                             f"{', '.join(VERIFY_MODES)}.")
+        if self.prefetch_batches < 0:
+            raise ValueError(f"data.prefetch_batches={self.prefetch_batches} is invalid: it must be >= 0.")
+
+    def build(self) -> "ActivationDataModule":
+        return ActivationDataModule(self)
+
+
+class ActivationDataModule(pl.LightningDataModule):
+    """Cheap to construct: nothing is hashed, loaded or built before ``prepare_data``/``setup``
+    (or the first ``sample_activations``)."""
+
+    def __init__(self, cfg: ActivationsDataConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.train_cache: ActivationCache | None = None
+        self.val_cache: ActivationCache | None = None
+        self._train_loader: ActivationLoader | None = None
+        self._resume: dict[str, Any] | None = None
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def batch_size(self) -> int:
+        return self.cfg.batch_size
+
+    def specs(self, source: LMSource) -> tuple[CacheSpec, CacheSpec]:
+        c = self.cfg
+        common = dict(site=c.site, layer=c.layer, dtype=c.dtype, context_length=c.context_length,
+                      shard_tokens=c.shard_tokens, shuffle_seed=c.shuffle_seed)
+        return (source.spec("train", n_tokens=c.train_tokens, **common),
+                source.spec("validation", n_tokens=c.val_tokens, **common))
+
+    # --- Lightning data hooks -------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self._open()
+
+    def setup(self, stage: str | None = None) -> None:
+        self._open()
+
+    def _open(self) -> None:
+        """Build the missing caches (under a lock: concurrent runs wait and reuse), then open."""
+        if self.train_cache is not None:
+            return
+        c = self.cfg
+        source = LMSource(model=c.model, corpus=c.corpus, device=c.device,
+                          lm_batch_size=c.lm_batch_size, progress=c.progress)
+        builder = CacheBuilder(source, cache_root(c.cache_dir), c.verify_checksums)
+        train_spec, val_spec = self.specs(source)
+        (self.train_cache,) = builder.ensure([train_spec], expected_d_in=c.d_in)
+        (self.val_cache,) = builder.ensure([val_spec], expected_d_in=c.d_in)
+        for cache in (self.train_cache, self.val_cache):
+            if cache.d_in != c.d_in:
+                raise ValueError(f"data.d_in={c.d_in} but the cache {cache.folder} holds "
+                                 f"{cache.d_in}-wide activations; fix site.d_in / model.d_model")
+
+    def sample_activations(self, n_tokens: int) -> Tensor:
+        """The first ``n_tokens`` training tokens (in the cache's stored, shuffled order)."""
+        self._open()
+        return self.train_cache.read(0, n_tokens)
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, cache: ActivationCache, shuffle: bool, track: str) -> ActivationLoader:
+        rank, world = self._rank()
+        return ActivationLoader(
+            cache, self.cfg.batch_size, self.cfg.block_size, seed=self.cfg.seed, shuffle=shuffle,
+            rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches,
+            pin_memory=torch.cuda.is_available(), track=track,
+        )
+
+    def train_dataloader(self) -> ActivationLoader:
+        self._open()
+        # Attached to a Trainer, consumption is counted in on_before_batch_transfer.
+        loader = self._loader(self.train_cache, True, "external" if self.trainer is not None else "yield")
+        if self._resume is not None:
+            loader.load_state_dict(self._resume)
+            self._resume = None
+        self._train_loader = loader
+        return loader
+
+    def val_dataloader(self) -> ActivationLoader:
+        self._open()
+        return self._loader(self.val_cache, False, "none")
+
+    def on_before_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        trainer = self.trainer
+        if trainer is not None and trainer.training and self._train_loader is not None:
+            if self._train_loader.track == "external":
+                self._train_loader.mark_consumed()
+        return batch
+
+    # --- checkpointed position ------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_loader is not None:
+            return self._train_loader.state_dict()
+        return dict(self._resume) if self._resume is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._resume = dict(state_dict)
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(self._resume)
+            self._resume = None
