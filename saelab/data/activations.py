@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from saelab.data.base import ActivationSource
 from saelab.data.batches import ActivationLoader
 from saelab.data.cache import VERIFY_MODES, ActivationCache, CacheSpec, cache_root
 from saelab.data.cache_build import CacheBuilder, LMSource
@@ -96,7 +96,7 @@ class ActivationsDataConfig:
         return ActivationDataModule(self)
 
 
-class ActivationDataModule(pl.LightningDataModule):
+class ActivationDataModule(ActivationSource):
     """Cheap to construct: nothing is hashed, loaded or built before ``prepare_data``/``setup``
     (or the first ``sample_activations``)."""
 
@@ -107,14 +107,6 @@ class ActivationDataModule(pl.LightningDataModule):
         self.val_cache: ActivationCache | None = None
         self._train_loader: ActivationLoader | None = None
         self._resume: dict[str, Any] | None = None
-
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size
 
     def specs(self, source: LMSource) -> tuple[CacheSpec, CacheSpec]:
         c = self.cfg

@@ -16,10 +16,11 @@ import hashlib
 import math
 from dataclasses import dataclass
 
-import lightning.pytorch as pl
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from saelab.data.base import ActivationSource
 
 
 def _batch_seed(seed: int, split: str, index: int) -> int:
@@ -123,21 +124,13 @@ class SyntheticBatches(Dataset):
         return x
 
 
-class SyntheticDataModule(pl.LightningDataModule):
+class SyntheticDataModule(ActivationSource):
     def __init__(self, cfg: SyntheticDataConfig):
         super().__init__()
         self.cfg = cfg
         self.truth = SyntheticFeatures(cfg)
         self.train_set = SyntheticBatches(self.truth, "train", cfg.train_tokens, cfg.batch_size)
         self.val_set = SyntheticBatches(self.truth, "val", cfg.val_tokens, cfg.batch_size)
-
-    @property
-    def d_in(self) -> int:
-        return self.cfg.d_in
-
-    @property
-    def batch_size(self) -> int:
-        return self.cfg.batch_size
 
     @property
     def true_features(self) -> Tensor:
