@@ -102,13 +102,14 @@ class SAELitModule(pl.LightningModule):
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = self.normalize(batch)
         scale = self.sparsity_scale()
-        out = self.sae(x, sparsity_scale=scale, dead_mask=self.dead_mask())
+        dead = self.dead_mask()
+        out = self.sae(x, sparsity_scale=scale, dead_mask=dead)
         loss = out.loss
         self.track_firing(out.feature_acts)
         logs = {f"train/loss/{k}": v.detach() for k, v in out.losses.items()}
         logs.update({f"train/{k}": v for k, v in out.metrics.items()})
         logs["train/loss"] = loss.detach()
-        logs["train/dead_fraction"] = self.dead_mask().float().mean()
+        logs["train/dead_fraction"] = dead.float().mean()
         logs["train/sparsity_scale"] = scale
         self.log_dict(logs, on_step=True, on_epoch=False)
         self.log("l0", out.metrics["l0"], prog_bar=True, logger=False)
