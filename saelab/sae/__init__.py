@@ -31,9 +31,13 @@ def build_sae(architecture: str, **config) -> SAE:
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Load an SAE written by ``saelab.io.save_sae`` (SAELens layout)."""
+    """Load an SAE: a folder written by ``saelab.io.save_sae`` (SAELens layout) or a Gemma
+    Scope ``params.npz`` file."""
+    from saelab.io.gemma_scope import load_gemma_scope_npz
     from saelab.io.saelens import load_saelens_folder
 
+    if Path(path).suffix == ".npz":
+        return load_gemma_scope_npz(path).to(device)
     cfg, tensors = load_saelens_folder(Path(path))
     fields = dict(cfg.get("saelab_config") or {})
     architecture = fields.pop("architecture", cfg.get("architecture"))

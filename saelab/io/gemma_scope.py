@@ -1,0 +1,73 @@
+"""Gemma Scope's ``params.npz`` (SPEC.md 7): W_enc [n, M], W_dec [M, n], b_enc [M], b_dec [n] and
+threshold [M] (theta itself, not its log). The weights act on RAW activations and the encoder is
+``(z > threshold) * relu(z)`` with ``z = x @ W_enc + b_enc`` (no pre-encoder bias), which is
+exactly a JumpReLU SAE. Loaded with ``allow_pickle=False``: an npz can carry pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
+
+
+def gemma_scope_arrays(sae) -> dict[str, np.ndarray]:
+    """The five Gemma Scope arrays of a JumpReLU SAE (fold its normalisation scale first)."""
+    if not hasattr(sae, "log_threshold"):
+        raise ValueError(
+            f"Gemma Scope params.npz holds JumpReLU SAEs only; got {type(sae).__name__}. "
+            "Use saelab.io.save_sae (SAELens layout) for other families."
+        )
+    tensors = {
+        "W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec,
+        "threshold": sae.log_threshold.exp(),
+    }
+    return {k: v.detach().float().cpu().numpy() for k, v in tensors.items()}
+
+
+def save_gemma_scope_npz(sae, path: str | os.PathLike) -> Path:
+    """Write ``params.npz`` atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **gemma_scope_arrays(sae))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_gemma_scope_npz(path: str | os.PathLike):
+    """A :class:`saelab.sae.JumpReLUSAE` from a Gemma Scope ``params.npz``."""
+    from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
+
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable Gemma Scope params.npz: {error}") from None
+    missing = [k for k in KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path} lacks {missing}: a Gemma Scope params.npz has {list(KEYS)}.")
+    d_in, d_sae = arrays["W_enc"].shape
+    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape} (from W_enc).")
+    if not (arrays["threshold"] > 0).all():
+        raise ValueError(f"{path}: every threshold must be > 0 (JumpReLU theta).")
+    sae = JumpReLUSAE(JumpReLUConfig(d_in=int(d_in), d_sae=int(d_sae)))
+    state = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).float() for k in KEYS if k != "threshold"}
+    state["log_threshold"] = torch.from_numpy(arrays["threshold"]).float().log()
+    sae.load_state_dict(state)
+    return sae
