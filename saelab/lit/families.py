@@ -105,6 +105,10 @@ class BatchTopKLit(TopKLit):
         self.sae.update_threshold(value)
         self.log("train/inference_threshold", self.sae.threshold)
 
+    def export_sae(self):
+        # BatchTopK is used at inference with its global threshold: export that JumpReLU SAE.
+        return super().export_sae().to_jumprelu()
+
 
 # --- ReLU (SPEC.md 4; Anthropic April 2024) ----------------------------------------------------
 @dataclass

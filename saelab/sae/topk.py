@@ -143,6 +143,26 @@ class BatchTopKSAE(TopKSAE):
         else:
             self.threshold.lerp_(value, 1 - self.cfg.threshold_ema)
 
+    @torch.no_grad()
+    def to_jumprelu(self):
+        """The inference-time SAE as a JumpReLU SAE (SPEC.md 3): the pre-encoder bias is moved
+        into b_enc (``(x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)``) and
+        every latent gets the global threshold, so encodings are identical."""
+        from .jumprelu import JumpReLUConfig, JumpReLUSAE
+
+        if not self.threshold > 0:
+            raise ValueError(
+                "BatchTopK has no positive inference threshold yet (it is estimated during "
+                "training); train it before exporting it as a JumpReLU SAE."
+            )
+        out = JumpReLUSAE(JumpReLUConfig(d_in=self.d_in, d_sae=self.d_sae)).to(self.W_dec)
+        out.W_enc.copy_(self.W_enc)
+        out.W_dec.copy_(self.W_dec)
+        out.b_dec.copy_(self.b_dec)
+        out.b_enc.copy_(self.b_enc - self.b_dec @ self.W_enc)
+        out.log_threshold.fill_(float(self.threshold.log()))
+        return out
+
     def _input_scaled_parameters(self) -> tuple[str, ...]:
         names = super()._input_scaled_parameters()
         return names + ("threshold",) if self.threshold >= 0 else names

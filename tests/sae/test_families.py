@@ -179,3 +179,23 @@ def test_unknown_architecture():
 
     with pytest.raises(ValueError, match="known: .*jumprelu"):
         build_sae("sparse", d_in=4)
+
+
+def test_batchtopk_exports_as_an_equivalent_jumprelu():
+    from saelab.sae import JumpReLUSAE
+
+    sae = make_sae("batchtopk", k=3)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    with pytest.raises(ValueError, match="no positive inference threshold"):
+        sae.to_jumprelu()
+    sae.update_threshold(torch.tensor(0.3))
+    sae.eval()
+    jump = sae.to_jumprelu().eval()
+    assert isinstance(jump, JumpReLUSAE)
+    x = torch.randn(50, 16) * 3
+    f = sae.encode(x)
+    assert (f != 0).any() and (f == 0).any()
+    torch.testing.assert_close(jump.encode(x), f, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(jump.decode(jump.encode(x)), sae.decode(f), rtol=1e-5, atol=1e-5)
