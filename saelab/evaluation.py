@@ -1,0 +1,69 @@
+"""Evaluate an SAE on held-out text (SPEC.md 6): sparsity and fidelity on the site's activations
+(L0, FVU, feature density, relative reconstruction bias) and the effect on the language model
+when the reconstruction is spliced in (delta LM loss, CE loss recovered, KL).
+
+Sums are accumulated over tokens and over valid next-token targets, so the numbers are for the
+whole evaluated set, not averages of per-batch ratios.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
+from saelab.lm.sites import SitePoint, forward_until
+from saelab.lm.splice import spliced_losses
+from saelab.metrics import FVU, L0, FeatureDensity, RelativeReconstructionBias, density_summary
+
+LM_KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablation", "kl_div")
+
+
+@torch.no_grad()
+def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, texts, *,
+                 context_length: int, n_tokens: int, lm_batch_size: int = 8,
+                 prepend_bos: bool = True, progress: bool = True) -> dict[str, float]:
+    """``sae`` must act on RAW activations (an exported SAE, normalisation folded in)."""
+    sae = sae.eval()
+    l0, fvu = L0(), FVU(sae.d_in)
+    density, bias = FeatureDensity(sae.d_sae), RelativeReconstructionBias()
+    drop = [i for i in special_ids(tokenizer).values() if i is not None]
+    sums = dict.fromkeys(LM_KEYS, 0.0)
+    targets = tokens = 0
+
+    def reconstruct(acts):
+        return sae.decode(sae.encode(acts.float()))
+
+    bar = tqdm(total=n_tokens, desc=f"evaluating {point.site}@{point.layer}", unit="tok", disable=not progress)
+    for ids, mask in iter_token_batches(tokenizer, texts, context_length, lm_batch_size, prepend_bos):
+        keep = torch.from_numpy(keep_mask(ids, mask, tokenizer))
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        x = forward_until(model, ids, mask, [point])[point][keep].float()
+        f = sae.encode(x)
+        x_hat = sae.decode(f)
+        l0.update(f), fvu.update(x, x_hat), density.update(f), bias.update(x, x_hat)
+        lm = spliced_losses(model, point, reconstruct, ids, mask, drop)
+        n = int((mask[:, :-1].bool() & mask[:, 1:].bool()).sum())
+        for key in LM_KEYS:
+            sums[key] += float(lm[key]) * n
+        targets += n
+        tokens += int(keep.sum())
+        bar.update(int(keep.sum()))
+        if tokens >= n_tokens:
+            break
+    bar.close()
+    if tokens == 0:
+        raise ValueError("no tokens to evaluate: the corpus split is empty or shorter than one context")
+    ce = {key: sums[key] / targets for key in LM_KEYS}
+    dens = density.compute()
+    return {
+        "tokens": tokens,
+        "l0": float(l0.compute()),
+        "fvu": float(fvu.compute()),
+        "relative_reconstruction_bias": float(bias.compute()),
+        **{k: float(v) for k, v in density_summary(dens).items()},
+        **ce,
+        "delta_lm_loss": ce["ce_spliced"] - ce["ce_clean"],
+        "ce_loss_recovered": (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]),
+    }
