@@ -14,10 +14,8 @@ import json
 import os
 from pathlib import Path
 
-from saelab.data.corpus import iter_documents
-from saelab.evaluation import evaluate_sae
-from saelab.lm.load import load_model, load_tokenizer
-from saelab.lm.sites import SitePoint
+from saelab.data.activations import ActivationsDataConfig
+from saelab.evaluation import evaluate_on_validation
 from saelab.sae import load_sae
 
 
@@ -33,24 +31,18 @@ def main() -> None:
 
     run_cfg = json.loads((args.path / "config.json").read_text()) if (args.path / "config.json").is_file() else {}
     sae_path = args.path / "sae" if (args.path / "sae").is_dir() else args.path
-    data_cfg = run_cfg.get("data", {})
-    if run_cfg and "site" not in data_cfg:
-        parser.error(f"{args.path} was trained on {run_cfg.get('data', {})!r}-style data, not LM activations")
-    model_cfg = data_cfg.get("model") or run_cfg.get("model") or {}
-    model_name = args.model or model_cfg.get("name_or_path", "tiny-gemma-2")
-    site, layer = args.site or data_cfg.get("site"), args.layer if args.layer is not None else data_cfg.get("layer")
-    if site is None or layer is None:
-        parser.error("give --site and --layer (the SAE folder does not say where it was trained)")
-    context = args.context_length or data_cfg.get("context_length") or model_cfg.get("context_length") or 256
-
-    sae = load_sae(sae_path)
-    model = load_model(model_name, trust_remote_code=bool(model_cfg.get("trust_remote_code", False)))
-    tokenizer = load_tokenizer(model_name)
-    results = evaluate_sae(sae, model, tokenizer, SitePoint(site, int(layer)),
-                           iter_documents(data_cfg.get("corpus"), "validation"),
-                           context_length=int(context), n_tokens=args.tokens,
-                           prepend_bos=bool(model_cfg.get("prepend_bos", True)))
-    results.update(model=model_name, site=site, layer=int(layer), sae=str(sae_path))
+    if run_cfg and "site" not in run_cfg.get("data", {}):
+        parser.error(f"{args.path} was not trained on LM activations (data={run_cfg.get('data')!r})")
+    data = dict(run_cfg.get("data", {}))
+    if args.model:
+        data["model"] = {**(data.get("model") or {}), "name_or_path": args.model}
+    data.update({k: v for k, v in {"site": args.site, "layer": args.layer,
+                                  "context_length": args.context_length}.items() if v is not None})
+    if "site" not in data or "layer" not in data:
+        parser.error("give --site and --layer (an SAE folder does not say where it was trained)")
+    data_cfg = ActivationsDataConfig(**data)  # validates site, layer range, sizes
+    results = evaluate_on_validation(load_sae(sae_path), data_cfg, args.tokens)
+    results["sae"] = str(sae_path)
     out = (args.path if args.path.is_dir() else args.path.parent) / "eval.json"
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=2))

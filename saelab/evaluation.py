@@ -67,3 +67,20 @@ def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, 
         "delta_lm_loss": ce["ce_spliced"] - ce["ce_clean"],
         "ce_loss_recovered": (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]),
     }
+
+
+def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bool = True) -> dict[str, float]:
+    """Evaluate on the corpus's validation split at the site, layer, model and context length of
+    an ``ActivationsDataConfig`` (the data a run trained on)."""
+    from saelab.data.corpus import iter_documents
+    from saelab.lm.load import load_model, load_tokenizer
+
+    m = data_cfg.model
+    model = load_model(m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    tokenizer = load_tokenizer(m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
+    results = evaluate_sae(
+        sae, model, tokenizer, SitePoint(data_cfg.site, data_cfg.layer), iter_documents(data_cfg.corpus, "validation"),
+        context_length=data_cfg.context_length or m.context_length, n_tokens=n_tokens, prepend_bos=m.prepend_bos,
+        progress=progress,
+    )
+    return {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer}

@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from saelab.data.activations import ActivationsDataConfig
+from saelab.evaluation import evaluate_on_validation
 from saelab.io import save_sae
 from saelab.lit import FeatureRecoveryCallback, lit_class_for
 
@@ -62,6 +64,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics["steps"] = trainer.global_step
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
+        data_cfg = datamodule.cfg
+        if cfg.eval_tokens > 0 and isinstance(data_cfg, ActivationsDataConfig):
+            # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
+            evaluation = evaluate_on_validation(module.export_sae(), data_cfg, cfg.eval_tokens)
+            _write_json(output_dir / "eval.json", evaluation)
+            metrics.update({f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, float)})
         if cfg.export:
             save_sae(module.export_sae(), output_dir / "sae", metadata={"metrics": metrics})
         _write_json(output_dir / "metrics.json", metrics)

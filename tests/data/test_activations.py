@@ -23,6 +23,7 @@ TINY_ACTS = [
     "layer=1", "data.context_length=64", "data.train_tokens=4096", "data.val_tokens=1024",
     "data.batch_size=512", "data.shard_tokens=2048", "data.progress=false", "data.device=cpu",
     "sae.expansion_factor=4", "sae.normalization_tokens=2048", "trainer=debug", "logger=none",
+    "eval_tokens=128",
 ]
 
 
@@ -67,6 +68,9 @@ def test_train_on_activations_end_to_end_then_reuse_the_cache(tmp_path):
     assert metrics["steps"] == 20 and np.isfinite(metrics["val/fvu"])
     exported = json.loads((tmp_path / "run1" / "sae" / "cfg.json").read_text())
     assert exported["d_in"] == 128
+    evaluation = json.loads((tmp_path / "run1" / "eval.json").read_text())  # end-of-run splicing eval
+    assert evaluation["tokens"] >= 128 and evaluation["site"] == "resid" and evaluation["layer"] == 1
+    assert np.isfinite(evaluation["delta_lm_loss"]) and metrics["eval/delta_lm_loss"] == evaluation["delta_lm_loss"]
     folders = sorted(p.name for p in cache.iterdir())
     assert len(folders) == 2 and "--resid-L1--train--" in folders[0] and "--validation--" in folders[1]
     val = json.loads((cache / folders[1] / "manifest.json").read_text())
