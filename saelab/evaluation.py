@@ -8,10 +8,13 @@ whole evaluated set, not averages of per-batch ratios.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saelab.data.shards import write_json
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
 from saelab.lm.sites import SitePoint, forward_until
 from saelab.lm.splice import spliced_losses
@@ -69,7 +72,8 @@ def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, 
     }
 
 
-def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bool = True) -> dict[str, float]:
+def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bool = True,
+                           output_dir=None) -> dict[str, float]:
     """Evaluate on the corpus's validation split at the site, layer, model and context length of
     an ``ActivationsDataConfig`` (the data a run trained on)."""
     from saelab.data.corpus import iter_documents
@@ -83,4 +87,8 @@ def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bo
         context_length=data_cfg.context_length or m.context_length, n_tokens=n_tokens, prepend_bos=m.prepend_bos,
         progress=progress,
     )
-    return {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer}
+    results = {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer}
+    if output_dir is not None:
+        write_json(Path(output_dir) / "eval.json", results)
+    return results
+

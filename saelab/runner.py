@@ -67,8 +67,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         data_cfg = datamodule.cfg
         if cfg.eval_tokens > 0 and isinstance(data_cfg, ActivationsDataConfig):
             # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
-            evaluation = evaluate_on_validation(module.export_sae(), data_cfg, cfg.eval_tokens)
-            _write_json(output_dir / "eval.json", evaluation)
+            # Writes eval.json and the feature-density picture into the run folder.
+            evaluation = evaluate_on_validation(module.export_sae(), data_cfg, cfg.eval_tokens, output_dir=output_dir)
             metrics.update({f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, float)})
         if cfg.export:
             save_sae(module.export_sae(), output_dir / "sae", metadata={"metrics": metrics})
