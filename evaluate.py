@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from saelab.data.activations import ActivationsDataConfig
@@ -41,14 +40,11 @@ def main() -> None:
     if "site" not in data or "layer" not in data:
         parser.error("give --site and --layer (an SAE folder does not say where it was trained)")
     data_cfg = ActivationsDataConfig(**data)  # validates site, layer range, sizes
-    results = evaluate_on_validation(load_sae(sae_path), data_cfg, args.tokens)
-    results["sae"] = str(sae_path)
-    out = (args.path if args.path.is_dir() else args.path.parent) / "eval.json"
-    tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out)
+    out = args.path if args.path.is_dir() else args.path.parent
+    results = evaluate_on_validation(load_sae(sae_path), data_cfg, args.tokens, output_dir=out,
+                                     extra={"sae": str(sae_path)})
     print(json.dumps(results, indent=2))
-    print(f"written: {out}")
+    print(f"written: {out / 'eval.json'} and {out / 'feature_density.png'}")
 
 
 if __name__ == "__main__":

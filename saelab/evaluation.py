@@ -16,18 +16,26 @@ from tqdm.auto import tqdm
 
 from saelab.data.shards import write_json
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
-from saelab.lm.sites import SitePoint, forward_until
-from saelab.lm.splice import spliced_losses
+from saelab.lm.sites import SitePoint, capture
+from saelab.lm.splice import next_token_loss, spliced_losses
 from saelab.metrics import FVU, L0, FeatureDensity, RelativeReconstructionBias, density_summary
+from saelab.plots import save_density_histogram
 
 LM_KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablation", "kl_div")
 
 
-@torch.no_grad()
 def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, texts, *,
                  context_length: int, n_tokens: int, lm_batch_size: int = 8,
                  prepend_bos: bool = True, progress: bool = True) -> dict[str, float]:
     """``sae`` must act on RAW activations (an exported SAE, normalisation folded in)."""
+    return _evaluate(sae, model, tokenizer, point, texts, context_length=context_length, n_tokens=n_tokens,
+                     lm_batch_size=lm_batch_size, prepend_bos=prepend_bos, progress=progress)[0]
+
+
+@torch.no_grad()
+def _evaluate(sae, model, tokenizer, point, texts, *, context_length, n_tokens, lm_batch_size,
+              prepend_bos, progress) -> tuple[dict[str, float], torch.Tensor]:
+    """evaluate_sae's results and the per-latent feature density [d_sae]."""
     sae = sae.eval()
     l0, fvu = L0(), FVU(sae.d_in)
     density, bias = FeatureDensity(sae.d_sae), RelativeReconstructionBias()
@@ -42,11 +50,14 @@ def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, 
     for ids, mask in iter_token_batches(tokenizer, texts, context_length, lm_batch_size, prepend_bos):
         keep = torch.from_numpy(keep_mask(ids, mask, tokenizer))
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
-        x = forward_until(model, ids, mask, [point])[point][keep].float()
+        # One clean forward gives both the site's activations and the clean logits.
+        with capture(model, [point]) as store:
+            clean = next_token_loss(model, ids, mask)
+        x = store[point][keep].float()
         f = sae.encode(x)
         x_hat = sae.decode(f)
         l0.update(f), fvu.update(x, x_hat), density.update(f), bias.update(x, x_hat)
-        lm = spliced_losses(model, point, reconstruct, ids, mask, drop)
+        lm = spliced_losses(model, point, reconstruct, ids, mask, drop, clean=clean)
         n = int((mask[:, :-1].bool() & mask[:, 1:].bool()).sum())
         for key in LM_KEYS:
             sums[key] += float(lm[key]) * n
@@ -60,7 +71,7 @@ def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, 
         raise ValueError("no tokens to evaluate: the corpus split is empty or shorter than one context")
     ce = {key: sums[key] / targets for key in LM_KEYS}
     dens = density.compute()
-    return {
+    results = {
         "tokens": tokens,
         "l0": float(l0.compute()),
         "fvu": float(fvu.compute()),
@@ -70,25 +81,30 @@ def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, 
         "delta_lm_loss": ce["ce_spliced"] - ce["ce_clean"],
         "ce_loss_recovered": (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]),
     }
+    return results, dens
 
 
 def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bool = True,
-                           output_dir=None) -> dict[str, float]:
+                           output_dir=None, extra: dict | None = None) -> dict[str, float]:
     """Evaluate on the corpus's validation split at the site, layer, model and context length of
-    an ``ActivationsDataConfig`` (the data a run trained on)."""
+    an ``ActivationsDataConfig`` (the data a run trained on). With ``output_dir``, writes
+    eval.json (results + ``extra``) and feature_density.png there."""
     from saelab.data.corpus import iter_documents
     from saelab.lm.load import load_model, load_tokenizer
 
     m = data_cfg.model
     model = load_model(m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
     tokenizer = load_tokenizer(m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    results = evaluate_sae(
+    results, density = _evaluate(
         sae, model, tokenizer, SitePoint(data_cfg.site, data_cfg.layer), iter_documents(data_cfg.corpus, "validation"),
         context_length=data_cfg.context_length or m.context_length, n_tokens=n_tokens, prepend_bos=m.prepend_bos,
-        progress=progress,
+        lm_batch_size=8, progress=progress,
     )
-    results = {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer}
+    results = {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer, **(extra or {})}
     if output_dir is not None:
-        write_json(Path(output_dir) / "eval.json", results)
+        output_dir = Path(output_dir)
+        write_json(output_dir / "eval.json", results)
+        save_density_histogram(density, output_dir / "feature_density.png",
+                               title=f"{m.name_or_path} {data_cfg.site}@{data_cfg.layer}, {results['tokens']:,} tokens")
     return results
 

@@ -8,8 +8,8 @@ model is unchanged afterwards even when the forward raises.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +50,7 @@ def splice(model: nn.Module, point: SitePoint, replace: Callable[[Tensor], Tenso
 
 def next_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor]:
     """(mean cross-entropy over valid next-token targets, logits)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
     targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     return loss, logits
@@ -58,11 +58,15 @@ def next_token_loss(model: nn.Module, input_ids: Tensor, attention_mask: Tensor)
 
 @torch.no_grad()
 def spliced_losses(model: nn.Module, point: SitePoint, reconstruct: Callable[[Tensor], Tensor],
-                   input_ids: Tensor, attention_mask: Tensor, special_ids: list[int]) -> dict[str, Tensor]:
+                   input_ids: Tensor, attention_mask: Tensor, special_ids: list[int],
+                   clean: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
     """Clean, spliced and zero-ablated CE on one batch, plus delta LM loss, CE loss recovered
-    ((H_zero - H_spliced) / (H_zero - H_clean)) and KL(clean || spliced) per valid position."""
+    ((H_zero - H_spliced) / (H_zero - H_clean)) and KL(clean || spliced) per valid position.
+
+    ``clean`` = (loss, logits) of ``next_token_loss`` on the same batch, when the caller already
+    ran the clean forward (e.g. to capture the site's activations in the same pass)."""
     keep = attention_mask.bool() & ~torch.isin(input_ids, torch.tensor(special_ids, device=input_ids.device))
-    clean, clean_logits = next_token_loss(model, input_ids, attention_mask)
+    clean, clean_logits = clean if clean is not None else next_token_loss(model, input_ids, attention_mask)
     with splice(model, point, reconstruct, keep):
         spliced, spliced_logits = next_token_loss(model, input_ids, attention_mask)
     with splice(model, point, torch.zeros_like, keep):

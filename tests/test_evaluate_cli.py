@@ -1,0 +1,56 @@
+"""`python evaluate.py` as a real subprocess on SAE files saved to disk: an identity SAE (as a
+SAELens folder and as a Gemma Scope params.npz) spliced into tiny-gemma-2 costs no loss, and the
+run writes eval.json and the feature-density picture beside the SAE."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import torch
+
+from saelab.io import save_gemma_scope_npz, save_sae
+from saelab.plots import save_density_histogram
+from tests.test_evaluation import identity_sae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _evaluate(path: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "evaluate.py", str(path), "--tokens", "300", "--context-length", "64", *extra]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["saelens", "gemma_scope"])
+def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
+    sae = identity_sae(128)
+    path = save_sae(sae, tmp_path / "sae") if fmt == "saelens" else save_gemma_scope_npz(sae, tmp_path / "params.npz")
+    done = _evaluate(path, "--site", "resid", "--layer", "12")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out_dir = path if path.is_dir() else path.parent
+    results = json.loads((out_dir / "eval.json").read_text())
+    assert results["tokens"] >= 300 and results["site"] == "resid" and results["layer"] == 12
+    assert abs(results["delta_lm_loss"]) < 1e-4 and results["fvu"] < 1e-8
+    image = matplotlib.image.imread(out_dir / "feature_density.png")
+    assert image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path):
+    path = save_sae(identity_sae(8), tmp_path / "sae")
+    done = _evaluate(path)
+    assert done.returncode != 0 and "--site and --layer" in done.stderr
+
+
+def test_density_histogram_is_a_picture_and_copes_with_all_dead(tmp_path):
+    density = torch.tensor([0.0, 0.0, 1e-4, 0.02, 0.5])
+    save_density_histogram(density, tmp_path / "a.png", title="t")
+    save_density_histogram(torch.zeros(4), tmp_path / "b.png")  # no live latent: no log to take
+    for name in ("a.png", "b.png"):
+        assert matplotlib.image.imread(tmp_path / name).ndim == 3
+    assert not list(tmp_path.glob("*.tmp*"))
