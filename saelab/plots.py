@@ -69,5 +69,6 @@ def save_pareto_plot(groups: dict[str, dict[str, list[tuple[float, float]]]], pa
         ax.set_ylabel(ylabel)
         ax.set_title(group)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     _save(fig, path)
