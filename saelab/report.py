@@ -22,6 +22,7 @@ import yaml
 # The knob that sets each family's sparsity (what a sweep varies).
 SPARSITY_KNOBS = {
     "jumprelu": ("target_l0", "l0_coefficient"),  # target_l0 when set, else lambda
+    "jumprelu_paper": ("target_l0", "l0_coefficient"),
     "gated": ("l1_coefficient",),
     "topk": ("k",),
     "batchtopk": ("k",),
