@@ -1,83 +1,172 @@
-"""One training run from a composed Hydra config: build data and module, fit, validate, export.
+"""One training run from a composed Hydra config: build data and module, fit (or continue a
+checkpointed run), validate, export.
 
 Kept apart from ``train.py`` so tests can run the exact same path on a config composed with
-Hydra's compose API.
+Hydra's compose API. Every rank of a distributed run executes all of it; only global rank 0
+writes the exports, eval.json, metrics.json and config.json (docs/scaling.md).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from saelab.data.activations import ActivationsDataConfig
+from saelab.data.shards import write_json
 from saelab.evaluation import evaluate_on_validation
 from saelab.io import save_sae
-from saelab.lit import FeatureRecoveryCallback, lit_class_for
+from saelab.lit import (
+    AtomicCheckpointIO,
+    FeatureRecoveryCallback,
+    MultiSAELit,
+    RunState,
+    StopOnSignal,
+    lit_class_for,
+    resume_checkpoint,
+)
+from saelab.lit.checkpointing import CHECKPOINT
+from saelab.lit.launch import SameRunFolder, launch_scope
+
+# Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
+# computed: Lightning's advice to add sync_dist=True to them does not apply.
+warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
 
 
 def build(cfg: DictConfig):
     """(datamodule, LightningModule) from a composed config; every value is validated here,
-    before any work starts."""
-    data_cfg, sae_cfg = _to_object(cfg, "data"), _to_object(cfg, "sae")
-    return data_cfg.build(), lit_class_for(sae_cfg)(**dataclasses.asdict(sae_cfg))
+    before any work starts. With ``multi.saes`` set, the module trains all of them at once."""
+    data_cfg = _to_object(cfg, "data")
+    members = multi_configs(cfg)
+    if members:
+        module = MultiSAELit({name: _member(cfg.seed, c) for name, c in members.items()})
+    else:
+        sae_cfg = _to_object(cfg, "sae")
+        module = lit_class_for(sae_cfg)(**dataclasses.asdict(sae_cfg))
+    return data_cfg.build(), module
 
 
-def _to_object(cfg: DictConfig, group: str):
+def _member(seed: int, config):
+    # Each member starts from the initialisation it would get if trained alone with this seed,
+    # whatever its position among the members (so it can be compared with a single run).
+    pl.seed_everything(seed, workers=True, verbose=False)
+    return lit_class_for(config)(**dataclasses.asdict(config))
+
+
+def _to_object(cfg: DictConfig, group: str, node=None):
     """The group's dataclass; its range errors are reworded to name the key as users type it
     (``sae.k=...`` rather than ``TopKTrainConfig.k=...``)."""
+    node = cfg[group] if node is None else node
     try:
-        return OmegaConf.to_object(cfg[group])
+        return OmegaConf.to_object(node)
     except ValueError as error:
-        schema = OmegaConf.get_type(cfg[group]).__name__
+        schema = OmegaConf.get_type(node).__name__
         raise ValueError(str(error).replace(f"{schema}.", f"{group}.")) from None
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Train one SAE; returns the final validation metrics (also written to metrics.json)."""
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule, module = build(cfg)
-    output_dir = Path(cfg.output_dir)
-    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+def multi_configs(cfg: DictConfig) -> dict:
+    """``multi.saes``: name -> the member's family config. A member given as a family option
+    (``+sae@multi.saes.<name>=topk``) is complete; one given as a few keys
+    (``+multi.saes.<name>={l0_coefficient:1e-4}``) is those keys on top of ``sae``."""
+    saes = OmegaConf.select(cfg, "multi.saes")
+    members = {}
+    for name in saes or {}:
+        key, node = f"multi.saes.{name}", saes[name]
+        try:
+            if not dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                node = OmegaConf.merge(cfg.sae, node)
+            elif OmegaConf.is_missing(node, "d_in"):  # a family option has no d_in of its own
+                node = OmegaConf.merge(node, {"d_in": cfg.sae.d_in})
+        except OmegaConfBaseException as error:
+            raise ValueError(f"{key}: {error}".splitlines()[0]) from None
+        members[name] = _to_object(cfg, key, node)
+    return members
+
+
+def _callbacks(cfg: DictConfig, output_dir: Path, logger, stopper: StopOnSignal) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
-            dirpath=output_dir / "checkpoints",
+            dirpath=output_dir / CHECKPOINT.parent,
             every_n_train_steps=cfg.checkpoint_every_n_steps,
             save_top_k=0,
             save_last=True,
+            enable_version_counter=False,  # always last.ckpt, even when resuming into the folder
         ),
+        RunState(OmegaConf.to_container(cfg, resolve=True)),
+        stopper,
+        SameRunFolder(output_dir),
         FeatureRecoveryCallback(),
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule)
+    return callbacks
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train (or continue) one run; returns the final validation metrics (also written to
+    metrics.json). A run stopped by SIGTERM/SIGINT returns ``{"interrupted": ..., "exit_code":
+    ...}`` after checkpointing, without validating or exporting."""
+    with launch_scope(cfg):
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.output_dir)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    datamodule, module = build(cfg)  # validates everything before touching the run folder
+    if cfg.get("resume") and Path(cfg.resume).resolve() != output_dir.resolve():
+        raise ValueError(
+            f"resume={cfg.resume} continues a run in its own folder, but this run writes to "
+            f"{output_dir}. Drop hydra.run.dir/output_dir overrides; and do not combine resume= "
+            "with -m: to resume a sweep, rerun it with the same hydra.sweep.dir (every job "
+            "continues from the checkpoint in its own folder)"
+        )
+    ckpt_path = resume_checkpoint(output_dir, resolved, explicit=bool(cfg.get("resume")))
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    stopper = StopOnSignal(output_dir / CHECKPOINT)
+    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, plugins=[AtomicCheckpointIO()],
+                                      callbacks=_callbacks(cfg, output_dir, logger, stopper))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    if stopper.stopped_at is not None:
+        return {"interrupted": stopper.stopped_at, "exit_code": stopper.exit_code, "steps": trainer.global_step}
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k: float(v) for k, v in results.items()}
-    metrics["activation_scale"] = float(module.activation_scale)
     metrics["steps"] = trainer.global_step
+    saes = module.export_saes()  # every rank: gathers the shards under trainer=fsdp
+    members = getattr(module, "members", {"": module})
+    for name, member in members.items():
+        metrics[_key(name, "activation_scale")] = float(member.activation_scale)
     if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        data_cfg = datamodule.cfg
-        if cfg.eval_tokens > 0 and isinstance(data_cfg, ActivationsDataConfig):
-            # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
-            # Writes eval.json and the feature-density picture into the run folder.
-            evaluation = evaluate_on_validation(module.export_sae(), data_cfg, cfg.eval_tokens, output_dir=output_dir)
-            metrics.update({f"eval/{k}": v for k, v in evaluation.items() if isinstance(v, float)})
-        if cfg.export:
-            save_sae(module.export_sae(), output_dir / "sae", metadata={"metrics": metrics})
-        _write_json(output_dir / "metrics.json", metrics)
-        _write_json(output_dir / "config.json", OmegaConf.to_container(cfg, resolve=True))
+        _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
     return metrics
 
 
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
+def _key(member: str, name: str) -> str:
+    return f"{member}/{name}" if member else name
+
+
+def _write_outputs(cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metrics: dict, resolved) -> None:
+    """Rank 0 only: evaluation with the LM, the exported SAEs, metrics.json and config.json.
+    A single SAE goes to ``sae/``; the members of a multi-SAE run to ``sae/<name>/``."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, sae in saes.items():
+        if cfg.eval_tokens > 0 and isinstance(data_cfg, ActivationsDataConfig):
+            # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
+            # Writes eval.json and the feature-density picture into the run (or member) folder.
+            folder = output_dir / "eval" / name if name else output_dir
+            evaluation = evaluate_on_validation(sae, data_cfg, cfg.eval_tokens, output_dir=folder)
+            metrics.update({_key(name, f"eval/{k}"): v for k, v in evaluation.items() if isinstance(v, float)})
+    for name, sae in saes.items():
+        if cfg.export:
+            member_metrics = {k.removeprefix(f"{name}/"): v for k, v in metrics.items()
+                              if not name or k.startswith(f"{name}/") or k == "steps"}
+            save_sae(sae, output_dir / "sae" / name, metadata={"metrics": member_metrics})
+    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / "config.json", resolved)

@@ -5,9 +5,8 @@ the corpus for training, its own, smaller validation split for validation. Every
 with the same key just memory-maps it. Batches are contiguous blocks of the pre-shuffled
 shards (``batches.py``), never per-row gathers, never the whole cache in RAM.
 
-Resuming: the DataModule counts the training batches Lightning really used (in
-``on_before_batch_transfer``, after Lightning's own one-batch look-ahead) and saves that
-position in checkpoints (``state_dict``), so a resumed run neither repeats nor skips data.
+Resuming and DDP: ``ActivationSource`` (``base.py``) saves the loader's position in
+checkpoints and splits batches across ranks (``stream.py``).
 """
 
 from __future__ import annotations
@@ -92,7 +91,7 @@ class ActivationsDataConfig:
         if self.prefetch_batches < 0:
             raise ValueError(f"data.prefetch_batches={self.prefetch_batches} is invalid: it must be >= 0.")
 
-    def build(self) -> "ActivationDataModule":
+    def build(self) -> ActivationDataModule:
         return ActivationDataModule(self)
 
 
@@ -105,13 +104,11 @@ class ActivationDataModule(ActivationSource):
         self.cfg = cfg
         self.train_cache: ActivationCache | None = None
         self.val_cache: ActivationCache | None = None
-        self._train_loader: ActivationLoader | None = None
-        self._resume: dict[str, Any] | None = None
 
     def specs(self, source: LMSource) -> tuple[CacheSpec, CacheSpec]:
         c = self.cfg
-        common = dict(site=c.site, layer=c.layer, dtype=c.dtype, context_length=c.context_length,
-                      shard_tokens=c.shard_tokens, shuffle_seed=c.shuffle_seed)
+        common = {"site": c.site, "layer": c.layer, "dtype": c.dtype, "context_length": c.context_length,
+                  "shard_tokens": c.shard_tokens, "shuffle_seed": c.shuffle_seed}
         return (source.spec("train", n_tokens=c.train_tokens, **common),
                 source.spec("validation", n_tokens=c.val_tokens, **common))
 
@@ -143,12 +140,8 @@ class ActivationDataModule(ActivationSource):
         self._open()
         return self.train_cache.read(0, n_tokens)
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def _loader(self, cache: ActivationCache, shuffle: bool, track: str) -> ActivationLoader:
-        rank, world = self._rank()
+        rank, world = self.rank_and_world()
         return ActivationLoader(
             cache, self.cfg.batch_size, self.cfg.block_size, seed=self.cfg.seed, shuffle=shuffle,
             rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches,
@@ -157,35 +150,8 @@ class ActivationDataModule(ActivationSource):
 
     def train_dataloader(self) -> ActivationLoader:
         self._open()
-        # Attached to a Trainer, consumption is counted in on_before_batch_transfer.
-        loader = self._loader(self.train_cache, True, "external" if self.trainer is not None else "yield")
-        if self._resume is not None:
-            loader.load_state_dict(self._resume)
-            self._resume = None
-        self._train_loader = loader
-        return loader
+        return self.attach_train_stream(self._loader(self.train_cache, True, self.train_track()))
 
     def val_dataloader(self) -> ActivationLoader:
         self._open()
         return self._loader(self.val_cache, False, "none")
-
-    def on_before_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
-        trainer = self.trainer
-        if trainer is not None and trainer.training and self._train_loader is not None:
-            if self._train_loader.track == "external":
-                self._train_loader.mark_consumed()
-        return batch
-
-    # --- checkpointed position ------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self._train_loader is not None:
-            return self._train_loader.state_dict()
-        return dict(self._resume) if self._resume is not None else {}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        self._resume = dict(state_dict)
-        if self._train_loader is not None:
-            self._train_loader.load_state_dict(self._resume)
-            self._resume = None

@@ -3,16 +3,28 @@
 A source's config dataclass has ``build()`` returning one of these. The LightningModule reads
 ``batch_size`` (tokens per step, for dead-latent windows) and calls ``sample_activations`` once on
 fit start (normalisation scale, data-dependent init); batches are float32 ``[batch_size, d_in]``.
+
+Training batches come from a ``BatchStream`` (``stream.py``): split across DDP ranks by global
+batch number, with a position that this class saves in checkpoints (``state_dict``) and
+restores, counting only the batches Lightning really trained on (``on_before_batch_transfer``
+runs after Lightning's one-batch look-ahead), so a resumed run neither repeats nor skips data.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning.pytorch as pl
 from torch import Tensor
+
+from saelab.data.stream import BatchStream
 
 
 class ActivationSource(pl.LightningDataModule):
     """Base for every activation source; ``self.cfg`` has ``d_in`` and ``batch_size``."""
+
+    _train_stream: BatchStream | None = None
+    _resume: dict[str, Any] | None = None
 
     @property
     def d_in(self) -> int:
@@ -25,3 +37,39 @@ class ActivationSource(pl.LightningDataModule):
     def sample_activations(self, n_tokens: int) -> Tensor:
         """The first ``n_tokens`` training activations, float32 [n, d_in], deterministic."""
         raise NotImplementedError
+
+    # --- ranks and the training position ---------------------------------------------------
+    def rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_track(self) -> str:
+        # Attached to a Trainer, consumption is counted in on_before_batch_transfer.
+        return "external" if self.trainer is not None else "yield"
+
+    def attach_train_stream(self, stream: BatchStream) -> BatchStream:
+        """Make ``stream`` the one whose position checkpoints save; apply a pending restore."""
+        if self._resume is not None:
+            stream.load_state_dict(self._resume)
+            self._resume = None
+        self._train_stream = stream
+        return stream
+
+    def on_before_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
+        trainer, stream = self.trainer, self._train_stream
+        if trainer is not None and trainer.training and stream is not None and stream.track == "external":
+            stream.mark_consumed()
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._train_stream is not None:
+            return self._train_stream.state_dict()
+        return dict(self._resume) if self._resume is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if not state_dict:
+            return
+        self._resume = dict(state_dict)
+        if self._train_stream is not None:
+            self._train_stream.load_state_dict(self._resume)
+            self._resume = None

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
         return None
     try:
         manifest = json.loads(path.read_text())
-        manifest["shards"], manifest["spec"]  # noqa: B018 - required fields
+        manifest["shards"], manifest["spec"]  # required fields: a KeyError means "not a manifest"
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise CacheError(f"{path} is not a valid cache manifest ({e}). {_fix(folder)}") from None
     return manifest

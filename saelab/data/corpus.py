@@ -16,9 +16,10 @@ import hashlib
 import json
 import sys
 import sysconfig
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 STDLIB = "python-stdlib"
 HF_PREFIX = "hf:"

@@ -6,21 +6,25 @@ Token t is ``x_t = sum_i a_ti m_ti F_i + noise`` with ``F_i`` a random unit vect
 probabilities p_i are log-uniform over a ``prob_spread``-fold range, rescaled so that the expected
 number of active features per token (the true L0) equals ``mean_l0``.
 
-Batch i of a split is a pure function of (seed, split, i): any rank, any resumed run, any order
-of reads produces the same tokens, and there is nothing to store on disk.
+Tokens come in blocks of ``block_tokens``; block j of a split is a pure function of
+(seed, split, j), and global batch g is blocks ``g*k .. (g+1)*k - 1``. Any rank, any resumed run,
+any order of reads produces the same tokens, there is nothing to store on disk, and when the block
+divides the batch, w DDP ranks with batch B read exactly what one process with batch w*B reads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
 
 from saelab.data.base import ActivationSource
+from saelab.data.stream import BatchStream
 
 
 def _batch_seed(seed: int, split: str, index: int) -> int:
@@ -48,7 +52,13 @@ class SyntheticDataConfig:
     train_tokens: int = 1_000_000_000
     """Size of the (virtual) training split; training length is set by trainer.max_steps."""
     val_tokens: int = 65_536
+    block_tokens: int | None = None
+    """Tokens generated per seeded block; None = batch_size (one block per batch). Set it to a
+    divisor of batch_size (e.g. 256) so that runs with different batch sizes or numbers of DDP
+    ranks see the same token stream."""
     seed: int = 0
+    prefetch_batches: int = 0
+    """Batches generated ahead in a background thread (0: generate in the training loop)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -61,13 +71,16 @@ class SyntheticDataConfig:
             "batch_size": self.batch_size > 0,
             "train_tokens": self.train_tokens >= self.batch_size,
             "val_tokens": self.val_tokens >= 0,
+            "block_tokens": self.block_tokens is None or (
+                self.block_tokens > 0 and self.batch_size % self.block_tokens == 0),
+            "prefetch_batches": self.prefetch_batches >= 0,
         }
         for key, ok in checks.items():
             if not ok:
                 raise ValueError(
                     f"data.{key}={getattr(self, key)!r} is invalid (see SyntheticDataConfig: "
                     "sizes must be positive, mean_l0 in (0, n_features], prob_spread >= 1, "
-                    "train_tokens >= batch_size)."
+                    "train_tokens >= batch_size, block_tokens must divide batch_size)."
                 )
         max_p = self.mean_l0 / self.n_features * self.prob_spread
         if max_p > 1:
@@ -76,7 +89,7 @@ class SyntheticDataConfig:
                 f"{self.prob_spread} needs firing probabilities above 1; lower mean_l0 or prob_spread."
             )
 
-    def build(self) -> "SyntheticDataModule":
+    def build(self) -> SyntheticDataModule:
         return SyntheticDataModule(self)
 
 
@@ -106,22 +119,45 @@ class SyntheticFeatures:
         return x, coeffs
 
 
-class SyntheticBatches(Dataset):
-    """Map-style dataset whose items are whole batches [batch_size, d_in] (no per-row collate)."""
+class SyntheticBatches:
+    """The global batches of a split: batch g [batch_size, d_in] is blocks g*k .. (g+1)*k - 1."""
 
-    def __init__(self, truth: SyntheticFeatures, split: str, n_tokens: int, batch_size: int):
+    def __init__(self, truth: SyntheticFeatures, split: str, n_tokens: int, batch_size: int,
+                 block_tokens: int | None = None):
         self.truth, self.split, self.batch_size = truth, split, batch_size
+        self.block = block_tokens or batch_size
         self.n_batches = max(1, n_tokens // batch_size)
 
     def __len__(self) -> int:
         return self.n_batches
 
+    def block_tokens(self, j: int) -> Tensor:
+        generator = torch.Generator().manual_seed(_batch_seed(self.truth.cfg.seed, self.split, j))
+        return self.truth.sample(self.block, generator)[0]
+
     def __getitem__(self, index: int) -> Tensor:
         if not 0 <= index < self.n_batches:
             raise IndexError(index)
-        generator = torch.Generator().manual_seed(_batch_seed(self.truth.cfg.seed, self.split, index))
-        x, _ = self.truth.sample(self.batch_size, generator)
-        return x
+        k = self.batch_size // self.block
+        return torch.cat([self.block_tokens(j) for j in range(index * k, (index + 1) * k)])
+
+
+class SyntheticStream(BatchStream):
+    """A split's batches as a rank-sharded, resumable stream (every epoch the same order)."""
+
+    def __init__(self, batches: SyntheticBatches, **kw):
+        super().__init__(batches.batch_size, **kw)
+        self.batches = batches
+        self.global_batches = len(batches)
+        self.check_ranks(f"data.{batches.split}_tokens holds {len(batches)} batch(es)")
+
+    def identity(self) -> dict[str, Any]:
+        cfg = self.batches.truth.cfg
+        return {"seed": cfg.seed, "batch_size": self.batch_size, "block_tokens": self.batches.block,
+                "split": self.batches.split}
+
+    def reader(self, epoch: int) -> Callable[[int], Tensor]:
+        return self.batches.__getitem__
 
 
 class SyntheticDataModule(ActivationSource):
@@ -129,20 +165,27 @@ class SyntheticDataModule(ActivationSource):
         super().__init__()
         self.cfg = cfg
         self.truth = SyntheticFeatures(cfg)
-        self.train_set = SyntheticBatches(self.truth, "train", cfg.train_tokens, cfg.batch_size)
-        self.val_set = SyntheticBatches(self.truth, "val", cfg.val_tokens, cfg.batch_size)
+        self.train_set = SyntheticBatches(self.truth, "train", cfg.train_tokens, cfg.batch_size, cfg.block_tokens)
+        self.val_set = SyntheticBatches(self.truth, "val", cfg.val_tokens, cfg.batch_size, cfg.block_tokens)
 
     @property
     def true_features(self) -> Tensor:
         return self.truth.features
 
     def sample_activations(self, n_tokens: int) -> Tensor:
-        """The first ``n_tokens`` training tokens (rounded up to whole batches)."""
-        n_batches = min(len(self.train_set), max(1, math.ceil(n_tokens / self.cfg.batch_size)))
-        return torch.cat([self.train_set[i] for i in range(n_batches)])
+        """The first ``n_tokens`` training tokens (rounded up to whole blocks): the same tokens
+        whatever the batch size, when ``block_tokens`` is set."""
+        block = self.train_set.block
+        n_blocks = min(len(self.train_set) * (self.cfg.batch_size // block), max(1, math.ceil(n_tokens / block)))
+        return torch.cat([self.train_set.block_tokens(j) for j in range(n_blocks)])
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=None, shuffle=False)
+    def _stream(self, split: SyntheticBatches, track: str) -> SyntheticStream:
+        rank, world = self.rank_and_world()
+        return SyntheticStream(split, rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches,
+                               track=track)
 
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=None, shuffle=False)
+    def train_dataloader(self) -> SyntheticStream:
+        return self.attach_train_stream(self._stream(self.train_set, self.train_track()))
+
+    def val_dataloader(self) -> SyntheticStream:
+        return self._stream(self.val_set, "none")

@@ -1,7 +1,9 @@
-"""LightningModules (one per SAE family, on a shared base) and callbacks."""
+"""LightningModules (one per SAE family, on a shared base, and one training several at once),
+callbacks, and what distributed training and resuming need."""
 
 from .base import SAELitModule
 from .callbacks import FeatureRecoveryCallback
+from .checkpointing import AtomicCheckpointIO, RunState, resume_checkpoint
 from .config import TrainConfig
 from .families import (
     LIT_CLASSES,
@@ -17,9 +19,28 @@ from .families import (
     TopKTrainConfig,
     lit_class_for,
 )
+from .multi import MultiSAELit
+from .preemption import StopOnSignal
 
 __all__ = [
-    "SAELitModule", "FeatureRecoveryCallback", "TrainConfig", "LIT_CLASSES", "lit_class_for",
-    "JumpReLULit", "GatedLit", "TopKLit", "BatchTopKLit", "ReLULit",
-    "JumpReLUTrainConfig", "GatedTrainConfig", "TopKTrainConfig", "BatchTopKTrainConfig", "ReLUTrainConfig",
+    "LIT_CLASSES",
+    "AtomicCheckpointIO",
+    "BatchTopKLit",
+    "BatchTopKTrainConfig",
+    "FeatureRecoveryCallback",
+    "GatedLit",
+    "GatedTrainConfig",
+    "JumpReLULit",
+    "JumpReLUTrainConfig",
+    "MultiSAELit",
+    "ReLULit",
+    "ReLUTrainConfig",
+    "RunState",
+    "SAELitModule",
+    "StopOnSignal",
+    "TopKLit",
+    "TopKTrainConfig",
+    "TrainConfig",
+    "lit_class_for",
+    "resume_checkpoint",
 ]

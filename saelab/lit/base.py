@@ -4,23 +4,31 @@ It owns optimisation: Adam with the family's defaults, the learning-rate and spa
 the activation normalisation scale (estimated once on fit start, saved in checkpoints, folded in
 at export), the decoder constraint around the optimiser step, and dead-latent tracking.
 Lightning owns devices, precision, gradient clipping, accumulation, checkpointing and logging.
+
+Distributed: the scale and the data-dependent init are computed on every rank from the same
+first tokens and then taken from rank 0 (``broadcast``), so replicas start identical by
+construction; under ``trainer=fsdp`` the SAE is sharded in ``configure_model`` (``sharding.py``).
+A module can also be a member of a ``MultiSAELit`` (``multi.py``): it then logs through its
+parent under ``<member name>/``.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor
 
 from saelab.metrics import FVU, L0, FeatureDensity, RelativeReconstructionBias, density_summary
 from saelab.sae import SAE
 
-from . import schedules
+from . import schedules, sharding
 
 
 class SAELitModule(pl.LightningModule):
@@ -43,10 +51,32 @@ class SAELitModule(pl.LightningModule):
         self.val_density, self.val_bias = FeatureDensity(d_sae), RelativeReconstructionBias()
         self._dead_window = self.cfg.dead_tokens_window
         self._tokens_per_step = 0
+        # Set by MultiSAELit for its members; kept out of nn.Module's registry on purpose (the
+        # parent is not a submodule of its member: that would be a cycle).
+        self.__dict__["_log_parent"], self.__dict__["log_name"] = None, ""
+
+    # --- logging ----------------------------------------------------------------------------
+    def attach_to(self, parent: pl.LightningModule, name: str) -> None:
+        """Make this module a member of ``parent``: its logs become ``<name>/<tag>``."""
+        self.__dict__["_log_parent"], self.__dict__["log_name"] = parent, name
+
+    def tag(self, name: str) -> str:
+        return f"{self.log_name}/{name}" if self.log_name else name
+
+    def log(self, name: str, value: Any, *args, **kwargs) -> None:
+        parent = self.__dict__["_log_parent"]
+        if parent is not None:  # a member: Lightning only tracks hooks of the root module
+            return parent.log(self.tag(name), value, *args, **kwargs)
+        return super().log(name, value, *args, **kwargs)
 
     # --- set-up -----------------------------------------------------------------------------
     def total_steps(self) -> int:
         return max(1, int(self.trainer.estimated_stepping_batches))
+
+    def configure_model(self) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):  # trainer=fsdp
+            sharding.shard(self.sae, strategy.device_mesh["data_parallel"])
 
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
@@ -55,7 +85,8 @@ class SAELitModule(pl.LightningModule):
         self._dead_window = min(self.cfg.dead_tokens_window, max(1, self.total_steps() * self._tokens_per_step // 10))
         if self.activation_scale > 0:  # restored from a checkpoint: never re-estimate
             return
-        # Every rank reads the same deterministic first tokens, so all ranks agree on s.
+        # Every rank reads the same deterministic first tokens; rank 0's results are then
+        # broadcast anyway, so replicas agree even if two devices round differently.
         sample = dm.sample_activations(self.cfg.normalization_tokens).to(self.device, torch.float32)
         if self.cfg.normalize_activations:
             scale = sample.pow(2).sum(-1).mean().sqrt()
@@ -66,24 +97,46 @@ class SAELitModule(pl.LightningModule):
                 )
         else:
             scale = torch.tensor(1.0)
+        scale = self.trainer.strategy.broadcast(scale.cpu(), src=0)
         self.activation_scale.copy_(scale)
-        self.init_from_data(sample / scale)
+        with sharding.editable(self, "sae"):
+            self.init_from_data(sample / self.activation_scale)
+        self._broadcast_from_rank_zero()
+
+    def _broadcast_from_rank_zero(self) -> None:
+        """Replicated (DDP) parameters and buffers := rank 0's. DDP synchronises only at wrap
+        time, which is before on_fit_start; sharded ones were already scattered from rank 0."""
+        if not (dist.is_available() and dist.is_initialized()) or self.trainer.world_size == 1:
+            return
+        if sharding.is_sharded(self.sae):
+            return
+        for tensor in [*self.sae.parameters(), *self.sae.buffers()]:
+            dist.broadcast(tensor.data, src=0)
 
     def init_from_data(self, x: Tensor) -> None:
         """Family hook for data-dependent initialisation (x already normalised)."""
 
-    def configure_optimizers(self):
+    def optimizer_group(self) -> dict[str, Any]:
+        """This SAE's Adam parameter group: its parameters and hyper-parameters. A group, so a
+        MultiSAELit can give every member its own in one optimiser (Adam is per-parameter, so
+        that is exactly one Adam per SAE)."""
         cfg = self.cfg
-        optimizer = torch.optim.Adam(
-            self.sae.parameters(), lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps
-        )
+        return {"params": list(self.sae.parameters()), "lr": cfg.lr,
+                "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
+
+    def lr_lambda(self) -> Callable[[int], float]:
+        cfg = self.cfg
         total = self.total_steps()
         warmup = schedules.effective_warmup(cfg.lr_warmup_steps, total, cfg.max_warmup_fraction)
 
         def factor(step: int) -> float:
             return schedules.lr_factor(step, total, warmup, cfg.lr_warmup_start, cfg.lr_decay_fraction)
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return factor
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam([self.optimizer_group()])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- training ---------------------------------------------------------------------------
@@ -133,6 +186,9 @@ class SAELitModule(pl.LightningModule):
 
     def optimizer_step(self, *args, **kwargs) -> None:
         super().optimizer_step(*args, **kwargs)
+        self.after_optimizer_step()
+
+    def after_optimizer_step(self) -> None:
         if self.sae.unit_norm_decoder:
             self.sae.normalize_decoder()
 
@@ -163,12 +219,17 @@ class SAELitModule(pl.LightningModule):
             return
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_histogram(tag, values.detach().cpu(), self.global_step)
+                logger.experiment.add_histogram(self.tag(tag), values.detach().cpu(), self.global_step)
 
     # --- export -----------------------------------------------------------------------------
+    def export_saes(self) -> dict[str, SAE]:
+        """Every SAE this module trains, by member name ("" for a single SAE)."""
+        return {"": self.export_sae()}
+
     def export_sae(self) -> SAE:
-        """A copy of the SAE that acts on RAW activations (normalisation scale folded in)."""
-        sae = copy.deepcopy(self.sae).cpu().eval()
+        """A copy of the SAE that acts on RAW activations (normalisation scale folded in).
+        Under trainer=fsdp this gathers the shards: call it on every rank."""
+        sae = sharding.plain_copy(self.sae).eval()
         if self.activation_scale > 0:
             sae.fold_activation_scale(float(self.activation_scale))
         return sae

@@ -6,11 +6,13 @@ import lightning.pytorch as pl
 
 from saelab.metrics import FeatureRecovery
 
+from .sharding import full_tensor
+
 
 class FeatureRecoveryCallback(pl.Callback):
     """On data with known true features (``datamodule.true_features``), log after each validation
     the mean max cosine similarity (MMCS) of true features to decoder rows and the fraction of true
-    features recovered (best cosine > ``threshold``)."""
+    features recovered (best cosine > ``threshold``), for every SAE the module trains."""
 
     def __init__(self, threshold: float = 0.9):
         self.threshold = threshold
@@ -19,6 +21,8 @@ class FeatureRecoveryCallback(pl.Callback):
         true_features = getattr(trainer.datamodule, "true_features", None)
         if true_features is None or trainer.sanity_checking:
             return
-        metric = FeatureRecovery(true_features, self.threshold).to(pl_module.device)
-        metric.update(pl_module.sae.W_dec)
-        pl_module.log_dict({f"val/{k}": v for k, v in metric.compute().items()})
+        members = getattr(pl_module, "members", None) or {"": pl_module}
+        for member in members.values():
+            metric = FeatureRecovery(true_features, self.threshold).to(pl_module.device)
+            metric.update(full_tensor(member.sae.W_dec))  # whole rows, also under trainer=fsdp
+            member.log_dict({f"val/{k}": v for k, v in metric.compute().items()})
