@@ -17,8 +17,13 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
+# Recipes: further options of a family (same schema, other defaults).
+RECIPES = {"jumprelu_paper": "jumprelu"}
+
+
 def test_every_family_has_a_config():
-    assert set(_options("sae")) == set(LIT_CLASSES)
+    assert set(LIT_CLASSES) <= set(_options("sae"))
+    assert set(_options("sae")) - set(LIT_CLASSES) == set(RECIPES)
 
 
 @pytest.mark.parametrize("sae", _options("sae"))
@@ -29,7 +34,7 @@ def test_sae_and_data_options_compose_and_build(sae, data, tmp_path):
     cfg = compose_config([*overrides, f"sae={sae}", f"data={data}"], tmp_path)
     assert cfg.data.get("_target_") is None and OmegaConf.get_type(cfg.data).__name__.lower().startswith(data[:5])
     datamodule, module = build(cfg)
-    assert module.sae.cfg.architecture == sae
+    assert module.sae.cfg.architecture == RECIPES.get(sae, sae)
     assert module.sae.d_in == datamodule.d_in == cfg.data.d_in
 
 
