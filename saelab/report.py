@@ -73,27 +73,39 @@ def family_of(folder: Path, config: dict) -> str:
     raise ValueError(f"{folder}: cannot tell the SAE family (no .hydra/hydra.yaml and no sae/cfg.json)")
 
 
-def read_run(folder: Path) -> Run:
+def read_runs(folder: Path) -> list[Run]:
+    """The runs in one run folder: one, or one per member of a several-SAE pass (``multi.saes``:
+    exports in sae/<name>/, evaluations in eval/<name>/, metrics keyed <name>/...)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     metrics = json.loads((folder / "metrics.json").read_text())
-    family = family_of(folder, config)
-    sae, data = config["sae"], config.get("data", {})
+    members = (config.get("multi") or {}).get("saes") or {}
+    if not members:
+        return [_run(folder, config, metrics, family_of(folder, config), config["sae"], folder, "")]
+    runs = []
+    for name, member in members.items():
+        family = json.loads((folder / "sae" / name / "cfg.json").read_text())["architecture"]
+        sae = {**config["sae"], **member}
+        runs.append(_run(folder / "sae" / name, config, metrics, family, sae, folder / "eval" / name, f"{name}/"))
+    return runs
+
+
+def _run(label: Path, config: dict, metrics: dict, family: str, sae: dict, eval_dir: Path, prefix: str) -> Run:
+    data = config.get("data", {})
     knob = next((k for k in SPARSITY_KNOBS.get(family, ()) if sae.get(k) is not None), "")
-    eval_file = folder / "eval.json"
-    values = {}
+    eval_file = eval_dir / "eval.json"
     if eval_file.is_file():
         evaluation = json.loads(eval_file.read_text())
         values = {k: float(evaluation[k]) for k in METRICS if k in evaluation}
         source, eval_tokens = "eval", int(evaluation["tokens"])
     else:
-        values = {k: float(metrics[f"val/{k}"]) for k in METRICS if f"val/{k}" in metrics}
+        values = {k: float(metrics[f"{prefix}val/{k}"]) for k in METRICS if f"{prefix}val/{k}" in metrics}
         source, eval_tokens = "val", int(data.get("val_tokens", 0))
     model = (data.get("model") or {}).get("name_or_path", "synthetic")  # synthetic data has no model
     d_sae = sae.get("d_sae") or sae["d_in"] * sae["expansion_factor"]
     steps = int(metrics.get("steps", 0))
     return Run(
-        run=str(folder), family=family, model=model, site=str(data.get("site", "-")),
+        run=str(label), family=family, model=model, site=str(data.get("site", "-")),
         layer=int(config.get("layer", -1)) if "site" in data else -1, knob=knob,
         knob_value=float(sae[knob]) if knob else math.nan, d_sae=int(d_sae), steps=steps,
         train_tokens=steps * int(data.get("batch_size", 0)), eval_tokens=eval_tokens, source=source, **values,
@@ -107,7 +119,7 @@ def collect(root: Path) -> list[Run]:
         raise FileNotFoundError(
             f"no runs under {root}: expected folders with metrics.json (e.g. multirun/<date>/<time>/<job>/)"
         )
-    runs = [read_run(f) for f in folders]
+    runs = [run for f in folders for run in read_runs(f)]
     return sorted(runs, key=lambda r: (r.group, r.family, r.l0))
 
 

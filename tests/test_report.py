@@ -65,3 +65,22 @@ def test_report_collects_a_real_multirun(tmp_path):
 def test_report_on_a_folder_without_runs_says_what_it_expected(tmp_path):
     done = subprocess.run([sys.executable, "report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode != 0 and "metrics.json" in done.stderr
+
+
+@pytest.mark.slow
+def test_report_lists_each_member_of_a_several_sae_pass(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "train.py", "multi=l0_sweep", *TINY_RUN, f"hydra.run.dir={run}"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run([sys.executable, "report.py", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(run / "runs.csv") as f:
+        rows = {Path(r["run"]).name: r for r in csv.DictReader(f)}
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(rows) == set(config["multi"]["saes"])
+    for name, row in rows.items():
+        assert row["knob"] == "l0_coefficient"
+        assert float(row["knob_value"]) == pytest.approx(config["multi"]["saes"][name]["l0_coefficient"])
+        assert float(row["l0"]) == pytest.approx(metrics[f"{name}/val/l0"])
