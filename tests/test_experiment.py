@@ -39,8 +39,8 @@ def test_every_paper_pareto_job_composes_with_its_knob(tmp_path):
                                  tmp_path)
             sae = OmegaConf.to_object(cfg.sae)
             assert sae.architecture == family and cfg.data.site == site and cfg.layer == 12
-            assert sae.expansion_factor == 8 and sae.lr == 1e-3 and cfg.trainer.max_steps == 500
-            assert cfg.eval_tokens == 8192
+            assert sae.expansion_factor == 8 and sae.lr == 1e-3 and cfg.trainer.max_steps == 250
+            assert cfg.eval_tokens == 4096
             values.append(getattr(sae, KNOB[family]))
         # levels aim at increasing L0: k / target_l0 rise, L1 coefficients fall
         expected = sorted(values, reverse=KNOB[family] == "l1_coefficient")
