@@ -15,16 +15,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from saelab.browser import build_browser, resolve_target
+from saelab.browser import build_browser
+from saelab.targets import add_target_arguments, target_from_args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("path", type=Path, help="run folder (with config.json and sae/) or SAE folder / .npz")
-    parser.add_argument("--model", help="model name or path (default: the run's, else tiny-gemma-2)")
-    parser.add_argument("--site", help="resid | mlp | attn (default: the run's)")
-    parser.add_argument("--layer", type=int, help="layer (default: the run's)")
-    parser.add_argument("--context-length", type=int, help="default: the run's, else the model config's")
+    add_target_arguments(parser)
     parser.add_argument("--tokens", type=int, default=65_536, help="held-out tokens to scan (at most the split)")
     parser.add_argument("--top-k", type=int, default=20, help="top-activating contexts kept per latent")
     parser.add_argument("--context", type=int, default=10, help="tokens shown on each side of a top token")
@@ -34,7 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     try:
-        target = resolve_target(args.path, args.model, args.site, args.layer, args.context_length)
+        target = target_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     result = build_browser(target, args.out, n_tokens=args.tokens, top_k=args.top_k,
