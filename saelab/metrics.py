@@ -23,7 +23,8 @@ class L0(Metric):
         self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, feature_acts: Tensor) -> None:
-        self.nonzero += (feature_acts != 0).sum()
+        # count_nonzero: one pass, no [B, d_sae] boolean temporary
+        self.nonzero += torch.count_nonzero(feature_acts)
         self.tokens += feature_acts.shape[0]
 
     def compute(self) -> Tensor:
@@ -69,7 +70,7 @@ class FeatureDensity(Metric):
         self.add_state("tokens", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, feature_acts: Tensor) -> None:
-        self.fires += (feature_acts != 0).sum(0)
+        self.fires += torch.count_nonzero(feature_acts, dim=0)
         self.tokens += feature_acts.shape[0]
 
     def compute(self) -> Tensor:

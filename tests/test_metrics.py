@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from saelab.metrics import FVU, L0, FeatureDensity, FeatureRecovery, RelativeReconstructionBias, density_summary
+from saelab.metrics import (
+    FVU,
+    L0,
+    FeatureDensity,
+    FeatureRecovery,
+    RelativeReconstructionBias,
+    density_summary,
+)
 
 
 def _batches(n=5):

@@ -53,7 +53,20 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
 
 
 __all__ = [
-    "SAE", "SAEConfig", "SAEOutput", "SAE_CLASSES", "build_sae", "load_sae",
-    "JumpReLUSAE", "JumpReLUConfig", "GatedSAE", "GatedConfig", "TopKSAE", "TopKConfig",
-    "BatchTopKSAE", "BatchTopKConfig", "ReLUSAE", "ReLUConfig",
+    "SAE",
+    "SAE_CLASSES",
+    "BatchTopKConfig",
+    "BatchTopKSAE",
+    "GatedConfig",
+    "GatedSAE",
+    "JumpReLUConfig",
+    "JumpReLUSAE",
+    "ReLUConfig",
+    "ReLUSAE",
+    "SAEConfig",
+    "SAEOutput",
+    "TopKConfig",
+    "TopKSAE",
+    "build_sae",
+    "load_sae",
 ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -76,9 +77,19 @@ class SAEOutput(NamedTuple):
         return sum(self.losses.values())  # type: ignore[return-value]
 
 
+def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    """x @ W + b. For a batch of rows, ``addmm`` writes the bias into the product's output
+    instead of allocating a second [B, d_sae] tensor for the sum."""
+    if x.dim() == 2:
+        return torch.addmm(b, x, W)
+    return x @ W + b
+
+
 def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
-    """mean_b sum_d (x - x_hat)^2 (SPEC.md 0; a per-element mean would rescale lambda by d_in)."""
-    return (x - x_hat).pow(2).sum(-1).mean()
+    """mean_b sum_d (x - x_hat)^2 (SPEC.md 0; a per-element mean would rescale lambda by d_in).
+    As the summed ``mse_loss`` over the number of rows: one fused op each way (6 vs 16 ms at
+    4096 x 512 on one CPU core, forward + backward) instead of four with two temporaries."""
+    return F.mse_loss(x_hat, x, reduction="sum") / (x.numel() // x.shape[-1])
 
 
 class SAE(nn.Module):
@@ -105,21 +116,29 @@ class SAE(nn.Module):
         if self.has_b_enc:
             self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+        # L0 / d_sae of the last forward on a CPU. Families whose L0 depends on the data pick
+        # their dense or sparse path with it (sparse.use_sparse; the two compute the same
+        # function, tests/sae/test_fast_step.py). None until a forward has run.
+        self._density: float | None = None
 
     # --- the maths ------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
-        return x @ self.W_enc + self.b_enc
+        return affine(x, self.W_enc, self.b_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         raise NotImplementedError
 
     def decode(self, f: Tensor) -> Tensor:
-        return f @ self.W_dec + self.b_dec
+        return affine(f, self.W_dec, self.b_dec)
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
         """``sparsity_scale`` multiplies the family's sparsity coefficient (the trainer's warm-up);
         ``dead_mask`` [d_sae] marks latents the trainer counts as dead (used by AuxK)."""
         raise NotImplementedError
+
+    def _note_density(self, x: Tensor, l0: Tensor) -> None:
+        if x.device.type == "cpu":  # reading a number is free on a CPU; GPUs never go sparse
+            self._density = float(l0.detach()) / self.d_sae
 
     # --- constraint (SPEC.md 0) ------------------------------------------------------------
     @torch.no_grad()
@@ -128,8 +147,11 @@ class SAE(nn.Module):
         row only rotates (the step then changes its norm only to second order)."""
         if self.W_dec.grad is None:
             return
-        W = self.W_dec
-        W.grad -= (W.grad * W).sum(1, keepdim=True) * W / W.pow(2).sum(1, keepdim=True)
+        W, G = self.W_dec, self.W_dec.grad
+        # Row-wise ops only (rows stay whole on each rank under FSDP2, see saelab/lit/sharding.py);
+        # one in-place update of the gradient instead of building the correction out of place.
+        coef = (G * W).sum(1, keepdim=True) / W.pow(2).sum(1, keepdim=True)
+        G.addcmul_(W, coef, value=-1)
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -19,9 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .auxk import auxk_loss
+from .auxk import auxk
 from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_choice
-from .kernels import KERNELS
+from .fused import jumprelu_with_l0
+from .kernels import KERNEL_SUPPORT, KERNELS
+from .sparse import SelectedJumpReLU, above, decode_selected, encode_selected, use_sparse
 
 
 def _sum_to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
@@ -30,7 +32,11 @@ def _sum_to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
 
 
 class JumpReLUFunction(torch.autograd.Function):
-    """f = z * H(z - theta). d/dz = H(z - theta); d/dtheta = -(theta/eps) K((z - theta)/eps)."""
+    """f = z * H(z - theta). d/dz = H(z - theta); d/dtheta = -(theta/eps) K((z - theta)/eps).
+
+    This and ``StepFunction`` are the plain, op-by-op statement of the paper's estimators; the
+    SAE trains with ``fused.JumpReLUWithL0``, which computes both in one pass and is tested
+    against them."""
 
     @staticmethod
     def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float, kernel: str) -> Tensor:
@@ -137,6 +143,12 @@ class JumpReLUSAE(SAE):
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.threshold_init)))
 
     @property
+    def bandwidth(self) -> float | Tensor:
+        """The STE bandwidth eps: a float, or a per-latent [d_sae] tensor (the fused estimator
+        takes either)."""
+        return self.cfg.bandwidth
+
+    @property
     def threshold(self) -> Tensor:
         if self.cfg.threshold_grad == "direct":
             return ExpIdentityGrad.apply(self.log_threshold)
@@ -148,22 +160,44 @@ class JumpReLUSAE(SAE):
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
         cfg = self.cfg
-        z = self.pre_acts(x)
+        x2 = x.reshape(-1, self.d_in)
         theta = self.threshold
-        f = JumpReLUFunction.apply(z, theta, cfg.bandwidth, cfg.kernel)
-        x_hat = self.decode(f)
-        l0 = StepFunction.apply(z, theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
+        sparse = use_sparse(x.device, self._density) and math.isfinite(KERNEL_SUPPORT[cfg.kernel])
+        if sparse:
+            # Few active latents: only the encoder product is dense (sparse.py).
+            with torch.no_grad():
+                z = self.pre_acts(x2)
+                # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
+                # rounding at the window's edge cannot drop an entry the dense path would count.
+                window = theta.detach() - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
+            sel = above(z, window)  # every entry a kernel window can reach (compared in fp32)
+            values = encode_selected(sel, x2, self.W_enc, self.b_enc)
+            weights, l0 = SelectedJumpReLU.apply(values, theta, self.bandwidth, cfg.kernel, sel.cols, x2.shape[0])
+            x_hat = decode_selected(sel, weights, self.W_dec) + self.b_dec
+        else:
+            z = self.pre_acts(x2)
+            # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
+            # private to this forward, so the backward may reuse its buffer for dL/dz.
+            f, l0 = jumprelu_with_l0(z, theta, self.bandwidth, cfg.kernel, overwrite_z=True)
+            x_hat = self.decode(f)
+        self._note_density(x, l0)
         if cfg.target_l0 is None:
             sparsity = l0
         else:
             sparsity = (l0 / cfg.target_l0 - 1).pow(2)
         losses = {
-            "mse": reconstruction_loss(x, x_hat),
+            "mse": reconstruction_loss(x2, x_hat),
             "l0": cfg.l0_coefficient * sparsity_scale * sparsity,
         }
         if dead_mask is not None and cfg.aux_coefficient > 0:
-            losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead_mask, self.W_dec, cfg.aux_k)
-        return SAEOutput(x_hat, f, losses, {"l0": l0.detach()})
+            losses["auxk"] = cfg.aux_coefficient * auxk(x2, x_hat, z, dead_mask, self.W_enc, self.b_enc,
+                                                        self.W_dec, cfg.aux_k)
+        if sparse:
+            shape = z.shape
+            del z  # never two [B, d_sae] tensors at once
+            f = sel.dense(weights, shape)
+        lead = x.shape[:-1]
+        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0.detach()})
 
     @torch.no_grad()
     def init_threshold_from_data(self, x: Tensor, l0: float) -> None:

@@ -5,7 +5,7 @@ batch mean of the pseudo-gradients is a kernel density estimate of the expected-
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -37,3 +37,35 @@ KERNELS: dict[str, Callable[[Tensor], Tensor]] = {
     "gaussian": gaussian,
     "epanechnikov": epanechnikov,
 }
+
+
+# The same kernels evaluated IN PLACE on a float buffer ``u`` the caller owns (the fused STE
+# backward in ``fused.py`` runs them on cache-sized blocks; each out-of-place op above would
+# allocate another block). Comparisons write 0/1 floats into ``u`` itself: float masks are
+# several times faster on CPU than bool tensors in the ops that follow.
+def _rectangle_(u: Tensor) -> Tensor:
+    return torch.lt(u.abs_(), 0.5, out=u)
+
+
+def _triangle_(u: Tensor) -> Tensor:
+    return u.abs_().neg_().add_(1).clamp_min_(0)
+
+
+def _gaussian_(u: Tensor) -> Tensor:
+    return u.square_().mul_(-0.5).exp_().mul_(1 / math.sqrt(2 * math.pi))
+
+
+def _epanechnikov_(u: Tensor) -> Tensor:
+    return u.square_().neg_().add_(1).clamp_min_(0).mul_(0.75)
+
+
+KERNELS_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "rectangle": _rectangle_,
+    "triangle": _triangle_,
+    "gaussian": _gaussian_,
+    "epanechnikov": _epanechnikov_,
+}
+
+# Half-width of each kernel's support in units of u (inf: unbounded), for the sparse path,
+# which must see every pre-activation inside the window.
+KERNEL_SUPPORT: dict[str, float] = {"rectangle": 0.5, "triangle": 1.0, "gaussian": math.inf, "epanechnikov": 1.0}

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .base import SAE, SAEConfig, SAEOutput, reconstruction_loss, require_nonnegative
+from .fused import ReLUWithColumnSums
+from .sparse import above, decode_selected, encode_selected, use_sparse
 
 
 @dataclass
@@ -43,11 +46,31 @@ class ReLUSAE(SAE):
         return F.relu(self.pre_acts(x))
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
-        f = self.encode(x)
-        x_hat = self.decode(f)
-        penalty = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+        x2 = x.reshape(-1, self.d_in)
+        n = x2.shape[0]
+        norms = self.W_dec.norm(dim=1)
+        if use_sparse(x.device, self._density):  # few active latents: sparse.py
+            with torch.no_grad():
+                z = self.pre_acts(x2)
+            sel = above(z, 0.0)
+            acts = F.relu(encode_selected(sel, x2, self.W_enc, self.b_enc))
+            penalty = (acts * norms[sel.cols]).sum() / n
+            x_hat = decode_selected(sel, acts, self.W_dec) + self.b_dec
+            l0 = torch.tensor(len(acts) / n)
+            shape = z.shape
+            del z
+            f = sel.dense(acts, shape)
+        else:
+            # ReLU in place in z's buffer, with column sums: sum_b sum_i f_bi ||W_dec[i]|| is
+            # sums . ||W_dec|| (fused.ReLUWithColumnSums), no [B, d_sae] temporary.
+            f, sums, fired = ReLUWithColumnSums.apply(self.pre_acts(x2))
+            penalty = sums @ norms / n
+            x_hat = self.decode(f)
+            l0 = fired / n
+        self._note_density(x, l0)
         losses = {
-            "mse": reconstruction_loss(x, x_hat),
+            "mse": reconstruction_loss(x2, x_hat),
             "l1": self.cfg.l1_coefficient * sparsity_scale * penalty,
         }
-        return SAEOutput(x_hat, f, losses, {"l0": (f != 0).sum(-1).float().mean()})
+        lead = x.shape[:-1]
+        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0})

@@ -9,6 +9,13 @@ AuxK (Gao et al. appendix A.2) gives dead latents a gradient: the top ``aux_k`` 
 among dead latents reconstruct the detached residual e = x - x_hat, decoded without b_dec.
 BatchTopK keeps the k*B largest activations of the whole batch while training (mean L0 = k) and
 at inference uses one global threshold, an EMA of the smallest selected activation.
+
+On a CPU, training runs on the sparse path (``sparse.py``): the encoder product is dense (the
+selection needs every pre-activation), the decode and every gradient touch only the selected
+latents.
+The pre-encoder bias is folded into the encoder bias, (x - b_dec) @ W_enc + b_enc =
+x @ W_enc + (b_enc - b_dec @ W_enc), so b_dec's gradient through the encoder is a vector
+product, not a third [B, d_sae] x [d_sae, d_in] matrix product.
 """
 
 from __future__ import annotations
@@ -19,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .auxk import auxk_loss, scatter_topk
+from .auxk import auxk, auxk_loss, scatter_topk
 from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_nonnegative
+from .sparse import (
+    Selection,
+    above,
+    decode_selected,
+    encode_selected,
+    topk_batch,
+    topk_rows,
+    use_sparse,
+)
 
 
 @dataclass
@@ -79,11 +95,19 @@ class TopKSAE(SAE):
         super().__init__(cfg)
         self.cfg: TopKConfig = cfg
 
+    def encoder_bias(self) -> Tensor:
+        """b_enc - b_dec @ W_enc: the pre-encoder bias folded into the encoder's."""
+        return self.b_enc - self.b_dec @ self.W_enc
+
     def pre_acts(self, x: Tensor) -> Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return torch.addmm(self.encoder_bias(), x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + self.encoder_bias()
 
     def select(self, z: Tensor) -> Tensor:
         return scatter_topk(z, self.cfg.k)
+
+    def select_sparse(self, z: Tensor) -> Selection:
+        """The training selection as (row, latent) pairs: the k largest per row."""
+        return topk_rows(z, self.cfg.k)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.select(self.pre_acts(x))
@@ -92,14 +116,35 @@ class TopKSAE(SAE):
         return auxk_loss(x, x_hat, z, dead_mask, self.W_dec, self.cfg.aux_k)
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
-        z = self.pre_acts(x)
-        f = self.select(z)
-        x_hat = self.decode(f)
-        losses = {"mse": reconstruction_loss(x, x_hat)}
+        x2 = x.reshape(-1, self.d_in)
+        bias = self.encoder_bias()
+        if use_sparse(x.device, self.cfg.k / self.d_sae):
+            with torch.no_grad():  # the selection needs all of z; gradients: encode_selected
+                z = torch.addmm(bias.detach(), x2, self.W_enc.detach())
+            sel = self.select_sparse(z)
+            acts = F.relu(encode_selected(sel, x2, self.W_enc, bias))
+            x_hat = decode_selected(sel, acts, self.W_dec) + self.b_dec
+        else:
+            z = torch.addmm(bias, x2, self.W_enc)
+            sel, f = None, self.select(z)
+            acts = f
+            x_hat = self.decode(f)
+        losses = {"mse": reconstruction_loss(x2, x_hat)}
         if dead_mask is not None and self.cfg.aux_coefficient > 0:
-            losses["auxk"] = self.cfg.aux_coefficient * self.auxk_loss(x, x_hat, z, dead_mask)
-        metrics = {"l0": (f != 0).sum(-1).float().mean()}
-        return SAEOutput(x_hat, f, losses, metrics)
+            aux = auxk(x2, x_hat, z, dead_mask, self.W_enc, bias, self.W_dec, self.cfg.aux_k)
+            losses["auxk"] = self.cfg.aux_coefficient * aux
+        if sel is not None:  # sparse: build the dense features only now that z is gone
+            shape = z.shape
+            del z
+            f = sel.dense(acts, shape)
+        metrics = {"l0": (acts > 0).sum() / x2.shape[0]}
+        metrics.update(self.selection_metrics(acts))
+        lead = x.shape[:-1]
+        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, metrics)
+
+    def selection_metrics(self, acts: Tensor) -> dict[str, Tensor]:
+        """Family hook: extra metrics from the selected activations (sparse [nnz] or dense)."""
+        return {}
 
 
 class BatchTopKSAE(TopKSAE):
@@ -123,25 +168,27 @@ class BatchTopKSAE(TopKSAE):
             return self.batch_select(z)
         return z * (z > self.threshold).to(z.dtype)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
-        out = super().forward(x, sparsity_scale, dead_mask)
-        if self.training:
-            # Smallest selected activation: the EMA target for the inference threshold.
-            selected = out.feature_acts.detach()
-            out.metrics["min_selected_act"] = selected.masked_fill(selected <= 0, float("inf")).min()
-        return out
+    def select_sparse(self, z: Tensor) -> Selection:
+        if self.training or self.threshold < 0:
+            return topk_batch(z, self.cfg.k * z.shape[0])
+        return above(z, self.threshold)
+
+    def selection_metrics(self, acts: Tensor) -> dict[str, Tensor]:
+        if not self.training:
+            return {}
+        # Smallest selected activation: the EMA target for the inference threshold.
+        selected = acts.detach()
+        return {"min_selected_act": selected.masked_fill(selected <= 0, float("inf")).min()}
 
     @torch.no_grad()
     def update_threshold(self, min_selected_act: Tensor) -> None:
         """EMA update of the inference threshold (call once per optimiser step; in DDP pass the
-        value reduced over ranks so every replica keeps the same threshold)."""
+        value reduced over ranks so every replica keeps the same threshold). Tensor ops only, no
+        Python branch on a value: on a GPU this never waits for the device."""
         value = min_selected_act.to(self.threshold)
-        if not torch.isfinite(value):
-            return
-        if self.threshold < 0:
-            self.threshold.copy_(value)
-        else:
-            self.threshold.lerp_(value, 1 - self.cfg.threshold_ema)
+        first = self.threshold < 0
+        new = torch.where(first, value, torch.lerp(self.threshold, value, 1 - self.cfg.threshold_ema))
+        self.threshold.copy_(torch.where(torch.isfinite(value), new, self.threshold))
 
     @torch.no_grad()
     def to_jumprelu(self):

@@ -13,7 +13,7 @@ from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUFunction, StepFunction
 
 # Written out independently of saelab.sae.kernels, so a wrong kernel there fails here.
 REFERENCE_KERNELS = {
-    "rectangle": lambda u: ((u.abs() < 0.5)).double(),
+    "rectangle": lambda u: (u.abs() < 0.5).double(),
     "triangle": lambda u: torch.clamp(1 - u.abs(), min=0),
     "gaussian": lambda u: torch.exp(-(u**2) / 2) / math.sqrt(2 * math.pi),
     "epanechnikov": lambda u: 0.75 * torch.clamp(1 - u**2, min=0),

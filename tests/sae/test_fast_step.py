@@ -1,0 +1,169 @@
+"""Each family's (fused / sparse) forward and backward equal the plain maths of SPEC.md written
+out op by op here, on fresh random inputs; and under bf16 autocast, parameters, gradients and
+thresholds stay float32 while the step computes (approximately) the same function."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from saelab.sae import sparse
+from saelab.sae.auxk import auxk_loss
+from saelab.sae.jumprelu import JumpReLUFunction, StepFunction
+from tests.conftest import FAMILIES, make_sae
+
+SPARSE_CASES = set(FAMILIES) | {"jumprelu-triangle", "gated-ri_l1"}  # not the Gaussian STE kernel
+
+
+@pytest.fixture(params=["dense", "sparse"])
+def path(request, monkeypatch):
+    """Both paths on this CPU: the density limit decides (JumpReLU: its last step's L0). Counts
+    the sparse forwards (each builds its dense features with Selection.dense)."""
+    monkeypatch.setattr(sparse, "SPARSE_MAX_DENSITY", 1.0 if request.param == "sparse" else -1.0)
+    calls = []
+    dense = sparse.Selection.dense
+    monkeypatch.setattr(sparse.Selection, "dense", lambda self, *a: calls.append(1) or dense(self, *a))
+    request.node.sparse_calls = calls
+    return request.param
+
+
+def _check_path(request, case, path):
+    took_sparse = bool(request.node.sparse_calls)
+    assert took_sparse == (path == "sparse" and case in SPARSE_CASES), "the step took the wrong path"
+
+
+def _force(sae, path):
+    if path == "sparse":
+        sae._density = 0.0  # as if the last step had been sparse
+
+
+def _mse(x, x_hat):
+    return (x - x_hat).pow(2).sum(-1).mean()
+
+
+def reference_forward(sae, x, dead):
+    """(x_hat, feature_acts, losses) by the plain maths, with sparsity_scale 1."""
+    cfg, arch = sae.cfg, sae.cfg.architecture
+    if arch == "jumprelu":
+        z = x @ sae.W_enc + sae.b_enc
+        theta = sae.threshold
+        f = JumpReLUFunction.apply(z, theta, cfg.bandwidth, cfg.kernel)
+        x_hat = f @ sae.W_dec + sae.b_dec
+        l0 = StepFunction.apply(z, theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
+        losses = {"mse": _mse(x, x_hat), "l0": cfg.l0_coefficient * l0}
+        if cfg.aux_coefficient > 0:
+            losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)
+        return x_hat, f, losses
+    if arch in ("topk", "batchtopk"):
+        z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+        if arch == "topk":
+            v, i = z.topk(cfg.k, dim=-1)
+            f = torch.zeros_like(z).scatter(-1, i, F.relu(v))
+        else:
+            flat = F.relu(z).reshape(-1)
+            v, i = flat.topk(cfg.k * z.shape[0])
+            f = torch.zeros_like(flat).scatter(0, i, v).view_as(z)
+        x_hat = f @ sae.W_dec + sae.b_dec
+        losses = {"mse": _mse(x, x_hat),
+                  "auxk": cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)}
+        return x_hat, f, losses
+    if arch == "gated":
+        x_c = x - sae.b_dec
+        pi_gate = x_c @ sae.W_enc + sae.b_gate
+        pi_mag = x_c @ (sae.W_enc * sae.r_mag.exp()) + sae.b_mag
+        f = (pi_gate > 0).to(x.dtype) * F.relu(pi_mag)
+        x_hat = f @ sae.W_dec + sae.b_dec
+        gate = F.relu(pi_gate)
+        ri = cfg.variant == "ri_l1"
+        W_dec, b_dec = (sae.W_dec, sae.b_dec) if ri else (sae.W_dec.detach(), sae.b_dec.detach())
+        l1 = (gate * W_dec.norm(dim=1)).sum(-1).mean() if ri else gate.sum(-1).mean()
+        losses = {"mse": _mse(x, x_hat), "l1": cfg.l1_coefficient * l1,
+                  "aux": _mse(x, gate @ W_dec + b_dec)}
+        return x_hat, f, losses
+    f = F.relu(x @ sae.W_enc + sae.b_enc)
+    x_hat = f @ sae.W_dec + sae.b_dec
+    penalty = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()
+    return x_hat, f, {"mse": _mse(x, x_hat), "l1": cfg.l1_coefficient * penalty}
+
+
+CASES = FAMILIES + ["gated-ri_l1", "jumprelu-auxk-gaussian", "jumprelu-triangle"]
+
+
+def _make(case, **kw):
+    arch, *_variant = case.split("-")
+    extra = {"gated-ri_l1": {"variant": "ri_l1"}, "jumprelu-triangle": {"kernel": "triangle"},
+             "jumprelu-auxk-gaussian": {"aux_coefficient": 0.5, "aux_k": 8, "kernel": "gaussian"}}.get(case, {})
+    if arch == "jumprelu":  # a window wide enough to catch many pre-activations
+        extra = {"threshold_init": 0.3, "bandwidth": 0.5, **extra}
+    if "topk" in arch:
+        extra = {"aux_k": 8, **extra}
+    sae = make_sae(arch, **extra, **kw)
+    with torch.no_grad():  # away from the symmetric init: biases, scales, decoder norms
+        for name, p in sae.named_parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return sae
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_step_matches_plain_maths(case, path, request):
+    sae = _make(case).double()
+    _force(sae, path)
+    x = torch.randn(48, 16, dtype=torch.float64) * 2
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64)[:12]] = True
+    out = sae(x, dead_mask=dead)
+    grads = torch.autograd.grad(out.loss, list(sae.parameters()))
+    _check_path(request, case, path)
+    x_hat, f, losses = reference_forward(sae, x, dead)
+    ref_grads = torch.autograd.grad(sum(losses.values()), list(sae.parameters()))
+    tol = {"rtol": 1e-9, "atol": 1e-10}
+    torch.testing.assert_close(out.x_hat, x_hat, **tol)
+    torch.testing.assert_close(out.feature_acts, f, **tol)
+    assert out.losses.keys() == losses.keys()
+    for key in losses:
+        torch.testing.assert_close(out.losses[key], losses[key], **tol, msg=key)
+    torch.testing.assert_close(out.metrics["l0"], (f != 0).sum(-1).to(f.dtype).mean(), rtol=1e-6, atol=0, check_dtype=False)
+    for (name, _), g, r in zip(sae.named_parameters(), grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol, msg=name)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bf16_autocast_keeps_float32_parameters_and_the_function(case, path):
+    """What Lightning's precision=bf16-mixed does on a CPU: torch.autocast around the step."""
+    sae = _make(case, d_in=32, d_sae=128)
+    _force(sae, path)
+    x = torch.randn(256, 32) * 2
+    dead = torch.zeros(128, dtype=torch.bool)
+    dead[:20] = True
+    ref = sae(x, dead_mask=dead)
+    ref_grads = torch.autograd.grad(ref.loss, list(sae.parameters()))
+    _force(sae, path)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x, dead_mask=dead)
+    grads = torch.autograd.grad(out.loss, list(sae.parameters()))
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss, ref.loss, rtol=0.05, atol=0.05)
+    for (name, p), g, r in zip(sae.named_parameters(), grads, ref_grads):
+        assert p.dtype == g.dtype == torch.float32, name
+        assert torch.isfinite(g).all(), name
+        if r.norm() > 0:
+            cos = F.cosine_similarity(g.flatten(), r.flatten(), dim=0)
+            assert cos > 0.97, f"{name}: bf16 gradient direction differs (cosine {cos:.3f})"
+
+
+def test_bf16_threshold_moves_like_float32():
+    """The thresholds stay float32 through a bf16-autocast Adam step: a step of lr moves
+    log(theta) by ~lr (in bf16, 1e-3 + 1e-5 rounds back to 1e-3)."""
+    sae = _make("jumprelu", d_in=32, d_sae=128)
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-5, betas=(0.0, 0.999))
+    before = sae.log_threshold.detach().clone()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(torch.randn(256, 32) * 2)
+    out.loss.backward()
+    opt.step()
+    moved = sae.log_threshold.detach() - before
+    assert sae.log_threshold.dtype == torch.float32
+    has_grad = sae.log_threshold.grad != 0
+    assert has_grad.any()
+    torch.testing.assert_close(moved[has_grad].abs(), torch.full_like(moved[has_grad], 1e-5), rtol=0.01, atol=0)
