@@ -174,11 +174,14 @@ class SAELitModule(pl.LightningModule):
 
     @torch.no_grad()
     def track_firing(self, feature_acts: Tensor) -> None:
-        fired = (feature_acts != 0).any(0)
+        # Activations are >= 0 in every family (tests/sae/test_families.py), so "fired" is a
+        # positive column max: one reduction, where (f != 0).any(0) first writes a [B, d_sae]
+        # boolean tensor (95 -> 17 ms at 4096 x 8192 on one CPU core, docs/speed.md).
+        fired = feature_acts.amax(0) > 0
         # Sum over DDP ranks: a latent is alive if it fired on any rank.
         fired = self.trainer.strategy.reduce(fired.float(), reduce_op="sum") > 0
         self.tokens_since_fired += feature_acts.shape[0] * self.trainer.world_size
-        self.tokens_since_fired[fired] = 0
+        self.tokens_since_fired.masked_fill_(fired, 0)  # a boolean index would sync a GPU
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.sae.unit_norm_decoder:
