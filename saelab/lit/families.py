@@ -47,6 +47,9 @@ class JumpReLULit(SAELitModule):
             "train/threshold/min": theta.min(),
             "train/threshold/max": theta.max(),
         })
+        if self.sae.cfg.bandwidth_rule != "fixed":  # the data-driven STE bandwidth eps
+            eps = self.sae.bandwidth_estimate
+            self.log_dict({"train/bandwidth/median": eps.median(), "train/bandwidth/mean": eps.mean()})
 
 
 # --- Gated (SPEC.md 2; defaults from public trainers) ------------------------------------------

@@ -158,6 +158,9 @@ class SAE(nn.Module):
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     # --- normalisation fold (SPEC.md 0) -----------------------------------------------------
+    training_state: tuple[str, ...] = ()
+    """Buffers that only training uses (kept in checkpoints, left out of exported SAE files)."""
+
     def _input_scaled_parameters(self) -> tuple[str, ...]:
         """Names of parameters/buffers measured in activation units (biases, thresholds)."""
         return ("b_enc", "b_dec")

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .auxk import auxk
+from .bandwidth import RULES, kde_bandwidth
 from .base import SAE, SAEConfig, SAEOutput, _require, reconstruction_loss, require_choice
 from .fused import jumprelu_with_l0
 from .kernels import KERNEL_SUPPORT, KERNELS
@@ -112,6 +113,14 @@ class JumpReLUConfig(SAEConfig):
     target_l0: float | None = None
     """If set, the sparsity term becomes lambda * (L0 / target_l0 - 1)^2, which pulls L0 towards
     target_l0 from both sides (Gemma Scope 2 style) instead of always pushing it down."""
+    bandwidth_rule: str = "fixed"
+    """'fixed': eps = ``bandwidth`` for every latent (the paper). 'silverman' / 'scott': a
+    per-latent eps from a kernel-density rule of thumb on the batch's pre-activations, the
+    STE's threshold gradient being a KDE of the pre-activation density at the threshold
+    (saelab/sae/bandwidth.py has the reasoning and formulas); re-estimated every
+    ``bandwidth_update_every`` training steps and smoothed by an EMA."""
+    bandwidth_update_every: int = 10
+    """Training steps between bandwidth re-estimates (rule != 'fixed')."""
 
     architecture = "jumprelu"
 
@@ -126,6 +135,8 @@ class JumpReLUConfig(SAEConfig):
         _require(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
         require_choice(self, "kernel", tuple(KERNELS))
         require_choice(self, "threshold_grad", ("autodiff", "direct"))
+        require_choice(self, "bandwidth_rule", ("fixed", *RULES))
+        _require(self, "bandwidth_update_every", self.bandwidth_update_every >= 1, "an integer >= 1")
         if self.threshold_init_l0 is not None:
             _require(self, "threshold_init_l0", 0 < self.threshold_init_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
         if self.target_l0 is not None:
@@ -141,12 +152,41 @@ class JumpReLUSAE(SAE):
         # Train log(theta) so theta stays positive; kept fp32 even under bf16 autocast (in bf16
         # a threshold barely moves under Adam, a known SAELens bug).
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.threshold_init)))
+        if cfg.bandwidth_rule != "fixed":
+            # Training state (in checkpoints, not in exports: inference never uses eps).
+            self.register_buffer("bandwidth_estimate", torch.full((self.d_sae,), float(cfg.bandwidth)))
+            self.register_buffer("bandwidth_updates", torch.zeros((), dtype=torch.long))
 
     @property
     def bandwidth(self) -> float | Tensor:
         """The STE bandwidth eps: a float, or a per-latent [d_sae] tensor (the fused estimator
         takes either)."""
-        return self.cfg.bandwidth
+        if self.cfg.bandwidth_rule == "fixed":
+            return self.cfg.bandwidth
+        return self.bandwidth_estimate
+
+    training_state = ("bandwidth_estimate", "bandwidth_updates")
+
+    @torch.no_grad()
+    def update_bandwidth(self, z: Tensor) -> None:
+        """Every ``bandwidth_update_every`` training steps, eps <- the rule's per-latent bandwidth
+        on this batch's pre-activations z [B, d_sae] (n = B: the estimator one step uses), blended
+        into the running estimate with an EMA of 0.9 (the first estimate replaces the initial
+        eps). Averaged over DDP ranks so replicas keep one eps."""
+        cfg = self.cfg
+        if cfg.bandwidth_rule == "fixed" or not self.training:
+            return
+        if int(self.bandwidth_updates) % cfg.bandwidth_update_every == 0:
+            # 2,048 rows are plenty for two quantiles and a standard deviation, and bound the cost.
+            estimate = kde_bandwidth(z[:2048], cfg.bandwidth_rule, cfg.kernel, n=z.shape[0]).clamp_min(1e-6)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(estimate)
+                estimate /= torch.distributed.get_world_size()
+            if int(self.bandwidth_updates) == 0:
+                self.bandwidth_estimate.copy_(estimate)
+            else:
+                self.bandwidth_estimate.lerp_(estimate.to(self.bandwidth_estimate.dtype), 0.1)
+        self.bandwidth_updates += 1
 
     @property
     def threshold(self) -> Tensor:
@@ -169,6 +209,7 @@ class JumpReLUSAE(SAE):
                 z = self.pre_acts(x2)
                 # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
                 # rounding at the window's edge cannot drop an entry the dense path would count.
+                self.update_bandwidth(z)
                 window = theta.detach() - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
             sel = above(z, window)  # every entry a kernel window can reach (compared in fp32)
             values = encode_selected(sel, x2, self.W_enc, self.b_enc)
@@ -176,6 +217,7 @@ class JumpReLUSAE(SAE):
             x_hat = decode_selected(sel, weights, self.W_dec) + self.b_dec
         else:
             z = self.pre_acts(x2)
+            self.update_bandwidth(z.detach())
             # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
             # private to this forward, so the backward may reuse its buffer for dL/dz.
             f, l0 = jumprelu_with_l0(z, theta, self.bandwidth, cfg.kernel, overwrite_z=True)
@@ -214,3 +256,5 @@ class JumpReLUSAE(SAE):
     def fold_activation_scale(self, scale: float) -> None:
         super().fold_activation_scale(scale)
         self.log_threshold.add_(math.log(scale))  # theta * scale
+        if self.cfg.bandwidth_rule != "fixed":
+            self.bandwidth_estimate.mul_(scale)  # eps is in activation units too
