@@ -50,10 +50,33 @@ def save_density_histogram(density: torch.Tensor, path: Path, title: str = "", f
     _save(fig, path)
 
 
+def _null_formatter():
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
+def _scale_y(ax, ys: list[float], log_y: bool | None) -> None:
+    """A log y axis when the values span more than a decade (a collapsed run would otherwise
+    flatten every other curve); symlog when some are <= 0 (delta LM loss can be slightly
+    negative where a site carries little), linear otherwise. ``log_y`` forces the choice."""
+    positive = [y for y in ys if y > 0]
+    if log_y is False or not positive:
+        return
+    spread = max(abs(y) for y in ys) / min(positive)
+    if log_y is None and spread < 10:
+        return
+    if all(y > 0 for y in ys):
+        ax.set_yscale("log")
+    else:
+        ax.set_yscale("symlog", linthresh=sorted(abs(y) for y in ys if y != 0)[len(ys) // 4])
+
+
 def save_pareto_plot(groups: dict[str, dict[str, list[tuple[float, float]]]], path: Path, ylabel: str,
-                     log_y: bool = False) -> None:
+                     log_y: bool | None = None) -> None:
     """One panel per group (e.g. a site), one line per family through its (L0, metric) points in
-    order of L0; L0 on a log axis as in the paper's Figure 2."""
+    order of L0; L0 on a log axis as in the paper's Figure 2; y on a log axis when it spans more
+    than a decade (``log_y`` None) or as forced."""
     plt = _pyplot()
     n = max(1, len(groups))
     fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.8), squeeze=False)
@@ -63,8 +86,9 @@ def save_pareto_plot(groups: dict[str, dict[str, list[tuple[float, float]]]], pa
             if points:
                 ax.plot(*zip(*points), marker="o", label=family)
         ax.set_xscale("log")
-        if log_y:
-            ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(_null_formatter())  # minor labels overlap on short ranges
+        ys = [y for pts in families.values() for _, y in pts if math.isfinite(y)]
+        _scale_y(ax, ys, log_y)
         ax.set_xlabel("L0 (log scale)")
         ax.set_ylabel(ylabel)
         ax.set_title(group)
