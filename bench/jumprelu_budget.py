@@ -59,13 +59,15 @@ def run(variant: str, tokens: float, l0: int, batch: int, eval_tokens: int, extr
             "dead": m["eval/dead_fraction"], "seconds": time.perf_counter() - start}
 
 
-def print_table(rows: list[dict]) -> None:
+def print_header() -> None:
     print("| " + " | ".join(COLUMNS) + " |")
-    print("|" + "---|" * len(COLUMNS))
-    for r in rows:
-        cells = [r["variant"], f"{r['tokens'] / 1e6:.1f}M", str(r["steps"]), f"{r['L0']:.1f}", f"{r['FVU']:.3f}",
-                 f"{r['delta LM loss']:.3f}", f"{r['CE recovered']:.3f}", f"{r['dead']:.1%}", f"{r['seconds']:.0f}"]
-        print("| " + " | ".join(cells) + " |", flush=True)
+    print("|" + "---|" * len(COLUMNS), flush=True)
+
+
+def print_row(r: dict) -> None:
+    cells = [r["variant"], f"{r['tokens'] / 1e6:.1f}M", str(r["steps"]), f"{r['L0']:.1f}", f"{r['FVU']:.3f}",
+             f"{r['delta LM loss']:.3f}", f"{r['CE recovered']:.3f}", f"{r['dead']:.1%}", f"{r['seconds']:.0f}"]
+    print("| " + " | ".join(cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -77,13 +79,10 @@ def main() -> None:
     parser.add_argument("--eval-tokens", type=int, default=8192, help="held-out tokens per evaluation")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()
-    rows = []
+    print_header()  # rows print as they finish, so a long run shows progress
     for tokens in args.budgets:
         for variant in args.variants:
-            rows.append(run(variant, tokens, args.l0, args.batch, args.eval_tokens, args.overrides))
-            print(f"done: {variant} at {tokens:.0f} tokens: L0 {rows[-1]['L0']:.1f}, FVU {rows[-1]['FVU']:.3f}",
-                  file=sys.stderr, flush=True)
-    print_table(rows)
+            print_row(run(variant, tokens, args.l0, args.batch, args.eval_tokens, args.overrides))
 
 
 if __name__ == "__main__":
