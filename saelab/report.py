@@ -60,7 +60,7 @@ class Run:
         return f"{self.model} {self.site}@{self.layer}"
 
 
-def family_of(folder: Path, config: dict) -> str:
+def family_of(folder: Path) -> str:
     """The ``sae=`` choice Hydra recorded, else the exported SAE's architecture."""
     hydra_file = folder / ".hydra" / "hydra.yaml"
     if hydra_file.is_file():
@@ -81,7 +81,7 @@ def read_runs(folder: Path) -> list[Run]:
     metrics = json.loads((folder / "metrics.json").read_text())
     members = (config.get("multi") or {}).get("saes") or {}
     if not members:
-        return [_run(folder, config, metrics, family_of(folder, config), config["sae"], folder, "")]
+        return [_run(folder, config, metrics, family_of(folder), config["sae"], folder, "")]
     runs = []
     for name, member in members.items():
         family = json.loads((folder / "sae" / name / "cfg.json").read_text())["architecture"]

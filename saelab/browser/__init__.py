@@ -7,10 +7,11 @@ latents in (``python browse.py <run folder>``; docs/browser.md).
     build.py    run folder -> config -> scan -> logits -> site
 """
 
-from saelab.browser.build import Target, build_browser, resolve_target
+from saelab.browser.build import build_browser
 from saelab.browser.logits import direction_logits
 from saelab.browser.scan import LatentScanner, ScanResult, scan_latents
 from saelab.browser.site import write_site
+from saelab.targets import Target, resolve_target
 
 __all__ = ["LatentScanner", "ScanResult", "Target", "build_browser", "direction_logits",
            "resolve_target", "scan_latents", "write_site"]

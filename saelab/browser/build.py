@@ -10,7 +10,7 @@ from pathlib import Path
 from saelab.browser.logits import DIRECT_SITES, direction_logits
 from saelab.browser.scan import scan_latents
 from saelab.browser.site import CHUNK, check_out, write_site
-from saelab.targets import Target, resolve_target  # noqa: F401 - re-exported
+from saelab.targets import Target
 
 # What report.py writes into a sweep folder (report.md, pareto_*.png, runs.csv), looked for in
 # the run folder itself and in the sweep folder above it.
