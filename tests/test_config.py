@@ -103,3 +103,26 @@ def test_model_options_compose_and_validate(model, tmp_path):
     model_cfg = OmegaConf.to_object(cfg.model)
     assert isinstance(model_cfg, ModelConfig) and model_cfg.trust_remote_code is False
     assert model_cfg.n_layers in (26, 42)
+
+
+@pytest.mark.parametrize("family", sorted(LIT_CLASSES))
+def test_family_yaml_states_the_schema_defaults(family):
+    """conf/sae/<family>.yaml and the family's dataclass agree on every key the yaml sets, so a
+    run composed by Hydra and a config built in Python train the same SAE."""
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(LIT_CLASSES[family].config_class)}
+    yaml = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sae" / f"{family}.yaml"))
+    stated = {k: v for k, v in yaml.items() if k != "defaults"}
+    assert stated, "the yaml sets no key"
+    assert {k: defaults[k] for k in stated} == pytest.approx(stated)
+
+
+def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
+    # Written out from SPEC.md section 1 (Gemma Scope), not read from the code.
+    paper = {"l0_coefficient": 5e-4, "bandwidth": 1e-3, "threshold_init": 1e-3, "kernel": "rectangle",
+             "target_l0": None, "threshold_init_l0": None, "threshold_warmup_fraction": 0.0,
+             "aux_coefficient": 0.0, "bandwidth_rule": "fixed", "lr": 7e-5, "adam_beta1": 0.0,
+             "adam_beta2": 0.999, "adam_eps": 1e-8, "lr_warmup_steps": 1000, "sparsity_warmup_steps": 10_000}
+    cfg = build(compose_config(["sae=jumprelu_paper", *TINY_RUN], tmp_path))[1].cfg
+    assert {k: getattr(cfg, k) for k in paper} == paper

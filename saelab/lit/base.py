@@ -156,7 +156,7 @@ class SAELitModule(pl.LightningModule):
         x = self.normalize(batch)
         scale = self.sparsity_scale()
         dead = self.dead_mask()
-        out = self.sae(x, sparsity_scale=scale, dead_mask=dead)
+        out = self.sae(x, sparsity_scale=scale, dead_mask=dead, **self.sae_kwargs())
         loss = out.loss
         self.track_firing(out.feature_acts)
         logs = {f"train/loss/{k}": v.detach() for k, v in out.losses.items()}
@@ -168,6 +168,10 @@ class SAELitModule(pl.LightningModule):
         self.log("l0", out.metrics["l0"], prog_bar=True, logger=False)
         self.after_training_step(out)
         return loss
+
+    def sae_kwargs(self) -> dict[str, Any]:
+        """Family hook: extra keyword arguments for this training step's SAE forward."""
+        return {}
 
     def after_training_step(self, out) -> None:
         """Family hook, e.g. for extra statistics or buffers driven by the forward's metrics."""

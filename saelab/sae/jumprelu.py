@@ -111,8 +111,22 @@ class JumpReLUConfig(SAEConfig):
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2."""
     target_l0: float | None = None
-    """If set, the sparsity term becomes lambda * (L0 / target_l0 - 1)^2, which pulls L0 towards
-    target_l0 from both sides (Gemma Scope 2 style) instead of always pushing it down."""
+    """If set, training steers L0 to this value instead of applying a fixed penalty; how is
+    ``target_l0_method``."""
+    target_l0_method: str = "dual"
+    """'dual': the L0 penalty's lambda becomes a Lagrange multiplier for the constraint
+    L0 = target_l0, set each training step by a PI controller on the relative error
+    e = L0_batch / target_l0 - 1 (PI control of Lagrange multipliers, Sohrabi et al. 2024):
+    lambda = lambda_I + target_l0_kp * e, then lambda_I <- lambda_I + target_l0_lr * e, with
+    lambda_I starting at l0_coefficient. lambda may go negative: on small budgets the
+    reconstruction's own threshold gradient can push L0 under the target, which no penalty can
+    undo. The proportional term damps the overshoot that pure dual ascent (kp = 0) shows.
+    'quadratic': a fixed lambda * (L0 / target_l0 - 1)^2 (Gemma Scope 2 style), which settles
+    where its pull balances the reconstruction's, short of the target."""
+    target_l0_lr: float = 1e-2
+    """Integral gain (dual-ascent step size) of the L0 controller (target_l0_method='dual')."""
+    target_l0_kp: float = 5.0
+    """Proportional gain of the L0 controller (target_l0_method='dual')."""
     bandwidth_rule: str = "fixed"
     """'fixed': eps = ``bandwidth`` for every latent (the paper). 'silverman' / 'scott': a
     per-latent eps from a kernel-density rule of thumb on the batch's pre-activations, the
@@ -141,6 +155,13 @@ class JumpReLUConfig(SAEConfig):
             _require(self, "threshold_init_l0", 0 < self.threshold_init_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
         if self.target_l0 is not None:
             _require(self, "target_l0", 0 < self.target_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
+        require_choice(self, "target_l0_method", ("dual", "quadratic"))
+        _require(self, "target_l0_lr", self.target_l0_lr >= 0, "a number >= 0")
+        _require(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
+
+    @property
+    def dual_target(self) -> bool:
+        return self.target_l0 is not None and self.target_l0_method == "dual"
 
 
 class JumpReLUSAE(SAE):
@@ -156,6 +177,11 @@ class JumpReLUSAE(SAE):
             # Training state (in checkpoints, not in exports: inference never uses eps).
             self.register_buffer("bandwidth_estimate", torch.full((self.d_sae,), float(cfg.bandwidth)))
             self.register_buffer("bandwidth_updates", torch.zeros((), dtype=torch.long))
+        if cfg.dual_target:
+            # The controller's integral lambda_I, and lambda as last used (training state, like
+            # eps: not exported).
+            self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
+            self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
 
     @property
     def bandwidth(self) -> float | Tensor:
@@ -165,7 +191,7 @@ class JumpReLUSAE(SAE):
             return self.cfg.bandwidth
         return self.bandwidth_estimate
 
-    training_state = ("bandwidth_estimate", "bandwidth_updates")
+    training_state = ("bandwidth_estimate", "bandwidth_updates", "l0_integral", "l0_multiplier")
 
     @torch.no_grad()
     def update_bandwidth(self, z: Tensor) -> None:
@@ -188,6 +214,24 @@ class JumpReLUSAE(SAE):
                 self.bandwidth_estimate.lerp_(estimate.to(self.bandwidth_estimate.dtype), 0.1)
         self.bandwidth_updates += 1
 
+    @torch.no_grad()
+    def l0_controller(self, l0: Tensor) -> Tensor:
+        """lambda for this step from this batch's L0 (averaged over DDP ranks, so replicas keep
+        one lambda): lambda = lambda_I + kp * e, e = L0 / target - 1; then lambda_I += lr * e.
+        In evaluation the last training lambda is returned and nothing moves."""
+        if not self.training:
+            return self.l0_multiplier.clone()
+        l0 = l0.detach().to(self.l0_integral.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            l0 = l0.clone()
+            torch.distributed.all_reduce(l0)
+            l0 /= torch.distributed.get_world_size()
+        cfg = self.cfg
+        error = l0 / cfg.target_l0 - 1
+        self.l0_multiplier.copy_(self.l0_integral + cfg.target_l0_kp * error)
+        self.l0_integral.add_(cfg.target_l0_lr * error)
+        return self.l0_multiplier.clone()  # a copy: the buffer is updated in place next step
+
     @property
     def threshold(self) -> Tensor:
         if self.cfg.threshold_grad == "direct":
@@ -198,25 +242,33 @@ class JumpReLUSAE(SAE):
         z = self.pre_acts(x)
         return z * (z > self.threshold.detach()).to(z.dtype)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
+                quantile_l0: float | None = None, pooled_quantile: bool = False) -> SAEOutput:
+        """``quantile_l0``: first set every threshold to the quantile of its pre-activations on
+        this batch that gives L0 = quantile_l0 (the threshold warm-up of JumpReLULit)."""
         cfg = self.cfg
         x2 = x.reshape(-1, self.d_in)
-        theta = self.threshold
         sparse = use_sparse(x.device, self._density) and math.isfinite(KERNEL_SUPPORT[cfg.kernel])
         if sparse:
             # Few active latents: only the encoder product is dense (sparse.py).
             with torch.no_grad():
                 z = self.pre_acts(x2)
+                if quantile_l0 is not None:
+                    self.set_quantile_thresholds(z, quantile_l0, pooled_quantile)
                 # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
                 # rounding at the window's edge cannot drop an entry the dense path would count.
                 self.update_bandwidth(z)
-                window = theta.detach() - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
+                window = self.threshold - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
             sel = above(z, window)  # every entry a kernel window can reach (compared in fp32)
             values = encode_selected(sel, x2, self.W_enc, self.b_enc)
+            theta = self.threshold
             weights, l0 = SelectedJumpReLU.apply(values, theta, self.bandwidth, cfg.kernel, sel.cols, x2.shape[0])
             x_hat = decode_selected(sel, weights, self.W_dec) + self.b_dec
         else:
             z = self.pre_acts(x2)
+            if quantile_l0 is not None:
+                self.set_quantile_thresholds(z.detach(), quantile_l0, pooled_quantile)
+            theta = self.threshold  # after any reset above: log_threshold is changed in place
             self.update_bandwidth(z.detach())
             # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
             # private to this forward, so the backward may reuse its buffer for dL/dz.
@@ -224,12 +276,14 @@ class JumpReLUSAE(SAE):
             x_hat = self.decode(f)
         self._note_density(x, l0)
         if cfg.target_l0 is None:
-            sparsity = l0
+            sparsity = cfg.l0_coefficient * l0
+        elif cfg.target_l0_method == "quadratic":
+            sparsity = cfg.l0_coefficient * (l0 / cfg.target_l0 - 1).pow(2)
         else:
-            sparsity = (l0 / cfg.target_l0 - 1).pow(2)
+            sparsity = self.l0_controller(l0) * l0
         losses = {
             "mse": reconstruction_loss(x2, x_hat),
-            "l0": cfg.l0_coefficient * sparsity_scale * sparsity,
+            "l0": sparsity_scale * sparsity,
         }
         if dead_mask is not None and cfg.aux_coefficient > 0:
             losses["auxk"] = cfg.aux_coefficient * auxk(x2, x_hat, z, dead_mask, self.W_enc, self.b_enc,
@@ -246,11 +300,26 @@ class JumpReLUSAE(SAE):
         """theta_i = the (1 - l0/d_sae) quantile of z_i over the sample x, floored at 1e-6 (theta
         must stay positive). Every latent then fires on the same fraction of the sample, and the
         expected L0 on it is ``l0``."""
-        z = self.pre_acts(x)
+        self.set_quantile_thresholds(self.pre_acts(x), l0)
+
+    @torch.no_grad()
+    def set_quantile_thresholds(self, z: Tensor, l0: float, pooled: bool = False) -> None:
+        """theta_i := the (1 - l0/d_sae) quantile of the pre-activations z[:, i] (see
+        ``init_threshold_from_data``), or with ``pooled`` one threshold for every latent: the
+        value that the batch's l0 * B largest pre-activations exceed (BatchTopK's selection
+        written as thresholds). Under DDP the ranks' thresholds are averaged."""
         n = z.shape[0]
-        k = min(n, max(1, round(n * (1 - l0 / self.d_sae))))  # k-th smallest = the quantile
-        theta = z.kthvalue(k, dim=0).values.clamp_min(1e-6)
-        self.log_threshold.copy_(theta.float().log())
+        if pooled:
+            flat = z.reshape(-1)
+            k = min(flat.numel(), max(1, round(flat.numel() - n * l0)))
+            theta = flat.kthvalue(k).values.float().clamp_min(1e-6).expand(self.d_sae).clone()
+        else:
+            k = min(n, max(1, round(n * (1 - l0 / self.d_sae))))  # k-th smallest = the quantile
+            theta = z.kthvalue(k, dim=0).values.float().clamp_min(1e-6)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(theta)
+            theta /= torch.distributed.get_world_size()
+        self.log_threshold.copy_(theta.log())
 
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:

@@ -99,16 +99,58 @@ def test_direct_threshold_gradient_differs_by_theta():
     assert grads["autodiff"] == pytest.approx(theta * grads["direct"], rel=1e-9)
 
 
-def test_target_l0_pulls_from_both_sides():
+def test_quadratic_target_l0_pulls_from_both_sides():
     x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
     for target, sign in ((0.1, -1), (0.95, 1)):  # L0 here is ~0.5 (P(x > 0.5))
-        sae = _one_latent_sae(0.5, 1.0, 0.2, "rectangle", target_l0=target)
+        sae = _one_latent_sae(0.5, 1.0, 0.2, "rectangle", target_l0=target, target_l0_method="quadratic")
         out = sae(x)
         out.losses["l0"].backward()
         # Too dense: raise theta (negative gradient). Too sparse: lower theta.
         assert math.copysign(1, sae.log_threshold.grad.item()) == sign
         expected = (out.metrics["l0"] / target - 1) ** 2
         torch.testing.assert_close(out.losses["l0"], expected)
+
+
+def test_dual_target_l0_multiplier_is_a_pi_controller():
+    x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
+    sae = _one_latent_sae(0.5, 0.2, 0.2, "rectangle", target_l0=0.1, target_l0_lr=0.05, target_l0_kp=0.3)
+    out = sae(x)
+    l0 = out.metrics["l0"].item()  # ~0.5: five times the target
+    error = l0 / 0.1 - 1
+    # lambda = lambda_I + kp * e on this batch, with lambda_I starting at l0_coefficient...
+    assert out.losses["l0"].item() == pytest.approx((0.2 + 0.3 * error) * l0, rel=1e-6)
+    # ... then lambda_I += lr * e.
+    assert sae.l0_integral.item() == pytest.approx(0.2 + 0.05 * error, rel=1e-6)
+    out.losses["l0"].backward()
+    assert sae.log_threshold.grad.item() < 0, "a positive multiplier raises theta"
+    l0_2 = sae(x).metrics["l0"].item()
+    assert sae.l0_integral.item() == pytest.approx(0.2 + 0.05 * (error + l0_2 / 0.1 - 1), rel=1e-6)
+    before = (sae.l0_integral.item(), sae.l0_multiplier.item())
+    sae.eval()
+    out = sae(x)
+    assert (sae.l0_integral.item(), sae.l0_multiplier.item()) == before, "evaluation moves nothing"
+    torch.testing.assert_close(out.losses["l0"].item(), before[1] * out.metrics["l0"].item())
+
+
+def _train_threshold(method: str, target: float, steps: int = 1500) -> float:
+    """Adam on theta alone for the one-latent SAE (x_hat = JumpReLU(x)) on x ~ N(0.5, 1): the
+    reconstruction always wants theta lower (every firing is exact), so only the L0 term can
+    hold L0 down at the target. Returns L0 on fresh draws."""
+    torch.manual_seed(0)
+    sae = _one_latent_sae(0.5, 0.5, 0.1, "rectangle", target_l0=target, target_l0_method=method,
+                          target_l0_lr=0.02)
+    opt = torch.optim.Adam([sae.log_threshold], lr=0.01)
+    for _ in range(steps):
+        opt.zero_grad()
+        sae(torch.randn(1024, 1, dtype=torch.float64) + 0.5).loss.backward()
+        opt.step()
+    return (sae.encode(torch.randn(200_000, 1, dtype=torch.float64) + 0.5) != 0).double().mean().item()
+
+
+def test_dual_target_reaches_the_requested_l0_where_the_quadratic_penalty_settles_short():
+    target = 0.2  # L0 of one latent = its firing rate
+    assert _train_threshold("dual", target) == pytest.approx(target, rel=0.05)
+    assert _train_threshold("quadratic", target) > 1.2 * target
 
 
 def test_quantile_threshold_init_gives_the_requested_starting_l0():

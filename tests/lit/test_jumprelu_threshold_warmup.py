@@ -1,0 +1,85 @@
+"""JumpReLU's threshold warm-up (``sae.threshold_warmup_fraction``): during the warm-up every
+step starts from per-latent quantile thresholds that give the batch exactly the L0 asked for;
+after it the thresholds are learnt by the straight-through estimator and only move by Adam
+steps. Real Lightning runs on synthetic activations."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from saelab.runner import build
+from tests.conftest import TINY_RUN, compose_config, make_sae
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_quantile_reset_gives_the_batch_the_requested_l0(path):
+    sae = make_sae("jumprelu", d_in=16, d_sae=64).train()
+    if path == "sparse":
+        sae._density = 0.0  # as if the last step had been sparse (saelab/sae/sparse.py)
+    x = torch.randn(4000, 16) * 2 + 0.5
+    out = sae(x, quantile_l0=6)
+    # 4000 * 6 / 64 = 375 tokens above each latent's quantile: L0 = 64 * 375 / 4000 = 6. (theta
+    # is stored as log(theta) in float32, so the quantile's own token may round to just above.)
+    assert out.metrics["l0"].item() == pytest.approx(6.0, abs=0.02)
+    fired = (out.feature_acts != 0).sum(0)
+    assert torch.all((fired >= 375) & (fired <= 376)), "every latent fires on the same number of tokens"
+    out.loss.backward()
+    assert sae.log_threshold.grad is not None and sae.log_threshold.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_pooled_reset_gives_the_batch_the_requested_l0_with_one_threshold(path):
+    sae = make_sae("jumprelu", d_in=16, d_sae=64).train()
+    if path == "sparse":
+        sae._density = 0.0
+    x = torch.randn(4000, 16) * 2 + 0.5
+    x[:, 0] *= 4  # latents now differ in scale: a pooled threshold lets their rates differ
+    out = sae(x, quantile_l0=6, pooled_quantile=True)
+    assert torch.all(sae.threshold == sae.threshold[0]), "one threshold for every latent"
+    # The 4000 * 6 largest pre-activations of the batch fire: L0 = 6 (up to the log/exp rounding).
+    assert out.metrics["l0"].item() == pytest.approx(6.0, abs=0.01)
+    z = sae.pre_acts(x).detach()
+    assert torch.equal(out.feature_acts != 0, z > sae.threshold.detach())
+    rates = (out.feature_acts != 0).float().mean(0)
+    assert rates.max() > 3 * rates.median(), "firing rates follow the data, not a quota"
+
+
+class _RecordSteps(pl.Callback):
+    def __init__(self):
+        self.l0, self.log_threshold = [], []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.l0.append(float(trainer.callback_metrics["train/l0"]))
+        self.log_threshold.append(module.sae.log_threshold.detach().clone())
+
+
+def _fit(tmp_path, warmup: float, steps: int = 8):
+    lr = 1e-2
+    cfg = compose_config(["sae=jumprelu", *TINY_RUN, "sae.target_l0=6", f"sae.lr={lr}",
+                          f"sae.threshold_warmup_fraction={warmup}", "sae.lr_warmup_steps=0"], tmp_path)
+    datamodule, module = build(cfg)
+    record = _RecordSteps()
+    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, callbacks=[record],
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    return record, lr
+
+
+def test_warmup_holds_l0_at_the_target_then_hands_thresholds_to_the_ste(tmp_path):
+    record, lr = _fit(tmp_path / "warm", warmup=0.5)
+    # Steps 0-3 (half of 8): each batch's L0 is the target, up to rounding of the quantile.
+    assert record.l0[:4] == pytest.approx([6.0] * 4, abs=0.05)
+    # Steps 4-7: no more resets; Adam (beta1 = 0) moves log(theta) by at most ~lr per step.
+    for before, after in zip(record.log_threshold[4:], record.log_threshold[5:]):
+        assert (after - before).abs().max() < 3 * lr
+    # Without the warm-up the same run starts from theta_init = 1e-3, far from L0 = 6.
+    cold, _ = _fit(tmp_path / "cold", warmup=0.0)
+    assert cold.l0[0] > 3 * 6
+
+
+def test_warmup_without_an_l0_to_aim_at_is_refused(tmp_path):
+    cfg = compose_config(["sae=jumprelu", *TINY_RUN, "sae.target_l0=null"], tmp_path)
+    with pytest.raises(ValueError, match="threshold_warmup_fraction.*target_l0"):
+        build(cfg)
