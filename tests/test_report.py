@@ -81,6 +81,6 @@ def test_report_lists_each_member_of_a_several_sae_pass(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(rows) == set(config["multi"]["saes"])
     for name, row in rows.items():
-        assert row["knob"] == "l0_coefficient"
-        assert float(row["knob_value"]) == pytest.approx(config["multi"]["saes"][name]["l0_coefficient"])
+        assert row["knob"] == "target_l0"
+        assert float(row["knob_value"]) == pytest.approx(config["multi"]["saes"][name]["target_l0"])
         assert float(row["l0"]) == pytest.approx(metrics[f"{name}/val/l0"])

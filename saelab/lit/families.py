@@ -16,6 +16,7 @@ from saelab.sae.jumprelu import JumpReLUConfig
 from saelab.sae.relu import ReLUConfig
 from saelab.sae.topk import BatchTopKConfig, TopKConfig, geometric_median
 
+from . import sharding
 from .base import SAELitModule
 from .config import TrainConfig
 
@@ -83,6 +84,14 @@ class JumpReLULit(SAELitModule):
             return {"quantile_l0": self.cfg.target_l0 or self.cfg.threshold_init_l0,
                     "pooled_quantile": self.cfg.threshold_warmup == "pooled"}
         return {}
+
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
+        # The threshold warm-up's thresholds become the parameter's value here, outside the
+        # forward, where writing works for a sharded SAE too (the forward only leaves them).
+        if self.sae.warmup_threshold is not None:
+            sharding.assign(self.sae.log_threshold, self.sae.warmup_threshold.log())
+            self.sae.warmup_threshold = None
 
     def after_training_step(self, out) -> None:
         # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high

@@ -107,12 +107,17 @@ def editable(owner: nn.Module, name: str = "sae"):
     finally:
         setattr(owner, name, module)
     targets = dict(module.named_parameters()) | dict(module.named_buffers())
-    with torch.no_grad():
-        for key, value in plain.state_dict().items():
-            target = targets[key]
-            if isinstance(target, DTensor):
-                value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh,
-                                          target.placements, src_data_rank=0)
-                target.to_local().copy_(value.to_local())
-            else:
-                target.copy_(value.to(target.device, target.dtype))
+    for key, value in plain.state_dict().items():
+        assign(targets[key], value)
+
+
+@torch.no_grad()
+def assign(target: Tensor, value: Tensor) -> None:
+    """target := value, a full tensor; for a sharded target (DTensor) each rank keeps its shard of
+    rank 0's value, so every rank agrees."""
+    if isinstance(target, DTensor):
+        value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh,
+                                  target.placements, src_data_rank=0)
+        target.to_local().copy_(value.to_local())
+    else:
+        target.copy_(value.to(target.device, target.dtype))

@@ -32,6 +32,21 @@ def _sum_to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
     return grad.reshape(-1, grad.shape[-1]).sum(0).to(threshold.dtype)
 
 
+def _kth_largest(values: Tensor, k: int, dim: int, world: int = 1) -> Tensor:
+    """The k-th largest entry along ``dim`` (1-based, clamped to what there is), over ``values``
+    and, when world > 1, the same-shaped ``values`` of every rank: the k largest of the union
+    are among the union of each rank's k largest, so only those travel."""
+    k_local = max(1, min(k, values.shape[dim]))
+    top = values.topk(k_local, dim=dim).values  # sorted, largest first
+    if world == 1:
+        return top.select(dim, k_local - 1)
+    parts = [torch.empty_like(top) for _ in range(world)]
+    torch.distributed.all_gather(parts, top.contiguous())
+    top = torch.cat(parts, dim=dim)
+    k = max(1, min(k, top.shape[dim]))
+    return top.topk(k, dim=dim).values.select(dim, k - 1)
+
+
 class JumpReLUFunction(torch.autograd.Function):
     """f = z * H(z - theta). d/dz = H(z - theta); d/dtheta = -(theta/eps) K((z - theta)/eps).
 
@@ -177,6 +192,7 @@ class JumpReLUSAE(SAE):
             # Training state (in checkpoints, not in exports: inference never uses eps).
             self.register_buffer("bandwidth_estimate", torch.full((self.d_sae,), float(cfg.bandwidth)))
             self.register_buffer("bandwidth_updates", torch.zeros((), dtype=torch.long))
+        self.warmup_threshold: Tensor | None = None  # see forward(quantile_l0=...)
         if cfg.dual_target:
             # The controller's integral lambda_I, and lambda as last used (training state, like
             # eps: not exported).
@@ -244,8 +260,11 @@ class JumpReLUSAE(SAE):
 
     def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
                 quantile_l0: float | None = None, pooled_quantile: bool = False) -> SAEOutput:
-        """``quantile_l0``: first set every threshold to the quantile of its pre-activations on
-        this batch that gives L0 = quantile_l0 (the threshold warm-up of JumpReLULit)."""
+        """``quantile_l0``: this step uses the thresholds that give this batch L0 = quantile_l0
+        (``quantile_thresholds``, pooled or per latent) instead of the learnt ones: the threshold
+        warm-up of JumpReLULit. They are left in ``warmup_threshold`` for the caller to store
+        after the optimiser step (a parameter written inside a forward would be lost where the
+        SAE is sharded). Gradients still reach log_threshold, as DDP needs every parameter used."""
         cfg = self.cfg
         x2 = x.reshape(-1, self.d_in)
         sparse = use_sparse(x.device, self._density) and math.isfinite(KERNEL_SUPPORT[cfg.kernel])
@@ -253,22 +272,19 @@ class JumpReLUSAE(SAE):
             # Few active latents: only the encoder product is dense (sparse.py).
             with torch.no_grad():
                 z = self.pre_acts(x2)
-                if quantile_l0 is not None:
-                    self.set_quantile_thresholds(z, quantile_l0, pooled_quantile)
+            theta = self._threshold_for_step(z, quantile_l0, pooled_quantile)
+            with torch.no_grad():
                 # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
                 # rounding at the window's edge cannot drop an entry the dense path would count.
                 self.update_bandwidth(z)
-                window = self.threshold - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
+                window = theta.detach() - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
             sel = above(z, window)  # every entry a kernel window can reach (compared in fp32)
             values = encode_selected(sel, x2, self.W_enc, self.b_enc)
-            theta = self.threshold
             weights, l0 = SelectedJumpReLU.apply(values, theta, self.bandwidth, cfg.kernel, sel.cols, x2.shape[0])
             x_hat = decode_selected(sel, weights, self.W_dec) + self.b_dec
         else:
             z = self.pre_acts(x2)
-            if quantile_l0 is not None:
-                self.set_quantile_thresholds(z.detach(), quantile_l0, pooled_quantile)
-            theta = self.threshold  # after any reset above: log_threshold is changed in place
+            theta = self._threshold_for_step(z.detach(), quantile_l0, pooled_quantile)
             self.update_bandwidth(z.detach())
             # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
             # private to this forward, so the backward may reuse its buffer for dL/dz.
@@ -295,31 +311,44 @@ class JumpReLUSAE(SAE):
         lead = x.shape[:-1]
         return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0.detach()})
 
+    def _threshold_for_step(self, z: Tensor, quantile_l0: float | None, pooled: bool) -> Tensor:
+        """The learnt theta, or during the warm-up this batch's quantile thresholds with the
+        learnt theta's graph attached (value of the first, gradient path of the second)."""
+        theta = self.threshold
+        self.warmup_threshold = None
+        if quantile_l0 is None or not self.training:
+            return theta
+        self.warmup_threshold = self.quantile_thresholds(z.detach(), quantile_l0, pooled)
+        return self.warmup_threshold + (theta - theta.detach())
+
     @torch.no_grad()
     def init_threshold_from_data(self, x: Tensor, l0: float) -> None:
         """theta_i = the (1 - l0/d_sae) quantile of z_i over the sample x, floored at 1e-6 (theta
         must stay positive). Every latent then fires on the same fraction of the sample, and the
         expected L0 on it is ``l0``."""
-        self.set_quantile_thresholds(self.pre_acts(x), l0)
+        theta = self.quantile_thresholds(self.pre_acts(x), l0, pooled=False, across_ranks=False)
+        self.log_threshold.copy_(theta.log())
 
     @torch.no_grad()
-    def set_quantile_thresholds(self, z: Tensor, l0: float, pooled: bool = False) -> None:
-        """theta_i := the (1 - l0/d_sae) quantile of the pre-activations z[:, i] (see
-        ``init_threshold_from_data``), or with ``pooled`` one threshold for every latent: the
-        value that the batch's l0 * B largest pre-activations exceed (BatchTopK's selection
-        written as thresholds). Under DDP the ranks' thresholds are averaged."""
-        n = z.shape[0]
-        if pooled:
-            flat = z.reshape(-1)
-            k = min(flat.numel(), max(1, round(flat.numel() - n * l0)))
-            theta = flat.kthvalue(k).values.float().clamp_min(1e-6).expand(self.d_sae).clone()
+    def quantile_thresholds(self, z: Tensor, l0: float, pooled: bool, across_ranks: bool = True) -> Tensor:
+        """Thresholds [d_sae] that give the pre-activations z [n, d_sae] an L0 of ``l0``: each
+        latent at the quantile of its own column that it exceeds on a fraction l0 / d_sae of the
+        rows, or with ``pooled`` one threshold for all, exceeded by the l0 * n largest entries
+        (BatchTopK's selection written as a JumpReLU). Floored at 1e-6 (theta must stay positive).
+        With ``across_ranks`` under torch.distributed the quantile is that of every rank's rows
+        together (each rank sends only its top candidates), so DDP's thresholds equal one
+        process's on the whole batch."""
+        world = 1
+        if across_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size()
+        n = z.shape[0] * world
+        if pooled:  # the (m+1)-th largest of all entries is exceeded by exactly m of them
+            m = round(n * l0)
+            theta = _kth_largest(z.reshape(-1), m + 1, dim=0, world=world).expand(self.d_sae)
         else:
-            k = min(n, max(1, round(n * (1 - l0 / self.d_sae))))  # k-th smallest = the quantile
-            theta = z.kthvalue(k, dim=0).values.float().clamp_min(1e-6)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(theta)
-            theta /= torch.distributed.get_world_size()
-        self.log_threshold.copy_(theta.log())
+            m = n - round(n * (1 - l0 / self.d_sae))
+            theta = _kth_largest(z, m + 1, dim=0, world=world)
+        return theta.float().clamp_min(1e-6)
 
     @torch.no_grad()
     def fold_activation_scale(self, scale: float) -> None:

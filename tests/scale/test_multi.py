@@ -52,23 +52,24 @@ def test_every_family_trained_together_equals_each_trained_alone(tmp_path):
 
 def test_a_sparsity_sweep_as_keys_on_top_of_sae(tmp_path):
     # A member's own key is overridden as usual; a key it does not set yet takes a "+".
-    cfg = compose_config([*BASE, "multi=l0_sweep", "+multi.saes.l0_1e-4.lr=3e-3", "multi.saes.l0_2e-3.lr=2e-4",
+    cfg = compose_config([*BASE, "multi=l0_sweep", "+multi.saes.l0_16.lr=3e-3", "multi.saes.l0_64.lr=2e-4",
                           "logger=tensorboard"], tmp_path)
     _, module = build(cfg)
-    assert isinstance(module, MultiSAELit) and list(module.members) == ["l0_1e-4", "l0_5e-4", "l0_2e-3"]
+    assert isinstance(module, MultiSAELit) and list(module.members) == ["l0_16", "l0_32", "l0_64"]
     a, b, c = module.members.values()
-    assert (a.cfg.l0_coefficient, b.cfg.l0_coefficient, c.cfg.l0_coefficient) == (1e-4, 5e-4, 2e-3)
-    assert (a.cfg.lr, b.cfg.lr, c.cfg.lr) == (3e-3, 7e-5, 2e-4)
+    assert (a.cfg.target_l0, b.cfg.target_l0, c.cfg.target_l0) == (16, 32, 64)
+    default_lr = build(compose_config(BASE, tmp_path / "single"))[1].cfg.lr  # the family's own rule
+    assert (a.cfg.lr, b.cfg.lr, c.cfg.lr) == (3e-3, default_lr, 2e-4) and default_lr not in (3e-3, 2e-4)
     assert a.cfg.expansion_factor == 4 and a.cfg.d_in == 16  # everything else from `sae` and the data
     metrics = train(cfg)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["l0_2e-3/val/l0"] == metrics["l0_2e-3/val/l0"] and written["steps"] == 12
-    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["l0_1e-4", "l0_2e-3", "l0_5e-4"]
-    assert load_sae(tmp_path / "sae" / "l0_2e-3").d_sae == 64  # a loadable SAELens folder per member
+    assert written["l0_64/val/l0"] == metrics["l0_64/val/l0"] and written["steps"] == 12
+    assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == ["l0_16", "l0_32", "l0_64"]
+    assert load_sae(tmp_path / "sae" / "l0_64").d_sae == 64  # a loadable SAELens folder per member
     events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    for name in ("l0_1e-4", "l0_5e-4", "l0_2e-3"):  # every member under its own name
+    for name in ("l0_16", "l0_32", "l0_64"):  # every member under its own name
         assert {f"{name}/train/loss", f"{name}/val/fvu", f"{name}/val/mmcs", f"lr-Adam/{name}"} <= tags, tags
         assert f"{name}/val/log10_feature_density" in events.Tags()["histograms"]
 

@@ -1,0 +1,44 @@
+"""The threshold warm-up under DDP: ranks that each hold half a batch compute exactly the
+thresholds one process computes on the whole batch (pooled and per latent). Two real gloo
+processes."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from saelab.sae import build_sae
+
+
+def _batch() -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    sae = build_sae("jumprelu", d_in=8, d_sae=32)
+    x = torch.randn(512, 8) * torch.linspace(0.5, 3, 8)
+    return sae, sae.pre_acts(x).detach()
+
+
+def _rank(rank: int, world: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        sae, z = _batch()
+        half = z.chunk(world)[rank]
+        got = {mode: sae.quantile_thresholds(half, 5, pooled=mode == "pooled") for mode in ("pooled", "per_latent")}
+        if rank == 0:
+            torch.save(got, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_get_the_thresholds_of_the_whole_batch(tmp_path):
+    out = tmp_path / "ranks.pt"
+    mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
+    sae, z = _batch()
+    for mode in ("pooled", "per_latent"):
+        whole = sae.quantile_thresholds(z, 5, pooled=mode == "pooled")
+        assert torch.equal(got[mode], whole), mode
+        # and it is the quantile: L0 on the whole batch is exactly 5
+        assert (z > whole).float().sum(1).mean().item() == 5.0
+    halves = [sae.quantile_thresholds(h, 5, pooled=True) for h in z.chunk(2)]
+    assert not torch.equal((halves[0] + halves[1]) / 2, got["pooled"]), "averaging halves is not the same"
