@@ -14,6 +14,7 @@ from saelab.runner import build
 from tests.conftest import CONF_DIR, compose_config
 
 KNOB = {"jumprelu": "target_l0", "gated": "l1_coefficient", "topk": "k", "relu": "l1_coefficient"}
+LR = {"jumprelu": 3e-3, "topk": 3e-3, "gated": 1e-3, "relu": 1e-3}  # see conf/experiment/paper_pareto.yaml
 
 
 def _sweep_params() -> dict[str, list[str]]:
@@ -39,7 +40,7 @@ def test_every_paper_pareto_job_composes_with_its_knob(tmp_path):
                                  tmp_path)
             sae = OmegaConf.to_object(cfg.sae)
             assert sae.architecture == family and cfg.data.site == site and cfg.layer == 12
-            assert sae.expansion_factor == 8 and sae.lr == 1e-3 and cfg.trainer.max_steps == 250
+            assert sae.expansion_factor == 8 and sae.lr == LR[family] and cfg.trainer.max_steps == 250
             assert cfg.eval_tokens == 4096
             values.append(getattr(sae, KNOB[family]))
         # levels aim at increasing L0: k / target_l0 rise, L1 coefficients fall
