@@ -3,7 +3,15 @@ plus these (the optimisation), one flat dataclass, so ``sae.lr`` and ``sae.k`` s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+
+def width_scaled_lr(cfg, lr_at: float, width: int) -> float:
+    """Adam lr for this config's d_sae, scaled as 1/sqrt(d_sae) (Gao et al. 2024's rule) from
+    its value ``lr_at`` at d_sae = ``width``. Callable before SAEConfig has filled in d_sae."""
+    d_sae = cfg.d_sae if cfg.d_sae is not None else cfg.d_in * cfg.expansion_factor
+    return lr_at / math.sqrt(d_sae / width)
 
 
 @dataclass

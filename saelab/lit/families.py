@@ -3,7 +3,6 @@ Hydra schema (its SAE config + TrainConfig, with the family's published defaults
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +17,7 @@ from saelab.sae.topk import BatchTopKConfig, TopKConfig, geometric_median
 
 from . import sharding
 from .base import SAELitModule
-from .config import TrainConfig
+from .config import TrainConfig, width_scaled_lr
 
 
 # --- JumpReLU (SPEC.md 1) -----------------------------------------------------------------------
@@ -27,7 +26,8 @@ from .config import TrainConfig
 # README "Choosing eps and lambda"). The paper's own recipe (Gemma Scope: fixed lambda 5e-4,
 # eps = theta_init = 1e-3, lr 7e-5, beta1 0, no warm-up of thresholds) is conf/sae/jumprelu_paper.yaml.
 JUMPRELU_LR_AT_1024 = 3e-3
-"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens (TopK was best at 3e-3 too)."""
+"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens in prototype runs (TopK was
+best at 3e-3 too)."""
 
 
 @dataclass
@@ -56,8 +56,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
 
     def __post_init__(self) -> None:
         if self.lr is None:
-            d_sae = self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor
-            self.lr = JUMPRELU_LR_AT_1024 / math.sqrt(d_sae / 1024)
+            self.lr = width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
         super().__post_init__()
         _require(self, "threshold_warmup_fraction", 0 <= self.threshold_warmup_fraction <= 1, "in [0, 1]")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
@@ -134,8 +133,7 @@ class TopKTrainConfig(TrainConfig, TopKConfig):
 
     def __post_init__(self) -> None:
         if self.lr is None:
-            d_sae = self.d_sae if self.d_sae is not None else self.d_in * self.expansion_factor
-            self.lr = 2e-4 / math.sqrt(d_sae / 2**14)
+            self.lr = width_scaled_lr(self, 2e-4, 2**14)
         super().__post_init__()
 
 

@@ -32,6 +32,23 @@ def _sum_to_threshold(grad: Tensor, threshold: Tensor) -> Tensor:
     return grad.reshape(-1, grad.shape[-1]).sum(0).to(threshold.dtype)
 
 
+def _world_size() -> int:
+    """Ranks in the torch.distributed group (1 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _mean_over_ranks(t: Tensor) -> Tensor:
+    """t averaged over DDP ranks (a new tensor), so replicas keep one value of training state."""
+    world = _world_size()
+    if world == 1:
+        return t
+    t = t.clone()
+    torch.distributed.all_reduce(t)
+    return t / world
+
+
 def _kth_largest(values: Tensor, k: int, dim: int, world: int = 1) -> Tensor:
     """The k-th largest entry along ``dim`` (1-based, clamped to what there is), over ``values``
     and, when world > 1, the same-shaped ``values`` of every rank: the k largest of the union
@@ -221,9 +238,7 @@ class JumpReLUSAE(SAE):
         if int(self.bandwidth_updates) % cfg.bandwidth_update_every == 0:
             # 2,048 rows are plenty for two quantiles and a standard deviation, and bound the cost.
             estimate = kde_bandwidth(z[:2048], cfg.bandwidth_rule, cfg.kernel, n=z.shape[0]).clamp_min(1e-6)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(estimate)
-                estimate /= torch.distributed.get_world_size()
+            estimate = _mean_over_ranks(estimate)
             if int(self.bandwidth_updates) == 0:
                 self.bandwidth_estimate.copy_(estimate)
             else:
@@ -237,11 +252,7 @@ class JumpReLUSAE(SAE):
         In evaluation the last training lambda is returned and nothing moves."""
         if not self.training:
             return self.l0_multiplier.clone()
-        l0 = l0.detach().to(self.l0_integral.dtype)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            l0 = l0.clone()
-            torch.distributed.all_reduce(l0)
-            l0 /= torch.distributed.get_world_size()
+        l0 = _mean_over_ranks(l0.detach().to(self.l0_integral.dtype))
         cfg = self.cfg
         error = l0 / cfg.target_l0 - 1
         self.l0_multiplier.copy_(self.l0_integral + cfg.target_l0_kp * error)
@@ -338,9 +349,7 @@ class JumpReLUSAE(SAE):
         With ``across_ranks`` under torch.distributed the quantile is that of every rank's rows
         together (each rank sends only its top candidates), so DDP's thresholds equal one
         process's on the whole batch."""
-        world = 1
-        if across_ranks and torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size()
+        world = _world_size() if across_ranks else 1
         n = z.shape[0] * world
         if pooled:  # the (m+1)-th largest of all entries is exceeded by exactly m of them
             m = round(n * l0)
