@@ -20,13 +20,23 @@ from saelab.targets import add_target_arguments, target_from_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_target_arguments(parser)
-    parser.add_argument("--tokens", type=int, default=65_536, help="held-out tokens to scan (at most the split)")
-    parser.add_argument("--top-k", type=int, default=20, help="top-activating contexts kept per latent")
-    parser.add_argument("--context", type=int, default=10, help="tokens shown on each side of a top token")
+    parser.add_argument(
+        "--tokens", type=int, default=65_536, help="held-out tokens to scan (at most the split)"
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=20, help="top-activating contexts kept per latent"
+    )
+    parser.add_argument(
+        "--context", type=int, default=10, help="tokens shown on each side of a top token"
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/browser)")
-    parser.add_argument("--no-logits", action="store_true", help="skip the promoted/suppressed output tokens")
+    parser.add_argument(
+        "--no-logits", action="store_true", help="skip the promoted/suppressed output tokens"
+    )
     parser.add_argument("--lm-batch-size", type=int, default=8, help="contexts per LM forward")
     args = parser.parse_args()
 
@@ -34,12 +44,20 @@ def main() -> None:
         target = target_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    result = build_browser(target, args.out, n_tokens=args.tokens, top_k=args.top_k,
-                           context=args.context, logits=not args.no_logits,
-                           lm_batch_size=args.lm_batch_size)
+    result = build_browser(
+        target,
+        args.out,
+        n_tokens=args.tokens,
+        top_k=args.top_k,
+        context=args.context,
+        logits=not args.no_logits,
+        lm_batch_size=args.lm_batch_size,
+    )
     s = result["summary"]
-    print(f"scanned {result['tokens']:,} tokens, {result['d_sae']:,} latents "
-          f"({s['dead']} dead, {s['dense_10pct']} above 10% density) in {result['seconds']:.1f} s")
+    print(
+        f"scanned {result['tokens']:,} tokens, {result['d_sae']:,} latents "
+        f"({s['dead']} dead, {s['dense_10pct']} above 10% density) in {result['seconds']:.1f} s"
+    )
     print(f"written: {Path(result['out']) / 'index.html'}")
 
 

@@ -18,7 +18,9 @@ from saelab.targets import add_target_arguments, target_from_args
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_target_arguments(parser)
     parser.add_argument("--tokens", type=int, default=16_384, help="held-out tokens to evaluate")
     args = parser.parse_args()
@@ -26,8 +28,13 @@ def main() -> None:
         target = target_from_args(args)  # validates site, layer range, sizes
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
-    results = evaluate_on_validation(load_sae(target.sae_path), target.data_cfg, args.tokens,
-                                     output_dir=target.home, extra={"sae": str(target.sae_path)})
+    results = evaluate_on_validation(
+        load_sae(target.sae_path),
+        target.data_cfg,
+        args.tokens,
+        output_dir=target.home,
+        extra={"sae": str(target.sae_path)},
+    )
     print(json.dumps(results, indent=2))
     print(f"written: {target.home / 'eval.json'} and {target.home / 'feature_density.png'}")
 

@@ -17,8 +17,12 @@ from saelab.report import write_report
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("root", type=Path, help="a multirun folder (or any folder holding run folders)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "root", type=Path, help="a multirun folder (or any folder holding run folders)"
+    )
     parser.add_argument("--out", type=Path, help="where to write the report (default: root)")
     args = parser.parse_args()
     if not args.root.is_dir():

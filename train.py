@@ -1,10 +1,10 @@
 """Train a sparse autoencoder.
 
-    python train.py                                  # JumpReLU on the default data
-    python train.py sae=topk sae.k=16                # another family / knob
-    python train.py -m sae=jumprelu,gated,topk,relu  # a Hydra multirun sweep
-    python train.py trainer=ddp trainer.devices=4    # DDP (docs/scaling.md)
-    python train.py resume=outputs/<date>/<time>     # continue a stopped run exactly
+python train.py                                  # JumpReLU on the default data
+python train.py sae=topk sae.k=16                # another family / knob
+python train.py -m sae=jumprelu,gated,topk,relu  # a Hydra multirun sweep
+python train.py trainer=ddp trainer.devices=4    # DDP (docs/scaling.md)
+python train.py resume=outputs/<date>/<time>     # continue a stopped run exactly
 """
 
 import hydra

@@ -28,18 +28,20 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saelab.data import corpus, shards  # noqa: E402
-from saelab.data.batches import ActivationLoader  # noqa: E402
-from saelab.data.cache import MANIFEST, ActivationCache  # noqa: E402
-from saelab.data.cache_build import CacheBuilder, LMSource  # noqa: E402
-from saelab.lm.config import ModelConfig  # noqa: E402
-from saelab.lm.contexts import iter_token_batches, keep_mask  # noqa: E402
-from saelab.lm.load import load_model, load_tokenizer  # noqa: E402
-from saelab.lm.sites import forward_until  # noqa: E402
-from saelab.sae import build_sae  # noqa: E402
+from saelab.data import corpus, shards
+from saelab.data.batches import ActivationLoader
+from saelab.data.cache import MANIFEST, ActivationCache
+from saelab.data.cache_build import CacheBuilder, LMSource
+from saelab.lm.config import ModelConfig
+from saelab.lm.contexts import iter_token_batches, keep_mask
+from saelab.lm.load import load_model, load_tokenizer
+from saelab.lm.sites import forward_until
+from saelab.sae import build_sae
 
 
-def lm_rates(tokens: int, layer: int, lm_batch: int, root: Path, rounds: int = 2) -> dict[str, float]:
+def lm_rates(
+    tokens: int, layer: int, lm_batch: int, root: Path, rounds: int = 2
+) -> dict[str, float]:
     model, tok = load_model("tiny-gemma-2"), load_tokenizer("tiny-gemma-2")
     source = LMSource(model=ModelConfig(), lm_batch_size=lm_batch, progress=False)
     spec = source.spec("train", "resid", layer, tokens, shard_tokens=65_536)
@@ -65,16 +67,21 @@ def lm_rates(tokens: int, layer: int, lm_batch: int, root: Path, rounds: int = 2
     # comes and goes; alternating keeps either side from getting only the quiet moments.
     wall, cpu = {"bare": [], "cache": []}, {"bare": [], "cache": []}
     for round_ in range(rounds):
-        for name, run in (("bare", bare_pass), ("cache", lambda: cache_pass(round_))):
+        for name, run in (("bare", bare_pass), ("cache", lambda r=round_: cache_pass(r))):
             w, c = time.perf_counter(), time.process_time()
             run()
             wall[name].append(time.perf_counter() - w)
             cpu[name].append(time.process_time() - c)
-    return {"bare": tokens / min(wall["bare"]), "cache": tokens / min(wall["cache"]),
-            "cpu_overhead": min(cpu["cache"]) / min(cpu["bare"]) - 1}
+    return {
+        "bare": tokens / min(wall["bare"]),
+        "cache": tokens / min(wall["cache"]),
+        "cpu_overhead": min(cpu["cache"]) / min(cpu["bare"]) - 1,
+    }
 
 
-def make_cache(folder: Path, mb: int, dtype: str, shard_rows: int = 262_144, d_in: int = 128) -> ActivationCache:
+def make_cache(
+    folder: Path, mb: int, dtype: str, shard_rows: int = 262_144, d_in: int = 128
+) -> ActivationCache:
     """A cache of random rows in the real on-disk format (content does not affect speed)."""
     folder.mkdir(parents=True)
     rows = mb * 2**20 // (d_in * 4)
@@ -83,8 +90,16 @@ def make_cache(folder: Path, mb: int, dtype: str, shard_rows: int = 262_144, d_i
     for i, start in enumerate(range(0, rows, shard_rows)):
         x = torch.randn(min(shard_rows, rows - start), d_in, generator=g)
         entries.append(shards.write_array(folder / f"shard_{i:05d}.npy", shards.encode(x, dtype)))
-    shards.write_json(folder / MANIFEST, {"key": f"bench-{dtype}", "spec": {"dtype": dtype}, "d_in": d_in,
-                                          "shards": entries, "mean_squared_norm": 1.0})
+    shards.write_json(
+        folder / MANIFEST,
+        {
+            "key": f"bench-{dtype}",
+            "spec": {"dtype": dtype},
+            "d_in": d_in,
+            "shards": entries,
+            "mean_squared_norm": 1.0,
+        },
+    )
     return ActivationCache(folder, verify="never")
 
 
@@ -128,8 +143,12 @@ def sae_steps(batches, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokens", type=int, default=65_536, help="tokens for the LM/caching rates")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--tokens", type=int, default=65_536, help="tokens for the LM/caching rates"
+    )
     parser.add_argument("--rounds", type=int, default=2, help="interleaved bare/cache rounds")
     parser.add_argument("--layer", type=int, default=12)
     parser.add_argument("--lm-batch", type=int, default=8)
@@ -142,9 +161,20 @@ def main() -> None:
         tmp = Path(tmp)
         lm = lm_rates(args.tokens, args.layer, args.lm_batch, tmp / "lm", args.rounds)
         overhead = lm["bare"] / lm["cache"] - 1
-        rows.append((f"LM bare forward, stopped at layer {args.layer}", f"{lm['bare']:,.0f} tok/s", "baseline"))
-        rows.append(("caching pass (tokenize..write, checksums)", f"{lm['cache']:,.0f} tok/s",
-                     f"{overhead:+.1%} wall, {lm['cpu_overhead']:+.1%} CPU time vs bare (target <= +10%)"))
+        rows.append(
+            (
+                f"LM bare forward, stopped at layer {args.layer}",
+                f"{lm['bare']:,.0f} tok/s",
+                "baseline",
+            )
+        )
+        rows.append(
+            (
+                "caching pass (tokenize..write, checksums)",
+                f"{lm['cache']:,.0f} tok/s",
+                f"{overhead:+.1%} wall, {lm['cpu_overhead']:+.1%} CPU time vs bare (target <= +10%)",
+            )
+        )
         rate = {}
         for dtype in ("float32", "bfloat16"):
             cache = make_cache(tmp / dtype, args.read_mb, dtype)
@@ -157,20 +187,39 @@ def main() -> None:
                 ahead.append(loader_rate(cache, 4096, prefetch=2))
             seq, direct, ahead = max(seq), max(direct), max(ahead)
             rate[dtype] = ahead
-            rows.append((f"sequential read of the shard files ({dtype})", f"{seq:.2f} GB/s", "file bytes"))
+            rows.append(
+                (f"sequential read of the shard files ({dtype})", f"{seq:.2f} GB/s", "file bytes")
+            )
             for label, got in (("no prefetch", direct), ("prefetch 2, default", ahead)):
-                rows.append((f"DataModule loader, {label} ({dtype} cache)", f"{got:.2f} GB/s",
-                             f"{got / seq:.0%} of sequential (target >= 50%); float32 bytes out"))
+                rows.append(
+                    (
+                        f"DataModule loader, {label} ({dtype} cache)",
+                        f"{got:.2f} GB/s",
+                        f"{got / seq:.0%} of sequential (target >= 50%); float32 bytes out",
+                    )
+                )
         fixed = torch.randn(4096, 128)
         alone = sae_steps(iter(lambda: fixed, None), args.steps)
         sae_gbs = 4096 * 128 * 4 / alone / 1e9
-        rows.append(("SAE JumpReLU step (d_in 128, d_sae 1024, batch 4096)", f"{sae_gbs:.3f} GB/s",
-                     f"{4096 / alone:,.0f} tok/s; loader is {rate['float32'] / sae_gbs:,.0f}x faster"))
+        rows.append(
+            (
+                "SAE JumpReLU step (d_in 128, d_sae 1024, batch 4096)",
+                f"{sae_gbs:.3f} GB/s",
+                f"{4096 / alone:,.0f} tok/s; loader is {rate['float32'] / sae_gbs:,.0f}x faster",
+            )
+        )
         cache = ActivationCache(tmp / "float32", verify="never")
         fed = sae_steps(iter(ActivationLoader(cache, 4096, 512, seed=1, prefetch=2)), args.steps)
-        rows.append(("SAE step fed by the loader", f"{4096 * 128 * 4 / fed / 1e9:.3f} GB/s",
-                     f"{fed / alone - 1:+.1%} time vs a fixed in-memory batch"))
-    print(f"\ntorch threads: {torch.get_num_threads()}, numpy {np.__version__}, torch {torch.__version__}\n")
+        rows.append(
+            (
+                "SAE step fed by the loader",
+                f"{4096 * 128 * 4 / fed / 1e9:.3f} GB/s",
+                f"{fed / alone - 1:+.1%} time vs a fixed in-memory batch",
+            )
+        )
+    print(
+        f"\ntorch threads: {torch.get_num_threads()}, numpy {np.__version__}, torch {torch.__version__}\n"
+    )
     print("| measurement | rate | note |\n|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

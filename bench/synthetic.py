@@ -23,8 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SHARED = [
-    "data=synthetic", "logger=none", "++trainer.enable_progress_bar=false", "++trainer.enable_model_summary=false",
-    "trainer.val_check_interval=1000000", "data.batch_size=1024", "sae.expansion_factor=8",
+    "data=synthetic",
+    "logger=none",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "trainer.val_check_interval=1000000",
+    "data.batch_size=1024",
+    "sae.expansion_factor=8",
     "sae.normalization_tokens=100000",
 ]
 # Knobs that bring each family to L0 ~ 8 on this problem (Gated and ReLU: L1 coefficients found
@@ -35,8 +40,13 @@ SHARED = [
 # before learning a feature get no gradient again.
 FAMILIES = {
     "jumprelu": ["sae=jumprelu", "sae.lr=3e-3", "sae.target_l0=8"],
-    "jumprelu-paper": ["sae=jumprelu_paper", "sae.lr=3e-3", "sae.target_l0=8", "sae.target_l0_method=quadratic",
-                       "sae.l0_coefficient=1"],
+    "jumprelu-paper": [
+        "sae=jumprelu_paper",
+        "sae.lr=3e-3",
+        "sae.target_l0=8",
+        "sae.target_l0_method=quadratic",
+        "sae.l0_coefficient=1",
+    ],
     "topk": ["sae=topk", "sae.k=8", "sae.lr=3e-3"],
     "batchtopk": ["sae=batchtopk", "sae.k=8", "sae.lr=3e-3"],
     "gated": ["sae=gated", "sae.lr=1e-3", "sae.l1_coefficient=0.5"],
@@ -54,9 +64,14 @@ def run(family: str, steps: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         metrics = train(compose_config(overrides, out))
     return {
-        "family": family, "L0": metrics["val/l0"], "FVU": metrics["val/fvu"], "MMCS": metrics["val/mmcs"],
-        "recovered": metrics["val/recovered_fraction"], "dead": metrics["val/dead_fraction"],
-        "steps": int(metrics["steps"]), "seconds": time.perf_counter() - start,
+        "family": family,
+        "L0": metrics["val/l0"],
+        "FVU": metrics["val/fvu"],
+        "MMCS": metrics["val/mmcs"],
+        "recovered": metrics["val/recovered_fraction"],
+        "dead": metrics["val/dead_fraction"],
+        "steps": int(metrics["steps"]),
+        "seconds": time.perf_counter() - start,
     }
 
 
@@ -64,13 +79,23 @@ def print_table(rows: list[dict]) -> None:
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for r in rows:
-        cells = [r["family"], f"{r['L0']:.2f}", f"{r['FVU']:.3f}", f"{r['MMCS']:.3f}", f"{r['recovered']:.1%}",
-                 f"{r['dead']:.1%}", str(r["steps"]), f"{r['seconds']:.0f}"]
+        cells = [
+            r["family"],
+            f"{r['L0']:.2f}",
+            f"{r['FVU']:.3f}",
+            f"{r['MMCS']:.3f}",
+            f"{r['recovered']:.1%}",
+            f"{r['dead']:.1%}",
+            str(r["steps"]),
+            f"{r['seconds']:.0f}",
+        ]
         print("| " + " | ".join(cells) + " |")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")

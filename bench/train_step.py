@@ -86,14 +86,18 @@ class PeakMemory:
     profiler's allocation events in time order (independent of what malloc keeps cached)."""
 
     def __enter__(self):
-        self._prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True)
+        self._prof = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+        )
         self._prof.__enter__()
         return self
 
     def __exit__(self, *exc):
         self._prof.__exit__(*exc)
-        events = sorted((e for e in self._prof.events() if e.self_cpu_memory_usage),
-                        key=lambda e: e.time_range.start)
+        events = sorted(
+            (e for e in self._prof.events() if e.self_cpu_memory_usage),
+            key=lambda e: e.time_range.start,
+        )
         live = self.rise = 0
         for e in events:
             live += e.self_cpu_memory_usage
@@ -198,8 +202,16 @@ def random_cache(folder: Path, d_in: int, tokens: int) -> ActivationCache:
     folder.mkdir(parents=True)
     x = torch.randn(tokens, d_in, generator=torch.Generator().manual_seed(0))
     entry = shards.write_array(folder / "shard_00000.npy", shards.encode(x, "float32"))
-    shards.write_json(folder / MANIFEST, {"key": f"bench-{d_in}", "spec": {"dtype": "float32"}, "d_in": d_in,
-                                          "shards": [entry], "mean_squared_norm": float(x.pow(2).sum(1).mean())})
+    shards.write_json(
+        folder / MANIFEST,
+        {
+            "key": f"bench-{d_in}",
+            "spec": {"dtype": "float32"},
+            "d_in": d_in,
+            "shards": [entry],
+            "mean_squared_norm": float(x.pow(2).sum(1).mean()),
+        },
+    )
     return ActivationCache(folder, verify="never")
 
 
@@ -208,16 +220,30 @@ def datamodule(d_in: int, batch: int, tmp: Path):
     if d_in == 128:  # the real thing: tiny-gemma-2's residual stream at layer 12
         return cfg.build()
     folder = tmp / f"cache-{d_in}"
-    cache = ActivationCache(folder, verify="never") if folder.exists() else random_cache(folder, d_in, 16 * batch)
+    cache = (
+        ActivationCache(folder, verify="never")
+        if folder.exists()
+        else random_cache(folder, d_in, 16 * batch)
+    )
     return RandomCacheData(cfg, cache)
 
 
 def trainer(callback: pl.Callback, precision: str, logdir: Path) -> pl.Trainer:
     return pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=2000, max_epochs=-1,
-        gradient_clip_val=1.0, log_every_n_steps=50, limit_val_batches=0, num_sanity_val_steps=0,
-        logger=TensorBoardLogger(logdir, name="bench"), callbacks=[callback],
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        precision=precision,
+        max_steps=2000,
+        max_epochs=-1,
+        gradient_clip_val=1.0,
+        log_every_n_steps=50,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        logger=TensorBoardLogger(logdir, name="bench"),
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
 
 
@@ -240,7 +266,9 @@ class ProposedBase:
     def track_firing(self, feature_acts: torch.Tensor) -> None:
         fired = feature_acts.reshape(-1, feature_acts.shape[-1]).amax(0) > 0  # activations are >= 0
         fired = self.trainer.strategy.reduce(fired.float(), reduce_op="sum") > 0
-        self.tokens_since_fired += feature_acts.numel() // feature_acts.shape[-1] * self.trainer.world_size
+        self.tokens_since_fired += (
+            feature_acts.numel() // feature_acts.shape[-1] * self.trainer.world_size
+        )
         self.tokens_since_fired.masked_fill_(fired, 0)
 
     def configure_optimizers(self):
@@ -248,7 +276,10 @@ class ProposedBase:
         fused = self.trainer.precision not in ("16-mixed", "bf16-mixed")
         optimizer = torch.optim.Adam([self.optimizer_group()], fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 def median_ms(values) -> float:
@@ -273,10 +304,17 @@ def measure(family: str, d_in: int, d_sae: int, args, tmp: Path) -> dict:
     peak = step_peak_memory(lit, x)
     with PeakMemory() as bare_mem:
         bare()
-    row = {"family": family, "shape": f"{d_in}x{d_sae}", "matmul": median_ms(products),
-           "step": median_ms(steps), "fit_tok_s": args.batch / statistics.median(fits),
-           "fit_ms": median_ms(fits), "peak": peak, "bare_peak": bare_mem.rise,
-           "unit": args.batch * d_sae * 4}
+    row = {
+        "family": family,
+        "shape": f"{d_in}x{d_sae}",
+        "matmul": median_ms(products),
+        "step": median_ms(steps),
+        "fit_tok_s": args.batch / statistics.median(fits),
+        "fit_ms": median_ms(fits),
+        "peak": peak,
+        "bare_peak": bare_mem.rise,
+        "unit": args.batch * d_sae * 4,
+    }
     if args.bf16:
         bare16 = bare_products(args.batch, d_in, d_sae, torch.bfloat16)
         steps16, products16 = [], []
@@ -312,38 +350,55 @@ def compile_comparison(args) -> list[str]:
             z = (z0 + 0).requires_grad_()
             f, l0 = fn(z, theta)
             torch.autograd.backward([f, l0], [g, torch.ones(())])
+
         return step
 
     t = time.perf_counter()
     compiled = torch.compile(plain)
     run(compiled)()
     compile_s = time.perf_counter() - t
-    variants = {"eager, op by op": run(plain),
-                "fused Function (saelab)": run(lambda z, th: fused.jumprelu_with_l0(z, th, eps, "rectangle")),
-                "torch.compile, op by op": run(compiled)}
+    variants = {
+        "eager, op by op": run(plain),
+        "fused Function (saelab)": run(
+            lambda z, th: fused.jumprelu_with_l0(z, th, eps, "rectangle")
+        ),
+        "torch.compile, op by op": run(compiled),
+    }
     times = {k: [] for k in variants}
     for _ in range(args.rounds + 2):
         for name, fn in variants.items():
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    lines = [(f"\nJumpReLU elementwise forward+backward, z [{batch}, {d_sae}] given (torch.compile took "
-             f"{compile_s:.0f} s to compile):\n"), "| variant | ms |", "|---|---|"]
+    lines = [
+        (
+            f"\nJumpReLU elementwise forward+backward, z [{batch}, {d_sae}] given (torch.compile took "
+            f"{compile_s:.0f} s to compile):\n"
+        ),
+        "| variant | ms |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {median_ms(v):.0f} |" for name, v in times.items()]
     return lines
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--shapes", default="128x1024,512x8192", help="d_in x d_sae, comma-separated")
+    parser.add_argument(
+        "--shapes", default="128x1024,512x8192", help="d_in x d_sae, comma-separated"
+    )
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per fit")
     parser.add_argument("--rounds", type=int, default=1, help="in-memory / cache fit pairs")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--bf16", action="store_true", help="also time bf16-mixed (autocast)")
     parser.add_argument("--compile", action="store_true", help="also compare torch.compile")
-    parser.add_argument("--proposed", action="store_true", help="with the base.py change of docs/speed.md")
+    parser.add_argument(
+        "--proposed", action="store_true", help="with the base.py change of docs/speed.md"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
@@ -355,21 +410,31 @@ def main() -> None:
             for family in args.families.split(","):
                 t = time.perf_counter()
                 rows.append(measure(family, d_in, d_sae, args, Path(tmp)))
-                print(f"  {family} {d_in}x{d_sae}: {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"  {family} {d_in}x{d_sae}: {time.perf_counter() - t:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "0")
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
-          f"THP_MEM_ALLOC_ENABLE={thp}, proposed base.py change: {'yes' if args.proposed else 'no'}\n")
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
+        f"THP_MEM_ALLOC_ENABLE={thp}, proposed base.py change: {'yes' if args.proposed else 'no'}\n"
+    )
     head = "| family | d_in x d_sae | matmul ms | step ms | step/matmul | fit tok/s | fit/step | peak MiB (x B·d_sae·4) | bare peak MiB |"
     if args.bf16:
         head += " bf16 matmul ms | bf16 step ms | bf16 step/matmul |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     for r in rows:
-        line = (f"| {r['family']} | {r['shape']} | {r['matmul']:.0f} | {r['step']:.0f} | "
-                f"{r['step'] / r['matmul']:.2f} | {r['fit_tok_s']:,.0f} | {r['fit_ms'] / r['step']:.2f} | "
-                f"{r['peak'] / MIB:.0f} ({r['peak'] / r['unit']:.1f}) | {r['bare_peak'] / MIB:.0f} |")
+        line = (
+            f"| {r['family']} | {r['shape']} | {r['matmul']:.0f} | {r['step']:.0f} | "
+            f"{r['step'] / r['matmul']:.2f} | {r['fit_tok_s']:,.0f} | {r['fit_ms'] / r['step']:.2f} | "
+            f"{r['peak'] / MIB:.0f} ({r['peak'] / r['unit']:.1f}) | {r['bare_peak'] / MIB:.0f} |"
+        )
         if args.bf16:
-            line += f" {r['matmul16']:.0f} | {r['step16']:.0f} | {r['step16'] / r['matmul16']:.2f} |"
+            line += (
+                f" {r['matmul16']:.0f} | {r['step16']:.0f} | {r['step16'] / r['matmul16']:.2f} |"
+            )
         print(line)
     if args.compile:
         print("\n".join(compile_comparison(args)))

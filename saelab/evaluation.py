@@ -24,17 +24,48 @@ from saelab.plots import save_density_histogram
 LM_KEYS = ("ce_clean", "ce_spliced", "ce_zero_ablation", "kl_div")
 
 
-def evaluate_sae(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint, texts, *,
-                 context_length: int, n_tokens: int, lm_batch_size: int = 8,
-                 prepend_bos: bool = True, progress: bool = True) -> dict[str, float]:
+def evaluate_sae(
+    sae: nn.Module,
+    model: nn.Module,
+    tokenizer,
+    point: SitePoint,
+    texts,
+    *,
+    context_length: int,
+    n_tokens: int,
+    lm_batch_size: int = 8,
+    prepend_bos: bool = True,
+    progress: bool = True,
+) -> dict[str, float]:
     """``sae`` must act on RAW activations (an exported SAE, normalisation folded in)."""
-    return _evaluate(sae, model, tokenizer, point, texts, context_length=context_length, n_tokens=n_tokens,
-                     lm_batch_size=lm_batch_size, prepend_bos=prepend_bos, progress=progress)[0]
+    return _evaluate(
+        sae,
+        model,
+        tokenizer,
+        point,
+        texts,
+        context_length=context_length,
+        n_tokens=n_tokens,
+        lm_batch_size=lm_batch_size,
+        prepend_bos=prepend_bos,
+        progress=progress,
+    )[0]
 
 
 @torch.no_grad()
-def _evaluate(sae, model, tokenizer, point, texts, *, context_length, n_tokens, lm_batch_size,
-              prepend_bos, progress) -> tuple[dict[str, float], torch.Tensor]:
+def _evaluate(
+    sae,
+    model,
+    tokenizer,
+    point,
+    texts,
+    *,
+    context_length,
+    n_tokens,
+    lm_batch_size,
+    prepend_bos,
+    progress,
+) -> tuple[dict[str, float], torch.Tensor]:
     """evaluate_sae's results and the per-latent feature density [d_sae]."""
     sae = sae.eval()
     l0, fvu = L0(), FVU(sae.d_in)
@@ -46,8 +77,15 @@ def _evaluate(sae, model, tokenizer, point, texts, *, context_length, n_tokens, 
     def reconstruct(acts):
         return sae.decode(sae.encode(acts.float()))
 
-    bar = tqdm(total=n_tokens, desc=f"evaluating {point.site}@{point.layer}", unit="tok", disable=not progress)
-    for ids, mask in iter_token_batches(tokenizer, texts, context_length, lm_batch_size, prepend_bos):
+    bar = tqdm(
+        total=n_tokens,
+        desc=f"evaluating {point.site}@{point.layer}",
+        unit="tok",
+        disable=not progress,
+    )
+    for ids, mask in iter_token_batches(
+        tokenizer, texts, context_length, lm_batch_size, prepend_bos
+    ):
         keep = torch.from_numpy(keep_mask(ids, mask, tokenizer))
         ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
         # One clean forward gives both the site's activations and the clean logits.
@@ -68,7 +106,9 @@ def _evaluate(sae, model, tokenizer, point, texts, *, context_length, n_tokens, 
             break
     bar.close()
     if tokens == 0:
-        raise ValueError("no tokens to evaluate: the corpus split is empty or shorter than one context")
+        raise ValueError(
+            "no tokens to evaluate: the corpus split is empty or shorter than one context"
+        )
     ce = {key: sums[key] / targets for key in LM_KEYS}
     dens = density.compute()
     results = {
@@ -79,13 +119,20 @@ def _evaluate(sae, model, tokenizer, point, texts, *, context_length, n_tokens, 
         **{k: float(v) for k, v in density_summary(dens).items()},
         **ce,
         "delta_lm_loss": ce["ce_spliced"] - ce["ce_clean"],
-        "ce_loss_recovered": (ce["ce_zero_ablation"] - ce["ce_spliced"]) / (ce["ce_zero_ablation"] - ce["ce_clean"]),
+        "ce_loss_recovered": (ce["ce_zero_ablation"] - ce["ce_spliced"])
+        / (ce["ce_zero_ablation"] - ce["ce_clean"]),
     }
     return results, dens
 
 
-def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bool = True,
-                           output_dir=None, extra: dict | None = None) -> dict[str, float]:
+def evaluate_on_validation(
+    sae: nn.Module,
+    data_cfg,
+    n_tokens: int,
+    progress: bool = True,
+    output_dir=None,
+    extra: dict | None = None,
+) -> dict[str, float]:
     """Evaluate on the corpus's validation split at the site, layer, model and context length of
     an ``ActivationsDataConfig`` (the data a run trained on). With ``output_dir``, writes
     eval.json (results + ``extra``) and feature_density.png there."""
@@ -93,18 +140,37 @@ def evaluate_on_validation(sae: nn.Module, data_cfg, n_tokens: int, progress: bo
     from saelab.lm.load import load_model, load_tokenizer
 
     m = data_cfg.model
-    model = load_model(m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    tokenizer = load_tokenizer(m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code)
-    results, density = _evaluate(
-        sae, model, tokenizer, SitePoint(data_cfg.site, data_cfg.layer), iter_documents(data_cfg.corpus, "validation"),
-        context_length=data_cfg.context_length or m.context_length, n_tokens=n_tokens, prepend_bos=m.prepend_bos,
-        lm_batch_size=8, progress=progress,
+    model = load_model(
+        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
     )
-    results = {**results, "model": m.name_or_path, "site": data_cfg.site, "layer": data_cfg.layer, **(extra or {})}
+    tokenizer = load_tokenizer(
+        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
+    )
+    results, density = _evaluate(
+        sae,
+        model,
+        tokenizer,
+        SitePoint(data_cfg.site, data_cfg.layer),
+        iter_documents(data_cfg.corpus, "validation"),
+        context_length=data_cfg.context_length or m.context_length,
+        n_tokens=n_tokens,
+        prepend_bos=m.prepend_bos,
+        lm_batch_size=8,
+        progress=progress,
+    )
+    results = {
+        **results,
+        "model": m.name_or_path,
+        "site": data_cfg.site,
+        "layer": data_cfg.layer,
+        **(extra or {}),
+    }
     if output_dir is not None:
         output_dir = Path(output_dir)
         write_json(output_dir / "eval.json", results)
-        save_density_histogram(density, output_dir / "feature_density.png",
-                               title=f"{m.name_or_path} {data_cfg.site}@{data_cfg.layer}, {results['tokens']:,} tokens")
+        save_density_histogram(
+            density,
+            output_dir / "feature_density.png",
+            title=f"{m.name_or_path} {data_cfg.site}@{data_cfg.layer}, {results['tokens']:,} tokens",
+        )
     return results
-

@@ -106,7 +106,9 @@ class RelativeReconstructionBias(Metric):
         return (self.xhat_sq / self.x_dot_xhat).float()
 
 
-def feature_recovery(W_dec: Tensor, true_features: Tensor, threshold: float = 0.9) -> dict[str, Tensor]:
+def feature_recovery(
+    W_dec: Tensor, true_features: Tensor, threshold: float = 0.9
+) -> dict[str, Tensor]:
     """For each true feature, its best cosine similarity with any learned decoder row.
     Returns MMCS (the mean of those maxima) and the fraction above ``threshold`` (recovered)."""
     learned = torch.nn.functional.normalize(W_dec.detach().float(), dim=1)
@@ -135,4 +137,7 @@ class FeatureRecovery(Metric):
         self.count += 1
 
     def compute(self) -> dict[str, Tensor]:
-        return {"mmcs": self.mmcs / self.count, "recovered_fraction": self.recovered_fraction / self.count}
+        return {
+            "mmcs": self.mmcs / self.count,
+            "recovered_fraction": self.recovered_fraction / self.count,
+        }

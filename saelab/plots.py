@@ -29,7 +29,9 @@ def _save(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def save_density_histogram(density: torch.Tensor, path: Path, title: str = "", floor: float = 1e-7) -> None:
+def save_density_histogram(
+    density: torch.Tensor, path: Path, title: str = "", floor: float = 1e-7
+) -> None:
     """Histogram of log10(feature density) over latents, with dead latents (density 0, which
     have no logarithm) counted in the legend and the paper's 10% high-frequency line drawn."""
     plt = _pyplot()
@@ -40,12 +42,20 @@ def save_density_histogram(density: torch.Tensor, path: Path, title: str = "", f
     if len(alive):
         values = alive.clamp_min(floor).log10().numpy()
         ax.hist(values, bins=60, color="tab:blue", label=f"{len(alive):,} live latents")
-    ax.axvline(-1, color="tab:red", linestyle="--", label=f"10% ({int((density > 0.1).sum()):,} above)")
-    ax.axvline(-2, color="tab:orange", linestyle=":", label=f"1% ({int((density > 0.01).sum()):,} above)")
+    ax.axvline(
+        -1, color="tab:red", linestyle="--", label=f"10% ({int((density > 0.1).sum()):,} above)"
+    )
+    ax.axvline(
+        -2, color="tab:orange", linestyle=":", label=f"1% ({int((density > 0.01).sum()):,} above)"
+    )
     ax.set_xlabel("log10 feature density (fraction of tokens a latent fires on)")
     ax.set_ylabel("latents")
-    ax.set_title(f"{title}\n{dead:,} dead of {len(density):,}" if title else f"{dead:,} dead of {len(density):,}",
-                 fontsize=9)
+    ax.set_title(
+        f"{title}\n{dead:,} dead of {len(density):,}"
+        if title
+        else f"{dead:,} dead of {len(density):,}",
+        fontsize=9,
+    )
     ax.legend(fontsize=8)
     _save(fig, path)
 
@@ -72,8 +82,12 @@ def _scale_y(ax, ys: list[float], log_y: bool | None) -> None:
         ax.set_yscale("symlog", linthresh=sorted(abs(y) for y in ys if y != 0)[len(ys) // 4])
 
 
-def save_pareto_plot(groups: dict[str, dict[str, list[tuple[float, float]]]], path: Path, ylabel: str,
-                     log_y: bool | None = None) -> None:
+def save_pareto_plot(
+    groups: dict[str, dict[str, list[tuple[float, float]]]],
+    path: Path,
+    ylabel: str,
+    log_y: bool | None = None,
+) -> None:
     """One panel per group (e.g. a site), one line per family through its (L0, metric) points in
     order of L0; L0 on a log axis as in the paper's Figure 2; y on a log axis when it spans more
     than a decade (``log_y`` None) or as forced."""

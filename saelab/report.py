@@ -28,8 +28,16 @@ SPARSITY_KNOBS = {
     "batchtopk": ("k",),
     "relu": ("l1_coefficient",),
 }
-METRICS = ("l0", "fvu", "delta_lm_loss", "ce_loss_recovered", "kl_div", "dead_fraction",
-           "dense_1pct_fraction", "dense_10pct_fraction")
+METRICS = (
+    "l0",
+    "fvu",
+    "delta_lm_loss",
+    "ce_loss_recovered",
+    "kl_div",
+    "dead_fraction",
+    "dense_1pct_fraction",
+    "dense_10pct_fraction",
+)
 
 
 @dataclass
@@ -70,7 +78,9 @@ def family_of(folder: Path) -> str:
     cfg_file = folder / "sae" / "cfg.json"
     if cfg_file.is_file():
         return json.loads(cfg_file.read_text())["architecture"]
-    raise ValueError(f"{folder}: cannot tell the SAE family (no .hydra/hydra.yaml and no sae/cfg.json)")
+    raise ValueError(
+        f"{folder}: cannot tell the SAE family (no .hydra/hydra.yaml and no sae/cfg.json)"
+    )
 
 
 def read_runs(folder: Path) -> list[Run]:
@@ -86,11 +96,23 @@ def read_runs(folder: Path) -> list[Run]:
     for name, member in members.items():
         family = json.loads((folder / "sae" / name / "cfg.json").read_text())["architecture"]
         sae = {**config["sae"], **member}
-        runs.append(_run(folder / "sae" / name, config, metrics, family, sae, folder / "eval" / name, f"{name}/"))
+        runs.append(
+            _run(
+                folder / "sae" / name,
+                config,
+                metrics,
+                family,
+                sae,
+                folder / "eval" / name,
+                f"{name}/",
+            )
+        )
     return runs
 
 
-def _run(label: Path, config: dict, metrics: dict, family: str, sae: dict, eval_dir: Path, prefix: str) -> Run:
+def _run(
+    label: Path, config: dict, metrics: dict, family: str, sae: dict, eval_dir: Path, prefix: str
+) -> Run:
     data = config.get("data", {})
     knob = next((k for k in SPARSITY_KNOBS.get(family, ()) if sae.get(k) is not None), "")
     eval_file = eval_dir / "eval.json"
@@ -99,16 +121,29 @@ def _run(label: Path, config: dict, metrics: dict, family: str, sae: dict, eval_
         values = {k: float(evaluation[k]) for k in METRICS if k in evaluation}
         source, eval_tokens = "eval", int(evaluation["tokens"])
     else:
-        values = {k: float(metrics[f"{prefix}val/{k}"]) for k in METRICS if f"{prefix}val/{k}" in metrics}
+        values = {
+            k: float(metrics[f"{prefix}val/{k}"]) for k in METRICS if f"{prefix}val/{k}" in metrics
+        }
         source, eval_tokens = "val", int(data.get("val_tokens", 0))
-    model = (data.get("model") or {}).get("name_or_path", "synthetic")  # synthetic data has no model
+    model = (data.get("model") or {}).get(
+        "name_or_path", "synthetic"
+    )  # synthetic data has no model
     d_sae = sae.get("d_sae") or sae["d_in"] * sae["expansion_factor"]
     steps = int(metrics.get("steps", 0))
     return Run(
-        run=str(label), family=family, model=model, site=str(data.get("site", "-")),
-        layer=int(config.get("layer", -1)) if "site" in data else -1, knob=knob,
-        knob_value=float(sae[knob]) if knob else math.nan, d_sae=int(d_sae), steps=steps,
-        train_tokens=steps * int(data.get("batch_size", 0)), eval_tokens=eval_tokens, source=source, **values,
+        run=str(label),
+        family=family,
+        model=model,
+        site=str(data.get("site", "-")),
+        layer=int(config.get("layer", -1)) if "site" in data else -1,
+        knob=knob,
+        knob_value=float(sae[knob]) if knob else math.nan,
+        d_sae=int(d_sae),
+        steps=steps,
+        train_tokens=steps * int(data.get("batch_size", 0)),
+        eval_tokens=eval_tokens,
+        source=source,
+        **values,
     )
 
 
@@ -181,15 +216,23 @@ def markdown(runs: list[Run]) -> str:
     for group, group_runs in sorted(by_group.items()):
         tokens = sorted({r.train_tokens for r in group_runs})
         evals = sorted({f"{r.eval_tokens:,} ({r.source})" for r in group_runs})
-        lines += [f"## {group}", "",
-                  (f"{len(group_runs)} runs; training tokens {', '.join(f'{t:,}' for t in tokens)}; "
-                  f"evaluation tokens {', '.join(evals)}."), "",
-                  "| family | knob | L0 | FVU | delta LM loss | CE recovered | dead | >10% |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"## {group}",
+            "",
+            (
+                f"{len(group_runs)} runs; training tokens {', '.join(f'{t:,}' for t in tokens)}; "
+                f"evaluation tokens {', '.join(evals)}."
+            ),
+            "",
+            "| family | knob | L0 | FVU | delta LM loss | CE recovered | dead | >10% |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in group_runs:
-            lines.append(f"| {r.family} | {r.knob}={_fmt(r.knob_value)} | {_fmt(r.l0)} | {_fmt(r.fvu)} | "
-                         f"{_fmt(r.delta_lm_loss)} | {_fmt(r.ce_loss_recovered)} | {_fmt(r.dead_fraction)} | "
-                         f"{_fmt(r.dense_10pct_fraction)} |")
+            lines.append(
+                f"| {r.family} | {r.knob}={_fmt(r.knob_value)} | {_fmt(r.l0)} | {_fmt(r.fvu)} | "
+                f"{_fmt(r.delta_lm_loss)} | {_fmt(r.ce_loss_recovered)} | {_fmt(r.dead_fraction)} | "
+                f"{_fmt(r.dense_10pct_fraction)} |"
+            )
         lines.append("")
         for metric in ("delta_lm_loss", "fvu"):
             family_curves = curves(group_runs, metric)[group]
@@ -197,8 +240,12 @@ def markdown(runs: list[Run]) -> str:
             if not anchors:
                 continue
             families = sorted(family_curves)
-            lines += [f"{metric} at equal L0 (interpolated in log L0 between runs; lower is better):", "",
-                      "| L0 | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
+            lines += [
+                f"{metric} at equal L0 (interpolated in log L0 between runs; lower is better):",
+                "",
+                "| L0 | " + " | ".join(families) + " |",
+                "|---" * (len(families) + 1) + "|",
+            ]
             for l0 in anchors:
                 vals = {f: interpolate_at(family_curves[f], l0) for f in families}
                 best = min((v for v in vals.values() if math.isfinite(v)), default=math.nan)

@@ -89,7 +89,9 @@ def multi_configs(cfg: DictConfig) -> dict:
     return members
 
 
-def _callbacks(cfg: DictConfig, output_dir: Path, logger, stopper: StopOnSignal) -> list[pl.Callback]:
+def _callbacks(
+    cfg: DictConfig, output_dir: Path, logger, stopper: StopOnSignal
+) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
         ModelCheckpoint(
             dirpath=output_dir / CHECKPOINT.parent,
@@ -131,11 +133,19 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     ckpt_path = resume_checkpoint(output_dir, resolved, explicit=bool(cfg.get("resume")))
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     stopper = StopOnSignal(output_dir / CHECKPOINT)
-    trainer: pl.Trainer = instantiate(cfg.trainer, logger=logger, plugins=[AtomicCheckpointIO()],
-                                      callbacks=_callbacks(cfg, output_dir, logger, stopper))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        callbacks=_callbacks(cfg, output_dir, logger, stopper),
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     if stopper.stopped_at is not None:
-        return {"interrupted": stopper.stopped_at, "exit_code": stopper.exit_code, "steps": trainer.global_step}
+        return {
+            "interrupted": stopper.stopped_at,
+            "exit_code": stopper.exit_code,
+            "steps": trainer.global_step,
+        }
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k: float(v) for k, v in results.items()}
     metrics["steps"] = trainer.global_step
@@ -152,7 +162,9 @@ def _key(member: str, name: str) -> str:
     return f"{member}/{name}" if member else name
 
 
-def _write_outputs(cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metrics: dict, resolved) -> None:
+def _write_outputs(
+    cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metrics: dict, resolved
+) -> None:
     """Rank 0 only: evaluation with the LM, the exported SAEs, metrics.json and config.json.
     A single SAE goes to ``sae/``; the members of a multi-SAE run to ``sae/<name>/``."""
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -162,11 +174,16 @@ def _write_outputs(cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metr
             # Writes eval.json and the feature-density picture into the run (or member) folder.
             folder = output_dir / "eval" / name if name else output_dir
             evaluation = evaluate_on_validation(sae, data_cfg, cfg.eval_tokens, output_dir=folder)
-            metrics.update({_key(name, f"eval/{k}"): v for k, v in evaluation.items() if isinstance(v, float)})
+            metrics.update(
+                {_key(name, f"eval/{k}"): v for k, v in evaluation.items() if isinstance(v, float)}
+            )
     for name, sae in saes.items():
         if cfg.export:
-            member_metrics = {k.removeprefix(f"{name}/"): v for k, v in metrics.items()
-                              if not name or k.startswith(f"{name}/") or k == "steps"}
+            member_metrics = {
+                k.removeprefix(f"{name}/"): v
+                for k, v in metrics.items()
+                if not name or k.startswith(f"{name}/") or k == "steps"
+            }
             save_sae(sae, output_dir / "sae" / name, metadata={"metrics": member_metrics})
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "config.json", resolved)

@@ -12,11 +12,17 @@ from pathlib import Path
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """The positional path and the --model/--site/--layer/--context-length flags."""
-    parser.add_argument("path", type=Path, help="run folder (with config.json and sae/) or SAE folder / .npz")
-    parser.add_argument("--model", help="model name or path (default: the run's, else tiny-gemma-2)")
+    parser.add_argument(
+        "path", type=Path, help="run folder (with config.json and sae/) or SAE folder / .npz"
+    )
+    parser.add_argument(
+        "--model", help="model name or path (default: the run's, else tiny-gemma-2)"
+    )
     parser.add_argument("--site", help="resid | mlp | attn (default: the run's)")
     parser.add_argument("--layer", type=int, help="layer (default: the run's)")
-    parser.add_argument("--context-length", type=int, help="default: the run's, else the model config's")
+    parser.add_argument(
+        "--context-length", type=int, help="default: the run's, else the model config's"
+    )
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
@@ -40,8 +46,13 @@ class Target:
         return self.sae_path if self.sae_path.is_dir() else self.sae_path.parent
 
 
-def resolve_target(path: Path, model: str | None = None, site: str | None = None,
-                   layer: int | None = None, context_length: int | None = None) -> Target:
+def resolve_target(
+    path: Path,
+    model: str | None = None,
+    site: str | None = None,
+    layer: int | None = None,
+    context_length: int | None = None,
+) -> Target:
     """A run folder gives model/site/layer through config.json; flags override it; a bare SAE
     folder needs --site and --layer. An SAE folder inside a run folder (``<run>/sae``) is treated
     as that run."""
@@ -49,11 +60,15 @@ def resolve_target(path: Path, model: str | None = None, site: str | None = None
 
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: give a run folder, an SAE folder or a .npz")
+        raise FileNotFoundError(
+            f"{path} does not exist: give a run folder, an SAE folder or a .npz"
+        )
     run_dir = None
     if path.is_dir() and (path / "config.json").is_file():
         run_dir = path
-    elif path.is_dir() and (path.parent / "config.json").is_file() and (path / "cfg.json").is_file():
+    elif (
+        path.is_dir() and (path.parent / "config.json").is_file() and (path / "cfg.json").is_file()
+    ):
         run_dir = path.parent
     if path.suffix == ".npz" and path.is_file():
         sae_path, default_out = path, path.with_name(f"{path.stem}-browser")
@@ -63,8 +78,10 @@ def resolve_target(path: Path, model: str | None = None, site: str | None = None
     elif path.is_dir() and (path / "cfg.json").is_file():
         sae_path, default_out = path, path / "browser"
     elif run_dir is not None:
-        raise ValueError(f"{run_dir} is a run folder without an exported SAE (no sae/cfg.json): "
-                         "did the run finish?")
+        raise ValueError(
+            f"{run_dir} is a run folder without an exported SAE (no sae/cfg.json): "
+            "did the run finish?"
+        )
     else:
         raise ValueError(
             f"{path} is neither a run folder (config.json + sae/cfg.json), an SAE folder "
@@ -72,13 +89,20 @@ def resolve_target(path: Path, model: str | None = None, site: str | None = None
         )
     run_cfg = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
     if run_cfg and "site" not in run_cfg.get("data", {}):
-        raise ValueError(f"{run_dir} was not trained on LM activations "
-                         f"(data={run_cfg.get('data')!r}): there is no text to browse")
+        raise ValueError(
+            f"{run_dir} was not trained on LM activations "
+            f"(data={run_cfg.get('data')!r}): there is no text to browse"
+        )
     data = dict(run_cfg.get("data", {}))
     if model:
         data["model"] = {**(data.get("model") or {}), "name_or_path": model}
-    data.update({k: v for k, v in {"site": site, "layer": layer,
-                                  "context_length": context_length}.items() if v is not None})
+    data.update(
+        {
+            k: v
+            for k, v in {"site": site, "layer": layer, "context_length": context_length}.items()
+            if v is not None
+        }
+    )
     if "site" not in data or "layer" not in data:
         raise ValueError(f"{path} does not say where its SAE was trained: give --site and --layer")
     return Target(sae_path, run_dir, ActivationsDataConfig(**data), default_out)

@@ -26,13 +26,18 @@ CONF_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "conf"
 # Small enough for seconds on a CPU, big enough that every family learns something.
 TINY_RUN = [
     "data=synthetic",
-    "data.d_in=16", "data.n_features=64", "data.mean_l0=3", "data.batch_size=256",
-    "data.val_tokens=1024", "sae.expansion_factor=4", "sae.normalization_tokens=2048",
+    "data.d_in=16",
+    "data.n_features=64",
+    "data.mean_l0=3",
+    "data.batch_size=256",
+    "data.val_tokens=1024",
+    "sae.expansion_factor=4",
+    "sae.normalization_tokens=2048",
     "trainer=debug",
 ]
 
 
-def compose_config(overrides: list[str], output_dir) -> "DictConfig":  # noqa: F821
+def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F821
     """The real Hydra config, composed as train.py would, with output_dir pointed at a tmp dir."""
     from hydra import compose, initialize_config_dir
 

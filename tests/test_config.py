@@ -32,7 +32,9 @@ def test_sae_and_data_options_compose_and_build(sae, data, tmp_path):
     # TINY_RUN shrinks the synthetic data; other sources keep their own (lazy) defaults.
     overrides = TINY_RUN if data == "synthetic" else ["trainer=debug", "sae.expansion_factor=4"]
     cfg = compose_config([*overrides, f"sae={sae}", f"data={data}"], tmp_path)
-    assert cfg.data.get("_target_") is None and OmegaConf.get_type(cfg.data).__name__.lower().startswith(data[:5])
+    assert cfg.data.get("_target_") is None and OmegaConf.get_type(
+        cfg.data
+    ).__name__.lower().startswith(data[:5])
     datamodule, module = build(cfg)
     assert module.sae.cfg.architecture == RECIPES.get(sae, sae)
     assert module.sae.d_in == datamodule.d_in == cfg.data.d_in
@@ -67,10 +69,16 @@ def test_wrong_type_is_named(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["sae=topk", "sae.k=10000"], "sae.k=10000 is invalid: it must be an integer in \\[1, d_sae=512\\]"),
+        (
+            ["sae=topk", "sae.k=10000"],
+            "sae.k=10000 is invalid: it must be an integer in \\[1, d_sae=512\\]",
+        ),
         (["sae=jumprelu", "sae.l0_coefficient=-1"], "sae.l0_coefficient=-1.0 is invalid"),
         (["sae=relu", "sae.l1_coefficient=-1"], "l1_coefficient"),
-        (["sae=jumprelu", "sae.kernel=box"], "sae.kernel=.box. is invalid: it must be one of 'rectangle'"),
+        (
+            ["sae=jumprelu", "sae.kernel=box"],
+            "sae.kernel=.box. is invalid: it must be one of 'rectangle'",
+        ),
         (["sae=gated", "sae.lr=0"], "lr=0.0 is invalid"),
         (["data.mean_l0=0"], "data.mean_l0"),
     ],
@@ -120,9 +128,22 @@ def test_family_yaml_states_the_schema_defaults(family):
 
 def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
     # Written out from SPEC.md section 1 (Gemma Scope), not read from the code.
-    paper = {"l0_coefficient": 5e-4, "bandwidth": 1e-3, "threshold_init": 1e-3, "kernel": "rectangle",
-             "target_l0": None, "threshold_init_l0": None, "threshold_warmup_fraction": 0.0,
-             "aux_coefficient": 0.0, "bandwidth_rule": "fixed", "lr": 7e-5, "adam_beta1": 0.0,
-             "adam_beta2": 0.999, "adam_eps": 1e-8, "lr_warmup_steps": 1000, "sparsity_warmup_steps": 10_000}
+    paper = {
+        "l0_coefficient": 5e-4,
+        "bandwidth": 1e-3,
+        "threshold_init": 1e-3,
+        "kernel": "rectangle",
+        "target_l0": None,
+        "threshold_init_l0": None,
+        "threshold_warmup_fraction": 0.0,
+        "aux_coefficient": 0.0,
+        "bandwidth_rule": "fixed",
+        "lr": 7e-5,
+        "adam_beta1": 0.0,
+        "adam_beta2": 0.999,
+        "adam_eps": 1e-8,
+        "lr_warmup_steps": 1000,
+        "sparsity_warmup_steps": 10_000,
+    }
     cfg = build(compose_config(["sae=jumprelu_paper", *TINY_RUN], tmp_path))[1].cfg
     assert {k: getattr(cfg, k) for k in paper} == paper

@@ -21,16 +21,35 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _evaluate(path: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "evaluate.py", str(path), "--tokens", "300", "--context-length", "64", *extra]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    cmd = [
+        sys.executable,
+        "evaluate.py",
+        str(path),
+        "--tokens",
+        "300",
+        "--context-length",
+        "64",
+        *extra,
+    ]
+    return subprocess.run(
+        cmd,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())},
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["saelens", "gemma_scope"])
 def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
     sae = identity_sae(128)
-    path = save_sae(sae, tmp_path / "sae") if fmt == "saelens" else save_gemma_scope_npz(sae, tmp_path / "params.npz")
+    path = (
+        save_sae(sae, tmp_path / "sae")
+        if fmt == "saelens"
+        else save_gemma_scope_npz(sae, tmp_path / "params.npz")
+    )
     done = _evaluate(path, "--site", "resid", "--layer", "12")
     assert done.returncode == 0, done.stderr[-2000:]
     out_dir = path if path.is_dir() else path.parent

@@ -31,8 +31,17 @@ def identity_sae(d: int) -> JumpReLUSAE:
 
 def _run(lm, sae, site="resid"):
     model, tok = lm
-    return evaluate_sae(sae, model, tok, SitePoint(site, 12), iter_documents(None, "validation"),
-                        context_length=64, n_tokens=600, lm_batch_size=4, progress=False)
+    return evaluate_sae(
+        sae,
+        model,
+        tok,
+        SitePoint(site, 12),
+        iter_documents(None, "validation"),
+        context_length=64,
+        n_tokens=600,
+        lm_batch_size=4,
+        progress=False,
+    )
 
 
 @pytest.mark.slow
@@ -63,7 +72,9 @@ def test_bad_sae_costs_loss_and_metrics_match_direct_computation(lm):
     for ids, mask in iter_token_batches(tok, iter_documents(None, "validation"), 64, 4):
         keep = torch.from_numpy(keep_mask(ids, mask, tok))
         point = SitePoint("resid", 12)
-        x = forward_until(model, torch.from_numpy(ids), torch.from_numpy(mask), [point])[point][keep]
+        x = forward_until(model, torch.from_numpy(ids), torch.from_numpy(mask), [point])[point][
+            keep
+        ]
         counts += float((x.abs() > 2).sum())
         n += x.shape[0]
         if n >= 600:

@@ -27,8 +27,13 @@ def test_fvu_l0_density_bias_match_direct_computation():
     fvu, l0, density, bias = FVU(6), L0(), FeatureDensity(10), RelativeReconstructionBias()
     xs, xhs, fs = [], [], []
     for x, x_hat, f in _batches():
-        fvu.update(x, x_hat); l0.update(f); density.update(f); bias.update(x, x_hat)
-        xs.append(x); xhs.append(x_hat); fs.append(f)
+        fvu.update(x, x_hat)
+        l0.update(f)
+        density.update(f)
+        bias.update(x, x_hat)
+        xs.append(x)
+        xhs.append(x_hat)
+        fs.append(f)
     x, x_hat, f = torch.cat(xs), torch.cat(xhs), torch.cat(fs)
     expected_fvu = ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     torch.testing.assert_close(fvu.compute(), expected_fvu)
@@ -48,7 +53,11 @@ def test_fvu_uses_per_dimension_mean_not_zero():
 def test_density_summary_fractions():
     density = torch.tensor([0.0, 0.0, 0.005, 0.02, 0.5])
     s = density_summary(density)
-    assert s["dead_fraction"] == 0.4 and s["dense_1pct_fraction"] == 0.4 and s["dense_10pct_fraction"] == 0.2
+    assert (
+        s["dead_fraction"] == 0.4
+        and s["dense_1pct_fraction"] == 0.4
+        and s["dense_10pct_fraction"] == 0.2
+    )
 
 
 def test_feature_recovery():

@@ -44,8 +44,13 @@ def test_report_collects_a_real_multirun(tmp_path):
     cmd = [sys.executable, "train.py", "-m", "sae=topk,relu", *TINY_RUN, f"hydra.sweep.dir={sweep}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([sys.executable, "report.py", str(sweep), "--out", str(tmp_path / "report")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "report.py", str(sweep), "--out", str(tmp_path / "report")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(tmp_path / "report" / "runs.csv") as f:
         rows = list(csv.DictReader(f))
@@ -63,7 +68,9 @@ def test_report_collects_a_real_multirun(tmp_path):
 
 
 def test_report_on_a_folder_without_runs_says_what_it_expected(tmp_path):
-    done = subprocess.run([sys.executable, "report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
     assert done.returncode != 0 and "metrics.json" in done.stderr
 
 
@@ -73,7 +80,13 @@ def test_report_lists_each_member_of_a_several_sae_pass(tmp_path):
     cmd = [sys.executable, "train.py", "multi=l0_sweep", *TINY_RUN, f"hydra.run.dir={run}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run([sys.executable, "report.py", str(run)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "report.py", str(run)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(run / "runs.csv") as f:
         rows = {Path(r["run"]).name: r for r in csv.DictReader(f)}

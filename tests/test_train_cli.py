@@ -15,8 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(args, timeout=300):
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, capture_output=True,
-                            text=True, timeout=timeout)
+    result = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
@@ -41,8 +46,13 @@ def test_train_py_multirun_sweeps_families(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_bad_value_fails_with_the_key(tmp_path):
-    result = subprocess.run([sys.executable, "train.py", "sae=topk", "sae.k=100000", f"hydra.run.dir={tmp_path}"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "train.py", "sae=topk", "sae.k=100000", f"hydra.run.dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0
     assert "sae.k=100000 is invalid" in result.stderr
     assert not (tmp_path / "checkpoints").exists(), "nothing may run before the config is valid"

@@ -13,5 +13,13 @@ from saelab.browser.scan import LatentScanner, ScanResult, scan_latents
 from saelab.browser.site import write_site
 from saelab.targets import Target, resolve_target
 
-__all__ = ["LatentScanner", "ScanResult", "Target", "build_browser", "direction_logits",
-           "resolve_target", "scan_latents", "write_site"]
+__all__ = [
+    "LatentScanner",
+    "ScanResult",
+    "Target",
+    "build_browser",
+    "direction_logits",
+    "resolve_target",
+    "scan_latents",
+    "write_site",
+]

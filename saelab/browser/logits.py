@@ -72,8 +72,9 @@ def unembedding(model: nn.Module) -> Tensor:
 
 
 @torch.no_grad()
-def direction_logits(model: nn.Module, W_dec: Tensor, site: str, top_n: int = 10,
-                     chunk: int = 128) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def direction_logits(
+    model: nn.Module, W_dec: Tensor, site: str, top_n: int = 10, chunk: int = 128
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(promoted ids, promoted values, suppressed ids, suppressed values), each [d_sae, top_n],
     promoted in decreasing and suppressed in increasing order of the direct logit effect per unit
     of activation. Latents are done ``chunk`` at a time so a 256k vocabulary never makes a
@@ -86,13 +87,15 @@ def direction_logits(model: nn.Module, W_dec: Tensor, site: str, top_n: int = 10
     W_U = unembedding(model)
     g = norm_gain(final_norm(model), W_U.shape[1])
     if W_dec.shape[1] != W_U.shape[1]:
-        raise ValueError(f"W_dec rows have width {W_dec.shape[1]} but the model's d_model is "
-                         f"{W_U.shape[1]}: this SAE was not trained on this model's {site} site")
+        raise ValueError(
+            f"W_dec rows have width {W_dec.shape[1]} but the model's d_model is "
+            f"{W_U.shape[1]}: this SAE was not trained on this model's {site} site"
+        )
     W_U = W_U.float()
     top_n = min(top_n, W_U.shape[0])
     out = [[], [], [], []]
     for start in range(0, W_dec.shape[0], chunk):
-        effect = (W_dec[start:start + chunk].float() * g) @ W_U.T  # [chunk, vocab]
+        effect = (W_dec[start : start + chunk].float() * g) @ W_U.T  # [chunk, vocab]
         up, down = effect.topk(top_n, dim=1), effect.topk(top_n, dim=1, largest=False)
         for lst, t in zip(out, (up.indices, up.values, down.indices, down.values)):
             lst.append(t)

@@ -43,17 +43,17 @@ class ScanResult:
     sequence of scanned LM contexts.
     """
 
-    tokens: int                # real-text tokens scanned (the density denominator)
-    contexts: int              # LM context rows read
+    tokens: int  # real-text tokens scanned (the density denominator)
+    contexts: int  # LM context rows read
     context_length: int
-    fires: Tensor              # [d_sae] int64: tokens on which the latent is nonzero
-    act_sum: Tensor            # [d_sae] float64: sum of activations (mean when firing = sum/fires)
-    max_act: Tensor            # [d_sae]
-    hist: Tensor               # [d_sae, N_BINS] int64 counts of nonzero activations
-    top_values: Tensor         # [d_sae, k]
-    top_positions: Tensor      # [d_sae, k] int64
-    window_ids: Tensor         # [d_sae, k, w] int64 token ids, PAD_ID outside the row
-    window_acts: Tensor        # [d_sae, k, w] float32: the latent's activation on each token
+    fires: Tensor  # [d_sae] int64: tokens on which the latent is nonzero
+    act_sum: Tensor  # [d_sae] float64: sum of activations (mean when firing = sum/fires)
+    max_act: Tensor  # [d_sae]
+    hist: Tensor  # [d_sae, N_BINS] int64 counts of nonzero activations
+    top_values: Tensor  # [d_sae, k]
+    top_positions: Tensor  # [d_sae, k] int64
+    window_ids: Tensor  # [d_sae, k, w] int64 token ids, PAD_ID outside the row
+    window_acts: Tensor  # [d_sae, k, w] float32: the latent's activation on each token
 
     @property
     def density(self) -> Tensor:
@@ -134,8 +134,12 @@ class LatentScanner:
         # 3 times shows exactly 3 contexts.
         empty = self.top_values <= 0
         return ScanResult(
-            tokens=self.tokens, contexts=self.rows, context_length=self.context_length,
-            fires=self.fires, act_sum=self.act_sum, max_act=self.max_act,
+            tokens=self.tokens,
+            contexts=self.rows,
+            context_length=self.context_length,
+            fires=self.fires,
+            act_sum=self.act_sum,
+            max_act=self.max_act,
             hist=self.hist.view(-1, N_BINS),
             top_values=self.top_values.masked_fill(empty, 0.0),
             top_positions=self.top_positions.masked_fill(empty, -1),
@@ -145,10 +149,21 @@ class LatentScanner:
 
 
 @torch.no_grad()
-def scan_latents(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint,
-                 texts: Iterable[str], *, context_length: int, n_tokens: int, top_k: int = 20,
-                 context: int = 10, lm_batch_size: int = 8, prepend_bos: bool = True,
-                 progress: bool = True) -> ScanResult:
+def scan_latents(
+    sae: nn.Module,
+    model: nn.Module,
+    tokenizer,
+    point: SitePoint,
+    texts: Iterable[str],
+    *,
+    context_length: int,
+    n_tokens: int,
+    top_k: int = 20,
+    context: int = 10,
+    lm_batch_size: int = 8,
+    prepend_bos: bool = True,
+    progress: bool = True,
+) -> ScanResult:
     """Run ``model`` over ``texts`` until ``n_tokens`` real-text tokens were scanned (whole
     batches, so slightly more), encoding the site's activations with ``sae`` (which must act on
     RAW activations, as exported SAEs do)."""
@@ -156,10 +171,15 @@ def scan_latents(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint,
         raise ValueError(f"--tokens={n_tokens}: scan at least one token")
     sae = sae.eval()
     scanner = LatentScanner(sae.d_sae, top_k, context, context_length)
-    bar = tqdm(total=n_tokens, desc=f"scanning {point.site}@{point.layer}", unit="tok",
-               disable=not progress)
-    for ids_np, mask_np in iter_token_batches(tokenizer, texts, context_length, lm_batch_size,
-                                              prepend_bos):
+    bar = tqdm(
+        total=n_tokens,
+        desc=f"scanning {point.site}@{point.layer}",
+        unit="tok",
+        disable=not progress,
+    )
+    for ids_np, mask_np in iter_token_batches(
+        tokenizer, texts, context_length, lm_batch_size, prepend_bos
+    ):
         keep = torch.from_numpy(keep_mask(ids_np, mask_np, tokenizer))
         ids, mask = torch.from_numpy(ids_np), torch.from_numpy(mask_np)
         x = forward_until(model, ids, mask, [point])[point].float()
@@ -171,5 +191,7 @@ def scan_latents(sae: nn.Module, model: nn.Module, tokenizer, point: SitePoint,
             break
     bar.close()
     if scanner.tokens == 0:
-        raise ValueError("no tokens to scan: the validation split is empty or shorter than one context")
+        raise ValueError(
+            "no tokens to scan: the validation split is empty or shorter than one context"
+        )
     return scanner.result()

@@ -59,7 +59,9 @@ class TokenNames:
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.special = {i: t for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)}
+        self.special = {
+            i: t for i, t in zip(tokenizer.all_special_ids, tokenizer.all_special_tokens)
+        }
         self.cache: dict[int, str] = {}
 
     def __call__(self, token_id: int) -> str:
@@ -67,7 +69,9 @@ class TokenNames:
             if token_id in self.special:
                 self.cache[token_id] = self.special[token_id]
             else:
-                self.cache[token_id] = self.tokenizer.decode([token_id], clean_up_tokenization_spaces=False)
+                self.cache[token_id] = self.tokenizer.decode(
+                    [token_id], clean_up_tokenization_spaces=False
+                )
         return self.cache[token_id]
 
 
@@ -82,8 +86,9 @@ class LocalVocab:
         return self.index[token_id]
 
 
-def _chunk_records(scan: ScanResult, start: int, end: int, names: TokenNames,
-                   logits) -> tuple[list[dict], list[str]]:
+def _chunk_records(
+    scan: ScanResult, start: int, end: int, names: TokenNames, logits
+) -> tuple[list[dict], list[str]]:
     """The panel data of latents [start, end) and the chunk's vocabulary. Token ids are mapped
     to the chunk vocabulary and windows trimmed with numpy, and tensors become Python lists
     once per chunk: per-element work in Python made a 16k-latent SAE take a minute here."""
@@ -106,13 +111,15 @@ def _chunk_records(scan: ScanResult, start: int, end: int, names: TokenNames,
     records = []
     for k in range(end - start):
         nz = np.flatnonzero(hist[k])
-        h = [int(nz[0]), hist[k, nz[0]: nz[-1] + 1].tolist()] if len(nz) else [0, []]
+        h = [int(nz[0]), hist[k, nz[0] : nz[-1] + 1].tolist()] if len(nz) else [0, []]
         contexts = []
         for j, pos in enumerate(positions[k]):
             if pos < 0:  # slots are sorted: the rest are empty too
                 break
             a, b = lo[k][j], hi[k][j]
-            contexts.append([values[k][j], (w - 1) // 2 - a, local[k][j][a:b], _sig(acts[k][j][a:b], 3)])
+            contexts.append(
+                [values[k][j], (w - 1) // 2 - a, local[k][j][a:b], _sig(acts[k][j][a:b], 3)]
+            )
         rec = {"h": h, "c": contexts}
         if logits is not None:
             rec["p"] = [list(pair) for pair in zip(up[k], _sig(up_v[k], 3))]
@@ -121,8 +128,9 @@ def _chunk_records(scan: ScanResult, start: int, end: int, names: TokenNames,
     return records, vocab
 
 
-def _write_chunks(data: Path, scan: ScanResult, names: TokenNames, logits,
-                  chunk: int) -> tuple[int, dict]:
+def _write_chunks(
+    data: Path, scan: ScanResult, names: TokenNames, logits, chunk: int
+) -> tuple[int, dict]:
     """Chunk files, plus the search index (activating token string -> latents, by count)."""
     d_sae = scan.fires.shape[0]
     search: dict[str, Counter] = {}
@@ -131,9 +139,12 @@ def _write_chunks(data: Path, scan: ScanResult, names: TokenNames, logits,
         for i, rec in zip(range(start, start + chunk), records):
             for ctx in rec["c"]:
                 search.setdefault(vocab[ctx[2][ctx[1]]], Counter())[i] += 1
-        _script(data / f"chunk_{c:04d}.js", f"window.SAELAB_CHUNKS[{c}]",
-                {"start": start, "vocab": vocab, "latents": records},
-                preamble="window.SAELAB_CHUNKS = window.SAELAB_CHUNKS || {};\n")
+        _script(
+            data / f"chunk_{c:04d}.js",
+            f"window.SAELAB_CHUNKS[{c}]",
+            {"start": start, "vocab": vocab, "latents": records},
+            preamble="window.SAELAB_CHUNKS = window.SAELAB_CHUNKS || {};\n",
+        )
     n_chunks = (d_sae + chunk - 1) // chunk
     # Latents ordered by how many of their top contexts sit on the token, most first.
     index = {tok: [i for i, _ in cnt.most_common()] for tok, cnt in search.items()}
@@ -146,8 +157,13 @@ def _table(scan: ScanResult, names: TokenNames) -> dict:
     centres = scan.window_ids[:, 0, (w - 1) // 2].tolist()
     top = [vocab(t) if p >= 0 else -1 for t, p in zip(centres, scan.top_positions[:, 0].tolist())]
     mean = scan.act_sum / scan.fires.clamp_min(1)
-    return {"density": _sig(scan.density), "max": _sig(scan.max_act), "mean": _sig(mean),
-            "top": top, "vocab": vocab.strings}
+    return {
+        "density": _sig(scan.density),
+        "max": _sig(scan.max_act),
+        "mean": _sig(mean),
+        "top": top,
+        "vocab": vocab.strings,
+    }
 
 
 def _href(target: Path, out: Path) -> str:
@@ -160,12 +176,21 @@ def check_out(out: Path) -> Path:
     wrong --out fails before minutes of work)."""
     out = Path(out)
     if out.exists() and not (out / "data" / "meta.js").is_file():
-        raise FileExistsError(f"{out} exists and is not a saelab browser folder; pick another --out")
+        raise FileExistsError(
+            f"{out} exists and is not a saelab browser folder; pick another --out"
+        )
     return out
 
 
-def write_site(out: Path, scan: ScanResult, tokenizer, meta: dict, logits=None,
-               links: list[tuple[str, Path]] = (), chunk_size: int = CHUNK) -> dict:
+def write_site(
+    out: Path,
+    scan: ScanResult,
+    tokenizer,
+    meta: dict,
+    logits=None,
+    links: list[tuple[str, Path]] = (),
+    chunk_size: int = CHUNK,
+) -> dict:
     """Write the browser folder ``out`` atomically; returns the meta written (with sizes).
 
     ``meta`` holds what the page shows in its header (model, site, layer, sae, eval numbers);
@@ -185,20 +210,29 @@ def write_site(out: Path, scan: ScanResult, tokenizer, meta: dict, logits=None,
         density = scan.density
         meta = {
             **meta,
-            "tokens": scan.tokens, "contexts": scan.contexts, "context_length": scan.context_length,
-            "d_sae": int(scan.fires.shape[0]), "top_k": int(scan.top_values.shape[1]),
-            "window": int(scan.window_ids.shape[2]), "chunk_size": chunk_size, "n_chunks": n_chunks,
+            "tokens": scan.tokens,
+            "contexts": scan.contexts,
+            "context_length": scan.context_length,
+            "d_sae": int(scan.fires.shape[0]),
+            "top_k": int(scan.top_values.shape[1]),
+            "window": int(scan.window_ids.shape[2]),
+            "chunk_size": chunk_size,
+            "n_chunks": n_chunks,
             "hist": {"log10_min": HIST_LOG10_MIN, "bins_per_decade": BINS_PER_DECADE},
             "high_frequency": HIGH_FREQUENCY,
-            "summary": {"dead": int((scan.fires == 0).sum()),
-                        "dense_1pct": int((density > 0.01).sum()),
-                        "dense_10pct": int((density > HIGH_FREQUENCY).sum())},
+            "summary": {
+                "dead": int((scan.fires == 0).sum()),
+                "dense_1pct": int((density > 0.01).sum()),
+                "dense_10pct": int((density > HIGH_FREQUENCY).sum()),
+            },
             "logits": logits is not None,
             "links": [{"label": label, "href": _href(path, out)} for label, path in links],
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         sizes = {
-            "latents": _script(tmp / "data" / "latents.js", "window.SAELAB_LATENTS", _table(scan, names)),
+            "latents": _script(
+                tmp / "data" / "latents.js", "window.SAELAB_LATENTS", _table(scan, names)
+            ),
             "search": _script(tmp / "data" / "search.js", "window.SAELAB_SEARCH", search),
         }
         sizes["meta"] = _script(tmp / "data" / "meta.js", "window.SAELAB_META", meta)

@@ -74,22 +74,37 @@ class ActivationsDataConfig:
         check_site(self.site)
         check_site(self.site, self.layer, self.model.n_layers)
         check_dtype(self.dtype)
-        positive = ["d_in", "train_tokens", "val_tokens", "batch_size", "shard_tokens", "block_size",
-                    "lm_batch_size"]
+        positive = [
+            "d_in",
+            "train_tokens",
+            "val_tokens",
+            "batch_size",
+            "shard_tokens",
+            "block_size",
+            "lm_batch_size",
+        ]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"data.{key}={getattr(self, key)!r} is invalid: it must be > 0.")
         if self.context_length is not None and self.context_length < 2:
-            raise ValueError(f"data.context_length={self.context_length} is invalid: it must be >= 2.")
+            raise ValueError(
+                f"data.context_length={self.context_length} is invalid: it must be >= 2."
+            )
         for key in ("train_tokens", "val_tokens"):
             if getattr(self, key) < self.batch_size:
-                raise ValueError(f"data.{key}={getattr(self, key)} is invalid: it must be >= "
-                                 f"data.batch_size={self.batch_size} (one full batch).")
+                raise ValueError(
+                    f"data.{key}={getattr(self, key)} is invalid: it must be >= "
+                    f"data.batch_size={self.batch_size} (one full batch)."
+                )
         if self.verify_checksums not in VERIFY_MODES:
-            raise ValueError(f"data.verify_checksums={self.verify_checksums!r} is invalid: use one of "
-                             f"{', '.join(VERIFY_MODES)}.")
+            raise ValueError(
+                f"data.verify_checksums={self.verify_checksums!r} is invalid: use one of "
+                f"{', '.join(VERIFY_MODES)}."
+            )
         if self.prefetch_batches < 0:
-            raise ValueError(f"data.prefetch_batches={self.prefetch_batches} is invalid: it must be >= 0.")
+            raise ValueError(
+                f"data.prefetch_batches={self.prefetch_batches} is invalid: it must be >= 0."
+            )
 
     def build(self) -> ActivationDataModule:
         return ActivationDataModule(self)
@@ -107,10 +122,18 @@ class ActivationDataModule(ActivationSource):
 
     def specs(self, source: LMSource) -> tuple[CacheSpec, CacheSpec]:
         c = self.cfg
-        common = {"site": c.site, "layer": c.layer, "dtype": c.dtype, "context_length": c.context_length,
-                  "shard_tokens": c.shard_tokens, "shuffle_seed": c.shuffle_seed}
-        return (source.spec("train", n_tokens=c.train_tokens, **common),
-                source.spec("validation", n_tokens=c.val_tokens, **common))
+        common = {
+            "site": c.site,
+            "layer": c.layer,
+            "dtype": c.dtype,
+            "context_length": c.context_length,
+            "shard_tokens": c.shard_tokens,
+            "shuffle_seed": c.shuffle_seed,
+        }
+        return (
+            source.spec("train", n_tokens=c.train_tokens, **common),
+            source.spec("validation", n_tokens=c.val_tokens, **common),
+        )
 
     # --- Lightning data hooks -------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -124,16 +147,23 @@ class ActivationDataModule(ActivationSource):
         if self.train_cache is not None:
             return
         c = self.cfg
-        source = LMSource(model=c.model, corpus=c.corpus, device=c.device,
-                          lm_batch_size=c.lm_batch_size, progress=c.progress)
+        source = LMSource(
+            model=c.model,
+            corpus=c.corpus,
+            device=c.device,
+            lm_batch_size=c.lm_batch_size,
+            progress=c.progress,
+        )
         builder = CacheBuilder(source, cache_root(c.cache_dir), c.verify_checksums)
         train_spec, val_spec = self.specs(source)
         (self.train_cache,) = builder.ensure([train_spec], expected_d_in=c.d_in)
         (self.val_cache,) = builder.ensure([val_spec], expected_d_in=c.d_in)
         for cache in (self.train_cache, self.val_cache):
             if cache.d_in != c.d_in:
-                raise ValueError(f"data.d_in={c.d_in} but the cache {cache.folder} holds "
-                                 f"{cache.d_in}-wide activations; fix site.d_in / model.d_model")
+                raise ValueError(
+                    f"data.d_in={c.d_in} but the cache {cache.folder} holds "
+                    f"{cache.d_in}-wide activations; fix site.d_in / model.d_model"
+                )
 
     def sample_activations(self, n_tokens: int) -> Tensor:
         """The first ``n_tokens`` training tokens (in the cache's stored, shuffled order)."""
@@ -143,9 +173,16 @@ class ActivationDataModule(ActivationSource):
     def _loader(self, cache: ActivationCache, shuffle: bool, track: str) -> ActivationLoader:
         rank, world = self.rank_and_world()
         return ActivationLoader(
-            cache, self.cfg.batch_size, self.cfg.block_size, seed=self.cfg.seed, shuffle=shuffle,
-            rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches,
-            pin_memory=torch.cuda.is_available(), track=track,
+            cache,
+            self.cfg.batch_size,
+            self.cfg.block_size,
+            seed=self.cfg.seed,
+            shuffle=shuffle,
+            rank=rank,
+            world_size=world,
+            prefetch=self.cfg.prefetch_batches,
+            pin_memory=torch.cuda.is_available(),
+            track=track,
         )
 
     def train_dataloader(self) -> ActivationLoader:

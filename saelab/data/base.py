@@ -57,7 +57,12 @@ class ActivationSource(pl.LightningDataModule):
 
     def on_before_batch_transfer(self, batch: Tensor, dataloader_idx: int) -> Tensor:
         trainer, stream = self.trainer, self._train_stream
-        if trainer is not None and trainer.training and stream is not None and stream.track == "external":
+        if (
+            trainer is not None
+            and trainer.training
+            and stream is not None
+            and stream.track == "external"
+        ):
             stream.mark_consumed()
         return batch
 

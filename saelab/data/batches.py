@@ -31,23 +31,44 @@ __all__ = ["ActivationLoader", "prefetch"]
 class ActivationLoader(BatchStream):
     """An iterable over float32 batches [batch_size, d_in] of a cache; see ``BatchStream``."""
 
-    def __init__(self, cache: ActivationCache, batch_size: int, block_size: int = 512,
-                 seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
-                 prefetch: int = 2, pin_memory: bool = False, track: str = "yield"):
-        super().__init__(batch_size, rank=rank, world_size=world_size, prefetch=prefetch, track=track)
+    def __init__(
+        self,
+        cache: ActivationCache,
+        batch_size: int,
+        block_size: int = 512,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        pin_memory: bool = False,
+        track: str = "yield",
+    ):
+        super().__init__(
+            batch_size, rank=rank, world_size=world_size, prefetch=prefetch, track=track
+        )
         self.cache, self.seed, self.shuffle, self.pin_memory = cache, seed, shuffle, pin_memory
         # Blocks must tile a batch exactly; gcd keeps any batch size valid.
         self.block_size = math.gcd(block_size, batch_size)
         self.blocks_per_batch = batch_size // self.block_size
-        self.blocks = np.array([(s, start) for s, rows in enumerate(cache.rows)
-                                for start in range(0, rows - self.block_size + 1, self.block_size)],
-                               dtype=np.int64).reshape(-1, 2)
+        self.blocks = np.array(
+            [
+                (s, start)
+                for s, rows in enumerate(cache.rows)
+                for start in range(0, rows - self.block_size + 1, self.block_size)
+            ],
+            dtype=np.int64,
+        ).reshape(-1, 2)
         self.global_batches = len(self.blocks) // self.blocks_per_batch
         self.check_ranks(f"the cache {cache.folder} holds {len(cache):,} tokens")
 
     def identity(self) -> dict[str, Any]:
-        return {"seed": self.seed, "batch_size": self.batch_size, "block_size": self.block_size,
-                "cache_key": self.cache.key}
+        return {
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "cache_key": self.cache.key,
+        }
 
     def order(self, epoch: int) -> np.ndarray:
         """Block indices of ``epoch`` in reading order (seeded: the same on every rank)."""
@@ -65,8 +86,13 @@ class ActivationLoader(BatchStream):
             out = out.pin_memory()
         dst = out.numpy()
         b = self.block_size
-        for i, block in enumerate(epoch_order[g * self.blocks_per_batch: (g + 1) * self.blocks_per_batch]):
+        for i, block in enumerate(
+            epoch_order[g * self.blocks_per_batch : (g + 1) * self.blocks_per_batch]
+        ):
             shard, start = self.blocks[block]
-            shards.decode_into(dst[i * b: (i + 1) * b], self.cache.shard(int(shard))[start: start + b],
-                               self.cache.dtype)
+            shards.decode_into(
+                dst[i * b : (i + 1) * b],
+                self.cache.shard(int(shard))[start : start + b],
+                self.cache.dtype,
+            )
         return out

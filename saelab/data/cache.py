@@ -48,17 +48,17 @@ class CacheSpec:
 
     model: str
     revision: str | None
-    weights: str          # saelab.lm.fingerprint.weights_fingerprint
-    model_dtype: str      # the LM's compute dtype changes activations too
-    corpus: str           # saelab.data.corpus.fingerprint
+    weights: str  # saelab.lm.fingerprint.weights_fingerprint
+    model_dtype: str  # the LM's compute dtype changes activations too
+    corpus: str  # saelab.data.corpus.fingerprint
     split: str
     context_length: int
     prepend_bos: bool
     site: str
     layer: int
-    dtype: str            # storage dtype
-    n_tokens: int         # the token budget
-    shard_tokens: int     # the shuffle buffer: one shard's rows are shuffled together
+    dtype: str  # storage dtype
+    n_tokens: int  # the token budget
+    shard_tokens: int  # the shuffle buffer: one shard's rows are shuffled together
     shuffle_seed: int
 
     def key_fields(self) -> dict[str, Any]:
@@ -121,12 +121,16 @@ class ActivationCache:
 
     def __init__(self, folder: Path, spec: CacheSpec | None = None, verify: str = "first"):
         if verify not in VERIFY_MODES:
-            raise ValueError(f"data.verify_checksums={verify!r} is invalid: use one of {VERIFY_MODES}")
+            raise ValueError(
+                f"data.verify_checksums={verify!r} is invalid: use one of {VERIFY_MODES}"
+            )
         self.folder = Path(folder)
         manifest = read_manifest(self.folder)
         if manifest is None:
-            raise CacheError(f"{self.folder} has no {MANIFEST}: the cache is incomplete. Rerun to "
-                             f"finish building it, or {_fix(self.folder).lower()}")
+            raise CacheError(
+                f"{self.folder} has no {MANIFEST}: the cache is incomplete. Rerun to "
+                f"finish building it, or {_fix(self.folder).lower()}"
+            )
         self.manifest = manifest
         if spec is not None:
             self._check_spec(spec)
@@ -141,19 +145,27 @@ class ActivationCache:
         expected = spec.key_fields()
         diff = {k: (stored.get(k), v) for k, v in expected.items() if stored.get(k) != v}
         if diff or self.manifest.get("key") != spec.key():
-            lines = ", ".join(f"{k}: cache has {a!r}, config wants {b!r}" for k, (a, b) in diff.items())
-            raise CacheError(f"{self.folder / MANIFEST} does not match the config "
-                             f"({lines or 'key differs'}). {_fix(self.folder)}")
+            lines = ", ".join(
+                f"{k}: cache has {a!r}, config wants {b!r}" for k, (a, b) in diff.items()
+            )
+            raise CacheError(
+                f"{self.folder / MANIFEST} does not match the config "
+                f"({lines or 'key differs'}). {_fix(self.folder)}"
+            )
 
     def _verify(self, mode: str) -> None:
         marker = self.folder / VERIFIED
         manifest_digest = shards.digest(self.folder / MANIFEST)
-        checksum = mode == "always" or (mode == "first" and not self._marked(marker, manifest_digest))
+        checksum = mode == "always" or (
+            mode == "first" and not self._marked(marker, manifest_digest)
+        )
         for entry in self.manifest["shards"]:
             path = self.folder / entry["file"]
             problem = shards.problem(path, entry, self.d_in, self.dtype, checksum)
             if problem:
-                raise CacheError(f"corrupt activation cache: {path}: {problem}. {_fix(self.folder)}")
+                raise CacheError(
+                    f"corrupt activation cache: {path}: {problem}. {_fix(self.folder)}"
+                )
         if checksum:
             try:
                 shards.write_json(marker, {"manifest_blake2b": manifest_digest})
@@ -193,8 +205,13 @@ class ActivationCache:
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
         pos, index = start, first
         while pos < stop:
-            lo, hi = pos - self.offsets[index], min(stop, self.offsets[index + 1]) - self.offsets[index]
-            shards.decode_into(out[pos - start: pos - start + hi - lo], self.shard(index)[lo:hi], self.dtype)
+            lo, hi = (
+                pos - self.offsets[index],
+                min(stop, self.offsets[index + 1]) - self.offsets[index],
+            )
+            shards.decode_into(
+                out[pos - start : pos - start + hi - lo], self.shard(index)[lo:hi], self.dtype
+            )
             pos += hi - lo
             index += 1
         return torch.from_numpy(out)

@@ -55,18 +55,39 @@ class LMSource:
     lm_batch_size: int = 8
     progress: bool = True
 
-    def spec(self, split: str, site: str, layer: int, n_tokens: int, dtype: str = "float32",
-             context_length: int | None = None, shard_tokens: int = 262_144,
-             shuffle_seed: int = 0) -> CacheSpec:
+    def spec(
+        self,
+        split: str,
+        site: str,
+        layer: int,
+        n_tokens: int,
+        dtype: str = "float32",
+        context_length: int | None = None,
+        shard_tokens: int = 262_144,
+        shuffle_seed: int = 0,
+    ) -> CacheSpec:
         """The key of a cache of this source (hashes the weights and corpus, memoised)."""
         m = self.model
-        weights = _memo(f"w:{m.name_or_path}@{m.revision}", lambda: weights_fingerprint(m.name_or_path, m.revision))
+        weights = _memo(
+            f"w:{m.name_or_path}@{m.revision}",
+            lambda: weights_fingerprint(m.name_or_path, m.revision),
+        )
         corpus = _memo(f"c:{self.corpus!r}", lambda: corpus_lib.fingerprint(self.corpus))
         return CacheSpec(
-            model=m.name_or_path, revision=m.revision, weights=weights, model_dtype=m.dtype,
-            corpus=corpus, split=split, context_length=context_length or m.context_length,
-            prepend_bos=m.prepend_bos, site=site, layer=layer, dtype=dtype, n_tokens=n_tokens,
-            shard_tokens=shard_tokens, shuffle_seed=shuffle_seed,
+            model=m.name_or_path,
+            revision=m.revision,
+            weights=weights,
+            model_dtype=m.dtype,
+            corpus=corpus,
+            split=split,
+            context_length=context_length or m.context_length,
+            prepend_bos=m.prepend_bos,
+            site=site,
+            layer=layer,
+            dtype=dtype,
+            n_tokens=n_tokens,
+            shard_tokens=shard_tokens,
+            shuffle_seed=shuffle_seed,
         )
 
 
@@ -81,13 +102,13 @@ class _ShardWriter:
 
     def feed(self, row0: int, rows: torch.Tensor) -> None:
         """Rows number ``row0 ..`` of the pass's row stream (rows before start_row skipped)."""
-        rows = rows[max(0, self.start_row - row0):]
+        rows = rows[max(0, self.start_row - row0) :]
         while len(rows):
             take = min(len(rows), len(self.buffer) - self.fill)
             stored = shards.encode(rows[:take], self.spec.dtype)
             # Statistics of the STORED values (what training will read), in float64.
             self.sum_sq += float(shards.decode(stored, self.spec.dtype).double().pow(2).sum())
-            self.buffer[self.fill: self.fill + take] = stored
+            self.buffer[self.fill : self.fill + take] = stored
             self.fill, rows = self.fill + take, rows[take:]
             if self.fill == len(self.buffer):
                 self.flush()
@@ -97,7 +118,9 @@ class _ShardWriter:
             return
         index = len(self.entries)
         perm = np.random.default_rng([self.spec.shuffle_seed, index]).permutation(self.fill)
-        entry = shards.write_array(self.folder / f"shard_{index:05d}.npy", self.buffer[: self.fill][perm])
+        entry = shards.write_array(
+            self.folder / f"shard_{index:05d}.npy", self.buffer[: self.fill][perm]
+        )
         entry["sum_sq_norm"] = self.sum_sq
         shards.write_json(self.folder / f"shard_{index:05d}.json", entry)  # the shard's commit
         self.entries.append(entry)
@@ -135,7 +158,9 @@ class CacheBuilder:
     def folder(self, spec: CacheSpec) -> Path:
         return self.root / spec.folder_name()
 
-    def ensure(self, specs: list[CacheSpec], expected_d_in: int | None = None) -> list[ActivationCache]:
+    def ensure(
+        self, specs: list[CacheSpec], expected_d_in: int | None = None
+    ) -> list[ActivationCache]:
         """One cache per spec; all missing ones are built in ONE LM pass (they must share the
         row stream: model, corpus, split, context, token budget)."""
         missing = [s for s in specs if read_manifest(self.folder(s)) is None]
@@ -156,19 +181,35 @@ class CacheBuilder:
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             model = load_model(m.name_or_path, m.dtype, m.revision, m.trust_remote_code).to(device)
-            self._lm = (model.eval(), load_tokenizer(m.name_or_path, m.revision, m.trust_remote_code))
+            self._lm = (
+                model.eval(),
+                load_tokenizer(m.name_or_path, m.revision, m.trust_remote_code),
+            )
         return self._lm
 
     def _build(self, specs: list[CacheSpec], expected_d_in: int | None) -> None:
-        shared = {(s.model, s.weights, s.model_dtype, s.corpus, s.split, s.context_length,
-                   s.prepend_bos, s.n_tokens) for s in specs}
+        shared = {
+            (
+                s.model,
+                s.weights,
+                s.model_dtype,
+                s.corpus,
+                s.split,
+                s.context_length,
+                s.prepend_bos,
+                s.n_tokens,
+            )
+            for s in specs
+        }
         if len(shared) != 1:
-            raise ValueError("caches built in one pass must share model, corpus, split, context and budget")
+            raise ValueError(
+                "caches built in one pass must share model, corpus, split, context and budget"
+            )
         spec0 = specs[0]
         model, tokenizer = self._load()
         points = check_points(model, [SitePoint(s.site, s.layer) for s in specs])
         writers = []
-        for spec, point in zip(specs, points):
+        for spec in specs:
             d_in = site_width(model, spec.site)
             if expected_d_in is not None and d_in != expected_d_in:
                 key = "model.d_attn" if spec.site == "attn" else "model.d_model"
@@ -177,9 +218,15 @@ class CacheBuilder:
                     f"wide: set {key}={d_in} (the model config) so site.d_in and sae.d_in follow"
                 )
             folder = self.folder(spec)
-            build = {"key": spec.key(), "spec": spec.key_fields(), "d_in": d_in,
-                     "lm_batch_size": self.source.lm_batch_size}
-            previous = json.loads((folder / BUILD).read_text()) if (folder / BUILD).is_file() else None
+            build = {
+                "key": spec.key(),
+                "spec": spec.key_fields(),
+                "d_in": d_in,
+                "lm_batch_size": self.source.lm_batch_size,
+            }
+            previous = (
+                json.loads((folder / BUILD).read_text()) if (folder / BUILD).is_file() else None
+            )
             if previous != build:  # first attempt, or another batching: start this cache over
                 for path in folder.glob("shard_*"):
                     path.unlink()
@@ -191,13 +238,27 @@ class CacheBuilder:
 
     def _pass(self, model, tokenizer, spec: CacheSpec, points, writers) -> None:
         finished = [w.entries and w.entries[-1]["rows"] < w.spec.shard_tokens for w in writers]
-        start = min((w.start_row for w, f in zip(writers, finished) if not f), default=spec.n_tokens)
+        start = min(
+            (w.start_row for w, f in zip(writers, finished) if not f), default=spec.n_tokens
+        )
         specials, device = special_ids(tokenizer), next(model.parameters()).device
-        batches = iter_token_batches(tokenizer, corpus_lib.iter_documents(self.source.corpus, spec.split),
-                                     spec.context_length, self.source.lm_batch_size, spec.prepend_bos)
+        batches = iter_token_batches(
+            tokenizer,
+            corpus_lib.iter_documents(self.source.corpus, spec.split),
+            spec.context_length,
+            self.source.lm_batch_size,
+            spec.prepend_bos,
+        )
         sites = ", ".join(f"{p.site}@{p.layer}" for p in points)
-        bar = tqdm(total=spec.n_tokens, initial=min(start, spec.n_tokens), unit="tok", unit_scale=True,
-                   desc=f"caching {sites} ({spec.split})", disable=not self.source.progress, mininterval=1.0)
+        bar = tqdm(
+            total=spec.n_tokens,
+            initial=min(start, spec.n_tokens),
+            unit="tok",
+            unit_scale=True,
+            desc=f"caching {sites} ({spec.split})",
+            disable=not self.source.progress,
+            mininterval=1.0,
+        )
         row, t0 = 0, time.perf_counter()
         for index, (ids, mask) in enumerate(batches):
             if row >= spec.n_tokens or start >= spec.n_tokens:
@@ -207,12 +268,15 @@ class CacheBuilder:
             if row + n <= start:  # already on disk for every cache: no LM work needed
                 row += n
                 continue
-            store = forward_until(model, torch.from_numpy(ids).to(device),
-                                  torch.from_numpy(mask).to(device), points)
+            store = forward_until(
+                model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), points
+            )
             keep_t = torch.from_numpy(keep).to(device)
             for point, writer in zip(points, writers):
                 acts = store[point][keep_t][:n].float().cpu()
-                _check_finite(acts, point, spec, index, self.source.lm_batch_size, self.folder(writer.spec))
+                _check_finite(
+                    acts, point, spec, index, self.source.lm_batch_size, self.folder(writer.spec)
+                )
                 writer.feed(row, acts)
             bar.update(row + n - max(row, start))
             row += n
@@ -232,26 +296,40 @@ class CacheBuilder:
         spec, entries = writer.spec, writer.entries
         count = sum(e["rows"] for e in entries)
         if count == 0:
-            raise ValueError(f"no tokens were cached for {spec.folder_name()}: the {spec.split} split is empty")
+            raise ValueError(
+                f"no tokens were cached for {spec.folder_name()}: the {spec.split} split is empty"
+            )
         manifest = {
-            "format": spec.key_fields()["format"], "key": spec.key(), "spec": spec.key_fields(),
-            "d_in": int(writer.buffer.shape[1]), "dtype": spec.dtype, "token_count": count,
-            "requested_tokens": spec.n_tokens, "corpus_exhausted": count < spec.n_tokens,
+            "format": spec.key_fields()["format"],
+            "key": spec.key(),
+            "spec": spec.key_fields(),
+            "d_in": int(writer.buffer.shape[1]),
+            "dtype": spec.dtype,
+            "token_count": count,
+            "requested_tokens": spec.n_tokens,
+            "corpus_exhausted": count < spec.n_tokens,
             "mean_squared_norm": sum(e["sum_sq_norm"] for e in entries) / count,
-            "hook": describe(model, point), "layout": layout(model),
+            "hook": describe(model, point),
+            "layout": layout(model),
             "model_type": getattr(model.config, "model_type", None),
             "dropped_token_ids": special_ids(self._load()[1]),
             "shards": entries,
-            "build": {"lm_batch_size": self.source.lm_batch_size, "last_pass_seconds": self._seconds,
-                      "device": str(next(model.parameters()).device),
-                      "versions": {"torch": torch.__version__, "numpy": np.__version__}},
+            "build": {
+                "lm_batch_size": self.source.lm_batch_size,
+                "last_pass_seconds": self._seconds,
+                "device": str(next(model.parameters()).device),
+                "versions": {"torch": torch.__version__, "numpy": np.__version__},
+            },
         }
-        shards.write_json(writer.folder / MANIFEST, manifest)  # last: only now is the cache complete
+        shards.write_json(
+            writer.folder / MANIFEST, manifest
+        )  # last: only now is the cache complete
         log.info("activation cache complete: %s (%d tokens)", writer.folder, count)
 
 
-def _check_finite(acts: torch.Tensor, point: SitePoint, spec: CacheSpec, batch: int, lm_batch: int,
-                  folder: Path) -> None:
+def _check_finite(
+    acts: torch.Tensor, point: SitePoint, spec: CacheSpec, batch: int, lm_batch: int, folder: Path
+) -> None:
     bad = int((~torch.isfinite(acts)).sum())
     if bad:
         raise FloatingPointError(

@@ -134,7 +134,7 @@ def _hf_documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
             f"corpus.source={cfg.source!r} needs the optional 'datasets' package: "
             "pip install 'saelab[datasets]'"
         ) from e
-    name = cfg.source[len(HF_PREFIX):]
+    name = cfg.source[len(HF_PREFIX) :]
     # Streaming: no full download before the first batch; rows arrive in a fixed order.
     ds = datasets.load_dataset(
         name, cfg.hf_config, split=cfg.hf_split, revision=cfg.hf_revision, streaming=True
@@ -151,8 +151,9 @@ def _documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     return _file_documents(_local_files(Path(cfg.source).expanduser()), cfg.text_field)
 
 
-def iter_keyed_documents(cfg: CorpusConfig | Mapping[str, Any] | str | None,
-                         split: str) -> Iterator[tuple[str, str]]:
+def iter_keyed_documents(
+    cfg: CorpusConfig | Mapping[str, Any] | str | None, split: str
+) -> Iterator[tuple[str, str]]:
     """Yield (key, text) of one split in a fixed order; key = relative path[:line] or row."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; allowed: {SPLITS}")

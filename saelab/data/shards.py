@@ -27,7 +27,9 @@ STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.u
 
 def check_dtype(dtype: str) -> None:
     if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"data.dtype={dtype!r} is invalid: use one of {', '.join(STORAGE_DTYPES)}.")
+        raise ValueError(
+            f"data.dtype={dtype!r} is invalid: use one of {', '.join(STORAGE_DTYPES)}."
+        )
 
 
 def encode(x: Tensor, dtype: str) -> np.ndarray:
@@ -84,13 +86,19 @@ def write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     tmp = path.with_name(path.name + ".tmp")
     h = hashlib.blake2b(digest_size=16)
     with open(tmp, "wb") as f:
-        np.lib.format.write_array(_HashingFile(f, h), np.ascontiguousarray(array), allow_pickle=False)
+        np.lib.format.write_array(
+            _HashingFile(f, h), np.ascontiguousarray(array), allow_pickle=False
+        )
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-    return {"file": path.name, "rows": int(array.shape[0]), "bytes": path.stat().st_size,
-            "blake2b": h.hexdigest()}
+    return {
+        "file": path.name,
+        "rows": int(array.shape[0]),
+        "bytes": path.stat().st_size,
+        "blake2b": h.hexdigest(),
+    }
 
 
 def write_json(path: Path, data: Any) -> None:

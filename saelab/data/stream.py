@@ -38,8 +38,14 @@ class BatchStream:
 
     global_batches: int
 
-    def __init__(self, batch_size: int, rank: int = 0, world_size: int = 1, prefetch: int = 2,
-                 track: str = "yield"):
+    def __init__(
+        self,
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        prefetch: int = 2,
+        track: str = "yield",
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} is not in 0..{world_size - 1}")
         if track not in TRACK_MODES:
@@ -131,7 +137,7 @@ def prefetch(source: Iterator[Tensor], depth: int) -> Iterator[Tensor]:
                 if not put(item):
                     return
             put(_END)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
+        except BaseException as e:
             put(e)
 
     thread = threading.Thread(target=work, name="saelab-prefetch", daemon=True)

@@ -71,8 +71,8 @@ class SyntheticDataConfig:
             "batch_size": self.batch_size > 0,
             "train_tokens": self.train_tokens >= self.batch_size,
             "val_tokens": self.val_tokens >= 0,
-            "block_tokens": self.block_tokens is None or (
-                self.block_tokens > 0 and self.batch_size % self.block_tokens == 0),
+            "block_tokens": self.block_tokens is None
+            or (self.block_tokens > 0 and self.batch_size % self.block_tokens == 0),
             "prefetch_batches": self.prefetch_batches >= 0,
         }
         for key, ok in checks.items():
@@ -99,7 +99,9 @@ class SyntheticFeatures:
     def __init__(self, cfg: SyntheticDataConfig):
         self.cfg = cfg
         g = torch.Generator().manual_seed(cfg.seed)
-        self.features = torch.nn.functional.normalize(torch.randn(cfg.n_features, cfg.d_in, generator=g), dim=1)
+        self.features = torch.nn.functional.normalize(
+            torch.randn(cfg.n_features, cfg.d_in, generator=g), dim=1
+        )
         log_p = torch.rand(cfg.n_features, generator=g) * math.log(cfg.prob_spread)
         probs = log_p.exp()
         self.probs = probs * (cfg.mean_l0 / probs.sum())
@@ -110,7 +112,9 @@ class SyntheticFeatures:
         active = torch.rand(n, cfg.n_features, generator=generator) < self.probs
         # Draw magnitudes only for the ~mean_l0 active entries per token, not all n_features.
         rows, cols = active.nonzero(as_tuple=True)
-        magnitudes = (cfg.magnitude_mean + cfg.magnitude_std * torch.randn(rows.numel(), generator=generator)).abs()
+        magnitudes = (
+            cfg.magnitude_mean + cfg.magnitude_std * torch.randn(rows.numel(), generator=generator)
+        ).abs()
         coeffs = torch.zeros(n, cfg.n_features)
         coeffs[rows, cols] = magnitudes
         x = coeffs @ self.features
@@ -122,8 +126,14 @@ class SyntheticFeatures:
 class SyntheticBatches:
     """The global batches of a split: batch g [batch_size, d_in] is blocks g*k .. (g+1)*k - 1."""
 
-    def __init__(self, truth: SyntheticFeatures, split: str, n_tokens: int, batch_size: int,
-                 block_tokens: int | None = None):
+    def __init__(
+        self,
+        truth: SyntheticFeatures,
+        split: str,
+        n_tokens: int,
+        batch_size: int,
+        block_tokens: int | None = None,
+    ):
         self.truth, self.split, self.batch_size = truth, split, batch_size
         self.block = block_tokens or batch_size
         self.n_batches = max(1, n_tokens // batch_size)
@@ -153,8 +163,12 @@ class SyntheticStream(BatchStream):
 
     def identity(self) -> dict[str, Any]:
         cfg = self.batches.truth.cfg
-        return {"seed": cfg.seed, "batch_size": self.batch_size, "block_tokens": self.batches.block,
-                "split": self.batches.split}
+        return {
+            "seed": cfg.seed,
+            "batch_size": self.batch_size,
+            "block_tokens": self.batches.block,
+            "split": self.batches.split,
+        }
 
     def reader(self, epoch: int) -> Callable[[int], Tensor]:
         return self.batches.__getitem__
@@ -165,8 +179,12 @@ class SyntheticDataModule(ActivationSource):
         super().__init__()
         self.cfg = cfg
         self.truth = SyntheticFeatures(cfg)
-        self.train_set = SyntheticBatches(self.truth, "train", cfg.train_tokens, cfg.batch_size, cfg.block_tokens)
-        self.val_set = SyntheticBatches(self.truth, "val", cfg.val_tokens, cfg.batch_size, cfg.block_tokens)
+        self.train_set = SyntheticBatches(
+            self.truth, "train", cfg.train_tokens, cfg.batch_size, cfg.block_tokens
+        )
+        self.val_set = SyntheticBatches(
+            self.truth, "val", cfg.val_tokens, cfg.batch_size, cfg.block_tokens
+        )
 
     @property
     def true_features(self) -> Tensor:
@@ -176,13 +194,17 @@ class SyntheticDataModule(ActivationSource):
         """The first ``n_tokens`` training tokens (rounded up to whole blocks): the same tokens
         whatever the batch size, when ``block_tokens`` is set."""
         block = self.train_set.block
-        n_blocks = min(len(self.train_set) * (self.cfg.batch_size // block), max(1, math.ceil(n_tokens / block)))
+        n_blocks = min(
+            len(self.train_set) * (self.cfg.batch_size // block),
+            max(1, math.ceil(n_tokens / block)),
+        )
         return torch.cat([self.train_set.block_tokens(j) for j in range(n_blocks)])
 
     def _stream(self, split: SyntheticBatches, track: str) -> SyntheticStream:
         rank, world = self.rank_and_world()
-        return SyntheticStream(split, rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches,
-                               track=track)
+        return SyntheticStream(
+            split, rank=rank, world_size=world, prefetch=self.cfg.prefetch_batches, track=track
+        )
 
     def train_dataloader(self) -> SyntheticStream:
         return self.attach_train_stream(self._stream(self.train_set, self.train_track()))

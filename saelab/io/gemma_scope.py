@@ -25,7 +25,10 @@ def gemma_scope_arrays(sae) -> dict[str, np.ndarray]:
             "Use saelab.io.save_sae (SAELens layout) for other families."
         )
     tensors = {
-        "W_enc": sae.W_enc, "W_dec": sae.W_dec, "b_enc": sae.b_enc, "b_dec": sae.b_dec,
+        "W_enc": sae.W_enc,
+        "W_dec": sae.W_dec,
+        "b_enc": sae.b_enc,
+        "b_dec": sae.b_dec,
         "threshold": sae.log_threshold.exp(),
     }
     return {k: v.detach().float().cpu().numpy() for k, v in tensors.items()}
@@ -60,14 +63,26 @@ def load_gemma_scope_npz(path: str | os.PathLike):
     if missing:
         raise ValueError(f"{path} lacks {missing}: a Gemma Scope params.npz has {list(KEYS)}.")
     d_in, d_sae = arrays["W_enc"].shape
-    expected = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_in), "b_enc": (d_sae,), "b_dec": (d_in,), "threshold": (d_sae,)}
+    expected = {
+        "W_enc": (d_in, d_sae),
+        "W_dec": (d_sae, d_in),
+        "b_enc": (d_sae,),
+        "b_dec": (d_in,),
+        "threshold": (d_sae,),
+    }
     for key, shape in expected.items():
         if arrays[key].shape != shape:
-            raise ValueError(f"{path}: {key} has shape {arrays[key].shape}, expected {shape} (from W_enc).")
+            raise ValueError(
+                f"{path}: {key} has shape {arrays[key].shape}, expected {shape} (from W_enc)."
+            )
     if not (arrays["threshold"] > 0).all():
         raise ValueError(f"{path}: every threshold must be > 0 (JumpReLU theta).")
     sae = JumpReLUSAE(JumpReLUConfig(d_in=int(d_in), d_sae=int(d_sae)))
-    state = {k: torch.from_numpy(np.ascontiguousarray(arrays[k])).float() for k in KEYS if k != "threshold"}
+    state = {
+        k: torch.from_numpy(np.ascontiguousarray(arrays[k])).float()
+        for k in KEYS
+        if k != "threshold"
+    }
     state["log_threshold"] = torch.from_numpy(arrays["threshold"]).float().log()
     sae.load_state_dict(state)
     return sae

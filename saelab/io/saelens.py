@@ -22,7 +22,9 @@ WEIGHTS_NAME = "sae_weights.safetensors"
 
 def _export_tensors(sae) -> dict[str, torch.Tensor]:
     skip = set(getattr(sae, "training_state", ()))
-    tensors = {k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if k not in skip}
+    tensors = {
+        k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items() if k not in skip
+    }
     if "log_threshold" in tensors:
         tensors["threshold"] = tensors.pop("log_threshold").exp()
     return tensors

@@ -42,7 +42,9 @@ class SAELitModule(pl.LightningModule):
         self.cfg = self.config_class(**config)  # validates every field
         self.save_hyperparameters(dataclasses.asdict(self.cfg))
         sae_fields = {f.name for f in dataclasses.fields(self.sae_class.config_class)}
-        self.sae = self.sae_class(self.sae_class.config_class(**{k: v for k, v in config.items() if k in sae_fields}))
+        self.sae = self.sae_class(
+            self.sae_class.config_class(**{k: v for k, v in config.items() if k in sae_fields})
+        )
         d_sae = self.sae.d_sae
         # Normalisation scale s; 0 means "not estimated yet". A buffer, so checkpoints carry it.
         self.register_buffer("activation_scale", torch.tensor(0.0))
@@ -82,7 +84,9 @@ class SAELitModule(pl.LightningModule):
         dm = self.trainer.datamodule
         world = self.trainer.world_size
         self._tokens_per_step = dm.batch_size * world * self.trainer.accumulate_grad_batches
-        self._dead_window = min(self.cfg.dead_tokens_window, max(1, self.total_steps() * self._tokens_per_step // 10))
+        self._dead_window = min(
+            self.cfg.dead_tokens_window, max(1, self.total_steps() * self._tokens_per_step // 10)
+        )
         if self.activation_scale > 0:  # restored from a checkpoint: never re-estimate
             return
         # Every rank reads the same deterministic first tokens; rank 0's results are then
@@ -92,7 +96,7 @@ class SAELitModule(pl.LightningModule):
             scale = sample.pow(2).sum(-1).mean().sqrt()
             if not torch.isfinite(scale) or scale <= 0:
                 raise ValueError(
-                    f"Cannot normalise activations: their mean squared norm is {scale.item()**2!r}. "
+                    f"Cannot normalise activations: their mean squared norm is {scale.item() ** 2!r}. "
                     "Check the data source for NaNs/zeros, or set sae.normalize_activations=false."
                 )
         else:
@@ -121,8 +125,12 @@ class SAELitModule(pl.LightningModule):
         MultiSAELit can give every member its own in one optimiser (Adam is per-parameter, so
         that is exactly one Adam per SAE)."""
         cfg = self.cfg
-        return {"params": list(self.sae.parameters()), "lr": cfg.lr,
-                "betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
+        return {
+            "params": list(self.sae.parameters()),
+            "lr": cfg.lr,
+            "betas": (cfg.adam_beta1, cfg.adam_beta2),
+            "eps": cfg.adam_eps,
+        }
 
     def lr_lambda(self) -> Callable[[int], float]:
         cfg = self.cfg
@@ -130,14 +138,19 @@ class SAELitModule(pl.LightningModule):
         warmup = schedules.effective_warmup(cfg.lr_warmup_steps, total, cfg.max_warmup_fraction)
 
         def factor(step: int) -> float:
-            return schedules.lr_factor(step, total, warmup, cfg.lr_warmup_start, cfg.lr_decay_fraction)
+            return schedules.lr_factor(
+                step, total, warmup, cfg.lr_warmup_start, cfg.lr_decay_fraction
+            )
 
         return factor
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam([self.optimizer_group()])
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda())
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # --- training ---------------------------------------------------------------------------
     def normalize(self, x: Tensor) -> Tensor:
@@ -226,7 +239,9 @@ class SAELitModule(pl.LightningModule):
             return
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_histogram(self.tag(tag), values.detach().cpu(), self.global_step)
+                logger.experiment.add_histogram(
+                    self.tag(tag), values.detach().cpu(), self.global_step
+                )
 
     # --- export -----------------------------------------------------------------------------
     def export_saes(self) -> dict[str, SAE]:

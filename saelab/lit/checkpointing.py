@@ -34,17 +34,36 @@ METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded (f
 # Keys a resumed run may change: where and how it runs, not what it computes. Anything else
 # (the SAE, the data, the seed, precision, clipping, ...) must match the checkpoint.
 MAY_DIFFER = (
-    "resume", "output_dir", "checkpoint_every_n_steps", "eval_tokens", "export", "logger",
-    "trainer.max_steps", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.accelerator",
-    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "trainer.val_check_interval", "trainer.limit_val_batches", "trainer.default_root_dir",
-    "data.cache_dir", "data.progress", "data.prefetch_batches", "data.device", "data.verify_checksums",
+    "resume",
+    "output_dir",
+    "checkpoint_every_n_steps",
+    "eval_tokens",
+    "export",
+    "logger",
+    "trainer.max_steps",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.accelerator",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "trainer.val_check_interval",
+    "trainer.limit_val_batches",
+    "trainer.default_root_dir",
+    "data.cache_dir",
+    "data.progress",
+    "data.prefetch_batches",
+    "data.device",
+    "data.verify_checksums",
     "data.lm_batch_size",
 )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path, storage_options: Any = None
+    ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -55,7 +74,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
         fsync_dir(path.parent)
 
-    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path, map_location: Any = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
         # Everything saelab puts in a checkpoint is tensors and plain containers: never unpickle code.
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
@@ -63,8 +84,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # --- RNG states in plain types (so they load with weights_only=True) ------------------------
 def capture_rng() -> dict[str, Any]:
     np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]]}
+    state = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -137,8 +161,11 @@ def _may_differ(key: str) -> bool:
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     old, new = _flatten(saved), _flatten(current)
-    return [f"{k}: checkpoint has {old.get(k)!r}, this run has {new.get(k)!r}"
-            for k in sorted(old.keys() | new.keys()) if not _may_differ(k) and old.get(k) != new.get(k)]
+    return [
+        f"{k}: checkpoint has {old.get(k)!r}, this run has {new.get(k)!r}"
+        for k in sorted(old.keys() | new.keys())
+        if not _may_differ(k) and old.get(k) != new.get(k)
+    ]
 
 
 def resume_checkpoint(run_dir: Path, config: dict[str, Any], explicit: bool) -> Path | None:
@@ -165,8 +192,11 @@ def resume_checkpoint(run_dir: Path, config: dict[str, Any], explicit: bool) -> 
                 "a new run in a new folder"
             )
         if saved.get("trainer", {}).get("max_steps") != config.get("trainer", {}).get("max_steps"):
-            log.warning("resuming with trainer.max_steps=%s (the run started with %s): the "
-                        "schedules follow the new length from here on",
-                        config["trainer"]["max_steps"], saved["trainer"]["max_steps"])
+            log.warning(
+                "resuming with trainer.max_steps=%s (the run started with %s): the "
+                "schedules follow the new length from here on",
+                config["trainer"]["max_steps"],
+                saved["trainer"]["max_steps"],
+            )
     log.info("resuming from %s", path)
     return path

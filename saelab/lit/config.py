@@ -45,11 +45,23 @@ class TrainConfig:
             parent()
         for key in ("lr", "adam_eps", "normalization_tokens", "dead_tokens_window"):
             if not getattr(self, key) > 0:
-                raise ValueError(f"{type(self).__name__}.{key}={getattr(self, key)!r} is invalid: it must be > 0.")
-        for key in ("adam_beta1", "adam_beta2", "lr_warmup_start", "lr_decay_fraction", "max_warmup_fraction"):
+                raise ValueError(
+                    f"{type(self).__name__}.{key}={getattr(self, key)!r} is invalid: it must be > 0."
+                )
+        for key in (
+            "adam_beta1",
+            "adam_beta2",
+            "lr_warmup_start",
+            "lr_decay_fraction",
+            "max_warmup_fraction",
+        ):
             if not 0 <= getattr(self, key) <= 1:
-                raise ValueError(f"{type(self).__name__}.{key}={getattr(self, key)!r} is invalid: it must be in [0, 1].")
+                raise ValueError(
+                    f"{type(self).__name__}.{key}={getattr(self, key)!r} is invalid: it must be in [0, 1]."
+                )
         for key in ("lr_warmup_steps", "sparsity_warmup_steps"):
             value = getattr(self, key)
             if value is not None and value < 0:
-                raise ValueError(f"{type(self).__name__}.{key}={value!r} is invalid: it must be >= 0.")
+                raise ValueError(
+                    f"{type(self).__name__}.{key}={value!r} is invalid: it must be >= 0."
+                )

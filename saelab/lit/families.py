@@ -19,7 +19,6 @@ from . import sharding
 from .base import SAELitModule
 from .config import TrainConfig, width_scaled_lr
 
-
 # --- JumpReLU (SPEC.md 1) -----------------------------------------------------------------------
 # The paper's SAE and estimators (saelab/sae/jumprelu.py) trained with saelab's recipe: the
 # defaults below were chosen by measurement on budgets of 0.5M-8M tokens (bench/jumprelu_budget.py,
@@ -58,9 +57,15 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         if self.lr is None:
             self.lr = width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
         super().__post_init__()
-        _require(self, "threshold_warmup_fraction", 0 <= self.threshold_warmup_fraction <= 1, "in [0, 1]")
+        _require(
+            self, "threshold_warmup_fraction", 0 <= self.threshold_warmup_fraction <= 1, "in [0, 1]"
+        )
         require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
-        if self.threshold_warmup_fraction > 0 and self.target_l0 is None and self.threshold_init_l0 is None:
+        if (
+            self.threshold_warmup_fraction > 0
+            and self.target_l0 is None
+            and self.threshold_init_l0 is None
+        ):
             raise ValueError(
                 f"threshold_warmup_fraction={self.threshold_warmup_fraction} needs an L0 to aim at: set "
                 "sae.target_l0 (or sae.threshold_init_l0), or sae.threshold_warmup_fraction=0."
@@ -75,13 +80,17 @@ class JumpReLULit(SAELitModule):
 
     def init_from_data(self, x: Tensor) -> None:
         if self.cfg.threshold_init_l0 is not None:
-            self.sae.init_threshold_from_data(x[: self.threshold_init_tokens], self.cfg.threshold_init_l0)
+            self.sae.init_threshold_from_data(
+                x[: self.threshold_init_tokens], self.cfg.threshold_init_l0
+            )
 
     def sae_kwargs(self) -> dict:
         frac = self.cfg.threshold_warmup_fraction
         if frac > 0 and self.global_step < frac * self.total_steps():
-            return {"quantile_l0": self.cfg.target_l0 or self.cfg.threshold_init_l0,
-                    "pooled_quantile": self.cfg.threshold_warmup == "pooled"}
+            return {
+                "quantile_l0": self.cfg.target_l0 or self.cfg.threshold_init_l0,
+                "pooled_quantile": self.cfg.threshold_warmup == "pooled",
+            }
         return {}
 
     def after_optimizer_step(self) -> None:
@@ -96,15 +105,19 @@ class JumpReLULit(SAELitModule):
         # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high
         # for a long time on small token budgets; SPEC.md 1).
         theta = self.sae.threshold.detach()
-        self.log_dict({
-            "train/threshold/mean": theta.mean(),
-            "train/threshold/median": theta.median(),
-            "train/threshold/min": theta.min(),
-            "train/threshold/max": theta.max(),
-        })
+        self.log_dict(
+            {
+                "train/threshold/mean": theta.mean(),
+                "train/threshold/median": theta.median(),
+                "train/threshold/min": theta.min(),
+                "train/threshold/max": theta.max(),
+            }
+        )
         if self.sae.cfg.bandwidth_rule != "fixed":  # the data-driven STE bandwidth eps
             eps = self.sae.bandwidth_estimate
-            self.log_dict({"train/bandwidth/median": eps.median(), "train/bandwidth/mean": eps.mean()})
+            self.log_dict(
+                {"train/bandwidth/median": eps.median(), "train/bandwidth/mean": eps.mean()}
+            )
         if self.sae.cfg.dual_target:  # the Lagrange multiplier steering L0 to target_l0
             self.log("train/l0_multiplier", self.sae.l0_multiplier)
 
@@ -186,7 +199,8 @@ class ReLULit(SAELitModule):
 
 
 LIT_CLASSES: dict[str, type[SAELitModule]] = {
-    cls.sae_class.config_class.architecture: cls for cls in (JumpReLULit, GatedLit, TopKLit, BatchTopKLit, ReLULit)
+    cls.sae_class.config_class.architecture: cls
+    for cls in (JumpReLULit, GatedLit, TopKLit, BatchTopKLit, ReLULit)
 }
 
 

@@ -37,12 +37,17 @@ def _job_payload(cfg: DictConfig) -> dict[str, Any] | None:
     if not HydraConfig.initialized():
         return None
     hydra = HydraConfig.get()
-    main = [s.path for s in hydra.runtime.config_sources if s.provider == "main" and s.schema == "file"]
+    main = [
+        s.path for s in hydra.runtime.config_sources if s.provider == "main" and s.schema == "file"
+    ]
     if not main:
         return None
     overrides = [o for o in hydra.overrides.task if not o.lstrip("+~").startswith("output_dir=")]
-    return {"config_dir": main[0], "config_name": hydra.job.config_name,
-            "overrides": [*overrides, f"output_dir={Path(cfg.output_dir).resolve()}"]}
+    return {
+        "config_dir": main[0],
+        "config_name": hydra.job.config_name,
+        "overrides": [*overrides, f"output_dir={Path(cfg.output_dir).resolve()}"],
+    }
 
 
 @contextmanager

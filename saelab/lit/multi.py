@@ -35,14 +35,20 @@ class MultiSAELit(pl.LightningModule):
             raise ValueError("multi.saes is empty: name at least one SAE (docs/scaling.md)")
         for name in members:
             if not name or "/" in name:
-                raise ValueError(f"multi.saes.{name!r}: a member name must be non-empty and have no '/'")
+                raise ValueError(
+                    f"multi.saes.{name!r}: a member name must be non-empty and have no '/'"
+                )
         self.members = torch.nn.ModuleDict(members)
         for name, member in self.members.items():
             member.attach_to(self, name)
         d_in = {m.sae.d_in for m in members.values()}
         if len(d_in) != 1:
-            raise ValueError(f"multi.saes: every SAE reads the same data, but their d_in differ ({d_in})")
-        self.save_hyperparameters({"members": {name: dict(m.hparams) for name, m in members.items()}})
+            raise ValueError(
+                f"multi.saes: every SAE reads the same data, but their d_in differ ({d_in})"
+            )
+        self.save_hyperparameters(
+            {"members": {name: dict(m.hparams) for name, m in members.items()}}
+        )
 
     # Lightning hands its Trainer only to DIRECT LightningModule children; members sit in a
     # ModuleDict, so pass it on ourselves (they use self.trainer like any root module).
@@ -68,13 +74,18 @@ class MultiSAELit(pl.LightningModule):
         groups = [{**m.optimizer_group(), "name": name} for name, m in self.members.items()]
         optimizer = torch.optim.Adam(groups)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [m.lr_lambda() for m in members])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         return sum(member.training_step(batch, batch_idx) for member in self.members.values())
 
-    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
         if not gradient_clip_val:
             return
         for member in self.members.values():

@@ -24,7 +24,9 @@ log = logging.getLogger(__name__)
 
 
 class StopOnSignal(pl.Callback):
-    def __init__(self, checkpoint_path: Path, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+    def __init__(
+        self, checkpoint_path: Path, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+    ):
         self.checkpoint_path = Path(checkpoint_path)
         self.signals = signals
         self.received: int | None = None  # the signal this process got, if any
@@ -56,13 +58,19 @@ class StopOnSignal(pl.Callback):
         if not stop or self.stopped_at is not None:
             return
         name = signal.Signals(self.received or signal.SIGTERM).name
-        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)  # all ranks: collective under FSDP
+        trainer.save_checkpoint(
+            self.checkpoint_path, weights_only=False
+        )  # all ranks: collective under FSDP
         self.stopped_at = trainer.global_step
         trainer.should_stop = True
         if trainer.is_global_zero:
-            log.warning("%s received: saved %s at step %d and stopped; continue with "
-                        "resume=%s", name, self.checkpoint_path, trainer.global_step,
-                        self.checkpoint_path.parent.parent)
+            log.warning(
+                "%s received: saved %s at step %d and stopped; continue with resume=%s",
+                name,
+                self.checkpoint_path,
+                trainer.global_step,
+                self.checkpoint_path.parent.parent,
+            )
 
     @property
     def exit_code(self) -> int:
@@ -72,5 +80,7 @@ class StopOnSignal(pl.Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._restore()
 
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
         self._restore()

@@ -15,7 +15,9 @@ def effective_warmup(steps: int | None, total_steps: int, max_fraction: float) -
     return cap if steps is None else min(steps, cap)
 
 
-def lr_factor(step: int, total_steps: int, warmup: int, warmup_start: float, decay_fraction: float) -> float:
+def lr_factor(
+    step: int, total_steps: int, warmup: int, warmup_start: float, decay_fraction: float
+) -> float:
     """Multiplier of the base learning rate.
 
     Cosine warm-up from ``warmup_start`` to 1 over ``warmup`` steps (Gemma Scope), then constant,

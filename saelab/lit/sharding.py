@@ -37,8 +37,12 @@ class SAEShardingStrategy(ModelParallelStrategy):
     written to ``<name>.tmp`` by all ranks, then swapped in by rank 0."""
 
     def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any):
-        super().__init__(data_parallel_size=1, tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+        super().__init__(
+            data_parallel_size=1,
+            tensor_parallel_size=1,
+            save_distributed_checkpoint=save_distributed_checkpoint,
+            **kwargs,
+        )
 
     def setup_environment(self) -> None:
         # The world size is known only now (devices x num_nodes): shard over all of it.
@@ -116,8 +120,12 @@ def assign(target: Tensor, value: Tensor) -> None:
     """target := value, a full tensor; for a sharded target (DTensor) each rank keeps its shard of
     rank 0's value, so every rank agrees."""
     if isinstance(target, DTensor):
-        value = distribute_tensor(value.to(target.device, target.dtype), target.device_mesh,
-                                  target.placements, src_data_rank=0)
+        value = distribute_tensor(
+            value.to(target.device, target.dtype),
+            target.device_mesh,
+            target.placements,
+            src_data_rank=0,
+        )
         target.to_local().copy_(value.to_local())
     else:
         target.copy_(value.to(target.device, target.dtype))

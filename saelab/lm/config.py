@@ -27,4 +27,6 @@ class ModelConfig:
             if getattr(self, key) <= 0:
                 raise ValueError(f"model.{key}={getattr(self, key)!r} is invalid: it must be > 0.")
         if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype={self.dtype!r} is invalid: use float32, bfloat16 or float16.")
+            raise ValueError(
+                f"model.dtype={self.dtype!r} is invalid: use float32, bfloat16 or float16."
+            )

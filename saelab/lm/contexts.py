@@ -12,7 +12,7 @@ without running the LM (cache building relies on that to resume without recomput
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -21,7 +21,11 @@ from saelab.lm.heldout import encode_stream
 
 def special_ids(tokenizer) -> dict[str, int | None]:
     """The ids of <bos>, <eos> and <pad> (None where the tokenizer has no such token)."""
-    return {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    return {
+        "bos": tokenizer.bos_token_id,
+        "eos": tokenizer.eos_token_id,
+        "pad": tokenizer.pad_token_id,
+    }
 
 
 def keep_mask(input_ids: np.ndarray, attention_mask: np.ndarray, tokenizer_or_ids) -> np.ndarray:
@@ -55,7 +59,9 @@ def iter_token_batches(
     if ids["eos"] is None:
         raise ValueError("the tokenizer has no <eos> token; documents cannot be separated")
     if prepend_bos and ids["bos"] is None:
-        raise ValueError("model.prepend_bos=true but the tokenizer has no <bos> token; set it to false")
+        raise ValueError(
+            "model.prepend_bos=true but the tokenizer has no <bos> token; set it to false"
+        )
     pad = ids["pad"] if ids["pad"] is not None else ids["eos"]  # masked either way
     body = context_length - 1 if prepend_bos else context_length
     if body < 1:
@@ -67,7 +73,7 @@ def iter_token_batches(
         n = len(stream) // body
         for r in stream[: n * body].reshape(n, body):
             rows.append(np.concatenate([[ids["bos"]], r]) if prepend_bos else r)
-        return stream[n * body:]
+        return stream[n * body :]
 
     def emit(final: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         while len(rows) >= batch_size or (final and rows):
@@ -82,11 +88,15 @@ def iter_token_batches(
     for text in texts:
         chunk.append(text)
         if len(chunk) == docs_per_chunk:
-            pending = add_rows(np.concatenate([pending, encode_stream(_fast(tokenizer), chunk, ids["eos"])]))
+            pending = add_rows(
+                np.concatenate([pending, encode_stream(_fast(tokenizer), chunk, ids["eos"])])
+            )
             chunk = []
             yield from emit(final=False)
     if chunk:
-        pending = add_rows(np.concatenate([pending, encode_stream(_fast(tokenizer), chunk, ids["eos"])]))
+        pending = add_rows(
+            np.concatenate([pending, encode_stream(_fast(tokenizer), chunk, ids["eos"])])
+        )
     if len(pending):  # the ragged tail: padded and masked, never dropped
         tail = np.full(body, -1, dtype=np.int64)
         tail[: len(pending)] = pending

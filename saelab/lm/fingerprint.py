@@ -32,7 +32,9 @@ def file_digest(path: Path, h=None) -> str:
 
 def folder_fingerprint(folder: Path) -> str:
     """Hash of config.json and every *.safetensors file (names and contents) in ``folder``."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json")
+    files = sorted(
+        p for p in folder.iterdir() if p.suffix in _WEIGHT_SUFFIXES or p.name == "config.json"
+    )
     if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
         raise FileNotFoundError(
             f"no *.safetensors weights in {folder}: saelab loads safetensors only (never pickled "
@@ -55,7 +57,7 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
         return None
     try:
         return huggingface_hub.HfApi().model_info(repo_id, revision=revision).sha
-    except Exception:  # noqa: BLE001 - no network or no access: fall back below, with a warning
+    except Exception:
         return None
 
 

@@ -7,7 +7,7 @@ alike, so the numbers are directly comparable (nats per token).
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -60,8 +60,12 @@ def _unigram_probs(targets: np.ndarray, vocab_size: int) -> np.ndarray:
     return (counts + 1.0) / (counts.sum() + vocab_size)
 
 
-def bigram_nll(train: np.ndarray, held: np.ndarray, vocab_size: int,
-               alphas: Iterable[float] = (0.3, 1, 3, 10, 30, 100)) -> tuple[float, float]:
+def bigram_nll(
+    train: np.ndarray,
+    held: np.ndarray,
+    vocab_size: int,
+    alphas: Iterable[float] = (0.3, 1, 3, 10, 30, 100),
+) -> tuple[float, float]:
     """Best held-out NLL of a bigram model smoothed towards the unigram, and its alpha.
 
     p(w | v) = (c(v, w) + alpha * p_uni(w)) / (c(v) + alpha)  (Dirichlet / interpolated
@@ -91,7 +95,7 @@ def model_nll(model, held: np.ndarray, batch_size: int = 16) -> float:
     model.eval()
     total, count = 0.0, 0
     for start in range(0, len(held), batch_size):
-        x = torch.from_numpy(held[start: start + batch_size]).to(model.device)
+        x = torch.from_numpy(held[start : start + batch_size]).to(model.device)
         logits = model(input_ids=x).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"

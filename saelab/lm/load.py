@@ -28,8 +28,10 @@ class ModelLoadError(OSError):
 
 
 def _looks_like_path(name: str) -> bool:
-    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or (
-        os.sep != "/" and os.sep in name
+    return (
+        name.startswith(("/", "./", "../", "~", ".\\"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
     )
 
 

@@ -39,8 +39,15 @@ from saelab.lm.tokenizer import VOCAB_SIZE, save_hf_tokenizer, train_tokenizer
 class CausalLMPretraining(pl.LightningModule):
     """Next-token cross-entropy on packed rows; owns only the optimiser and its schedule."""
 
-    def __init__(self, model, lr: float, weight_decay: float, warmup_steps: int,
-                 total_steps: int, min_lr_ratio: float = 0.1):
+    def __init__(
+        self,
+        model,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        total_steps: int,
+        min_lr_ratio: float = 0.1,
+    ):
         super().__init__()
         self.model = model
         self.lr, self.weight_decay = lr, weight_decay
@@ -87,8 +94,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="output folder (HF format)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tokens", type=int, default=1_800_000,
-                   help="training token budget (rows x context); sets the number of steps")
+    p.add_argument(
+        "--tokens",
+        type=int,
+        default=1_800_000,
+        help="training token budget (rows x context); sets the number of steps",
+    )
     p.add_argument("--context", type=int, default=256, help="pretraining row length")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=4e-3)
@@ -109,8 +120,10 @@ def prepare_data(args, out: Path):
         heldout.pack(heldout.encode_stream(tok, docs, ids["<eos>"]), args.context, ids["<bos>"])
         for docs in (train_docs, val_docs)
     )
-    print(f"corpus: {len(train_docs)} train / {len(val_docs)} validation files; "
-          f"{train.size:,} / {val.size:,} tokens packed")
+    print(
+        f"corpus: {len(train_docs)} train / {len(val_docs)} validation files; "
+        f"{train.size:,} / {val.size:,} tokens packed"
+    )
     return tok, ids, train, val
 
 
@@ -119,15 +132,24 @@ def train(args, tok, ids, train_rows: np.ndarray):
     steps = max(1, args.tokens // (args.batch_size * args.context))
     lit = CausalLMPretraining(model, args.lr, args.weight_decay, args.warmup_steps, steps)
     loader = DataLoader(
-        TensorDataset(torch.from_numpy(train_rows)), batch_size=args.batch_size, shuffle=True,
-        drop_last=True, generator=torch.Generator().manual_seed(args.seed),
+        TensorDataset(torch.from_numpy(train_rows)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
     )
     history = LossHistory()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision="bf16-mixed", max_steps=steps,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=steps,
+        gradient_clip_val=1.0,
+        logger=False,
+        enable_checkpointing=False,
         callbacks=[history, pl.callbacks.TQDMProgressBar(refresh_rate=10)],
-        enable_model_summary=False, num_sanity_val_steps=0,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     start = time.time()
     trainer.fit(lit, loader)
@@ -150,7 +172,7 @@ def main(argv=None) -> dict:
 
     vocab = tok.get_vocab_size()
     tokens_seen = steps * args.batch_size * args.context
-    tail = losses[-max(1, len(losses) // 20):]  # mean of the last 5% of steps: less noisy
+    tail = losses[-max(1, len(losses) // 20) :]  # mean of the last 5% of steps: less noisy
     bigram, alpha = heldout.bigram_nll(train_rows, val_rows, vocab)
     report = {
         "command": "python -m saelab.lm.pretrain "
@@ -169,8 +191,12 @@ def main(argv=None) -> dict:
         "tokens_per_second": round(tokens_seen / seconds, 1),
         "corpus_fingerprint": corpus.fingerprint(corpus.STDLIB),
         "args": vars(args),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__, "lightning": pl.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "lightning": pl.__version__,
+        },
     }
     (out / "pretrain_report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(format_table(report))
@@ -178,12 +204,13 @@ def main(argv=None) -> dict:
 
 
 def format_table(r: dict) -> str:
-    rows = [("tokens seen", f"{r['tokens_seen']:,}"),
-            ("train loss (last 5% of steps)", f"{r['train_loss']:.3f}"),
-            ("held-out loss, tiny-gemma-2", f"{r['heldout_loss']:.3f}"),
-            ("held-out loss, unigram (add-1)", f"{r['unigram_heldout_loss']:.3f}"),
-            (f"held-out loss, bigram (alpha={r['bigram_alpha']:g})",
-             f"{r['bigram_heldout_loss']:.3f}")]
+    rows = [
+        ("tokens seen", f"{r['tokens_seen']:,}"),
+        ("train loss (last 5% of steps)", f"{r['train_loss']:.3f}"),
+        ("held-out loss, tiny-gemma-2", f"{r['heldout_loss']:.3f}"),
+        ("held-out loss, unigram (add-1)", f"{r['unigram_heldout_loss']:.3f}"),
+        (f"held-out loss, bigram (alpha={r['bigram_alpha']:g})", f"{r['bigram_heldout_loss']:.3f}"),
+    ]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'':{width}}  value (losses in nats/token)", *(f"{k:{width}}  {v}" for k, v in rows)]
     lines.append(f"(held-out: {r['heldout_tokens']:,} tokens of the validation split)")

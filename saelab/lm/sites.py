@@ -18,9 +18,10 @@ layers above it, the final norm and the LM head would be wasted work.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -135,8 +136,9 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def capture(model: nn.Module, points: Iterable[SitePoint], stop_at: int | None = None
-            ) -> Iterator[dict[SitePoint, Tensor]]:
+def capture(
+    model: nn.Module, points: Iterable[SitePoint], stop_at: int | None = None
+) -> Iterator[dict[SitePoint, Tensor]]:
     """Hooks that record each point's activations [batch, seq, d] into the yielded dict.
 
     If ``stop_at`` is given, a hook on ``layers[stop_at]`` ends the forward (after the capture
@@ -179,8 +181,13 @@ def capture(model: nn.Module, points: Iterable[SitePoint], stop_at: int | None =
 
 
 @torch.no_grad()
-def forward_until(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None,
-                  points: Iterable[SitePoint], stop_at: int | None = None) -> dict[SitePoint, Tensor]:
+def forward_until(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    points: Iterable[SitePoint],
+    stop_at: int | None = None,
+) -> dict[SitePoint, Tensor]:
     """Run the LM just far enough to capture ``points``; returns {point: [batch, seq, d]}.
 
     ``stop_at`` defaults to the deepest captured layer; with no points it must be given (a bare
@@ -198,7 +205,9 @@ def forward_until(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | 
         except _StopForward:
             pass
         else:  # pragma: no cover - only if a model skips its own layers
-            raise RuntimeError(f"the forward never reached layers[{stop_at}]; cannot trust captures")
+            raise RuntimeError(
+                f"the forward never reached layers[{stop_at}]; cannot trust captures"
+            )
     missing = [p for p in points if p not in store]
     if missing:
         raise RuntimeError(f"hooks for {missing} never fired during the forward pass")

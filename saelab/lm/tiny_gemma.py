@@ -40,8 +40,9 @@ def tiny_gemma2_config(vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -
         # Even layers local, odd layers global, as in Gemma 2. Window 128 < the pretraining
         # context (256), so the local layers really are local during training.
         sliding_window=128,
-        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention"
-                     for i in range(N_LAYERS)],
+        layer_types=[
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(N_LAYERS)
+        ],
         attn_logit_softcapping=50.0,
         final_logit_softcapping=30.0,
         rope_theta=10000.0,

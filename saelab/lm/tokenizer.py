@@ -9,8 +9,8 @@ like Gemma's tokenizer, prepends <bos> to every encoded text.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
@@ -49,8 +49,12 @@ def save_hf_tokenizer(tok: Tokenizer, folder: str | Path, model_max_length: int)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    special = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-               "unk_token": "<unk>"}
+    special = {
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+    }
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,

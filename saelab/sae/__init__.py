@@ -49,10 +49,14 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
     if "threshold" in tensors and hasattr(sae, "log_threshold"):
         tensors["log_threshold"] = tensors.pop("threshold").log()
     missing, unexpected = sae.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k not in sae.training_state]  # exports leave training state out
+    missing = [
+        k for k in missing if k not in sae.training_state
+    ]  # exports leave training state out
     if missing or unexpected:
-        raise ValueError(f"{path} does not match a {architecture} SAE: missing tensors {missing}, "
-                         f"unexpected tensors {unexpected}")
+        raise ValueError(
+            f"{path} does not match a {architecture} SAE: missing tensors {missing}, "
+            f"unexpected tensors {unexpected}"
+        )
     return sae.to(device)
 
 

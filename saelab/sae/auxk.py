@@ -23,7 +23,9 @@ def scatter_topk(z: Tensor, k: int) -> Tensor:
     return torch.zeros_like(z).scatter_(-1, indices, F.relu(values))
 
 
-def auxk_loss(x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_dec: Tensor, aux_k: int) -> Tensor:
+def auxk_loss(
+    x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_dec: Tensor, aux_k: int
+) -> Tensor:
     """||e - e_hat||^2 / ||e - mean(e)||^2, scaled by min(n_dead / aux_k, 1). With no dead latent
     the scale is 0, so AuxK engages only when latents are dead."""
     e = (x - x_hat).detach()
@@ -36,8 +38,16 @@ def auxk_loss(x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_dec: Ten
     return scale * l_aux
 
 
-def auxk_loss_sparse(x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_enc: Tensor, bias: Tensor,
-                     W_dec: Tensor, aux_k: int) -> Tensor:
+def auxk_loss_sparse(
+    x: Tensor,
+    x_hat: Tensor,
+    z: Tensor,
+    dead_mask: Tensor,
+    W_enc: Tensor,
+    bias: Tensor,
+    W_dec: Tensor,
+    aux_k: int,
+) -> Tensor:
     """:func:`auxk_loss` for z = x @ W_enc + bias given WITHOUT autograd (``z`` may be detached):
     the same value and gradients (to W_enc, bias, W_dec, x), computed on the dead latents only.
 
@@ -55,15 +65,25 @@ def auxk_loss_sparse(x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_e
     k = min(aux_k, n_dead)
     values, j = z.detach().index_select(1, dead).topk(k, dim=1, sorted=False)
     arange = torch.arange(n, device=z.device)
-    sel = Selection(arange.repeat_interleave(k), dead[j].reshape(-1), arange * k, values.reshape(-1))
+    sel = Selection(
+        arange.repeat_interleave(k), dead[j].reshape(-1), arange * k, values.reshape(-1)
+    )
     e = (x - x_hat).detach()
     e_hat = decode_selected(sel, F.relu(encode_selected(sel, x, W_enc, bias)), W_dec)
     l_aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     return min(n_dead / aux_k, 1.0) * l_aux
 
 
-def auxk(x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor, W_enc: Tensor, bias: Tensor,
-         W_dec: Tensor, aux_k: int) -> Tensor:
+def auxk(
+    x: Tensor,
+    x_hat: Tensor,
+    z: Tensor,
+    dead_mask: Tensor,
+    W_enc: Tensor,
+    bias: Tensor,
+    W_dec: Tensor,
+    aux_k: int,
+) -> Tensor:
     """AuxK for z = x @ W_enc + bias: the sparse version on a CPU (where it was measured), the
     dense one elsewhere (z must then carry its autograd graph)."""
     if x.device.type == "cpu":

@@ -36,9 +36,9 @@ from torch import Tensor
 
 CANONICAL_BANDWIDTH = {
     "gaussian": (1 / (2 * math.sqrt(math.pi))) ** 0.2,
-    "rectangle": 144 ** 0.2,
-    "triangle": 24 ** 0.2,
-    "epanechnikov": 15 ** 0.2,
+    "rectangle": 144**0.2,
+    "triangle": 24**0.2,
+    "epanechnikov": 15**0.2,
 }
 RULES = ("silverman", "scott")
 
@@ -54,7 +54,7 @@ def gaussian_bandwidth(z: Tensor, rule: str, n: int | None = None) -> Tensor:
         raise ValueError("a bandwidth rule needs at least 2 samples per latent")
     sigma = z.std(0)
     if rule == "scott":
-        return 1.06 * sigma * n ** -0.2
+        return 1.06 * sigma * n**-0.2
     # kthvalue, not torch.quantile: the latter refuses inputs over 2^24 elements ([4096, 4096]).
     rows = z.shape[0]
     q25 = z.kthvalue(max(1, round(0.25 * rows)), dim=0).values
@@ -62,12 +62,14 @@ def gaussian_bandwidth(z: Tensor, rule: str, n: int | None = None) -> Tensor:
     spread = torch.minimum(sigma, (q75 - q25) / 1.349)
     # A latent whose z has a zero IQR (e.g. mostly identical) falls back to sigma.
     spread = torch.where(spread > 0, spread, sigma)
-    return 0.9 * spread * n ** -0.2
+    return 0.9 * spread * n**-0.2
 
 
 def kde_bandwidth(z: Tensor, rule: str, kernel: str, n: int | None = None) -> Tensor:
     """The rule's bandwidth converted to ``kernel`` (see the module docstring), per latent."""
     if kernel not in CANONICAL_BANDWIDTH:
-        raise ValueError(f"no canonical bandwidth for kernel {kernel!r}: use one of {tuple(CANONICAL_BANDWIDTH)}")
+        raise ValueError(
+            f"no canonical bandwidth for kernel {kernel!r}: use one of {tuple(CANONICAL_BANDWIDTH)}"
+        )
     ratio = CANONICAL_BANDWIDTH[kernel] / CANONICAL_BANDWIDTH["gaussian"]
     return gaussian_bandwidth(z, rule, n) * ratio

@@ -131,7 +131,9 @@ class SAE(nn.Module):
     def decode(self, f: Tensor) -> Tensor:
         return affine(f, self.W_dec, self.b_dec)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(
+        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
+    ) -> SAEOutput:
         """``sparsity_scale`` multiplies the family's sparsity coefficient (the trainer's warm-up);
         ``dead_mask`` [d_sae] marks latents the trainer counts as dead (used by AuxK)."""
         raise NotImplementedError

@@ -40,7 +40,9 @@ def _blocks(rows: int, cols: int, device: torch.device) -> Iterator[slice]:
 def _scratch(rows: int, cols: int, like: Tensor, n: int) -> list[Tensor]:
     """``n`` block buffers in the compute dtype of ``like``, reused by every block of one call."""
     step = rows if like.device.type != "cpu" else max(1, min(rows, BLOCK_ELEMENTS // max(cols, 1)))
-    return [torch.empty(step, cols, device=like.device, dtype=compute_dtype(like)) for _ in range(n)]
+    return [
+        torch.empty(step, cols, device=like.device, dtype=compute_dtype(like)) for _ in range(n)
+    ]
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -67,8 +69,14 @@ class JumpReLUWithL0(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, threshold: Tensor, bandwidth: float | Tensor, kernel: str,
-                overwrite_z: bool = False):
+    def forward(
+        ctx,
+        z: Tensor,
+        threshold: Tensor,
+        bandwidth: float | Tensor,
+        kernel: str,
+        overwrite_z: bool = False,
+    ):
         z2 = _as_rows(z)
         rows, cols = z2.shape
         cd = compute_dtype(z)
@@ -119,12 +127,21 @@ class JumpReLUWithL0(torch.autograd.Function):
             if want_z:
                 # zc may be a view of grad_z[r]: read it (the mask) before writing the block.
                 torch.mul(torch.gt(zc, theta, out=u_buf[:n]), gc, out=grad_z[r])
-        grad_theta = acc.mul_(-inv_eps).sum_to_size(threshold.shape).to(threshold.dtype) if want_theta else None
+        grad_theta = (
+            acc.mul_(-inv_eps).sum_to_size(threshold.shape).to(threshold.dtype)
+            if want_theta
+            else None
+        )
         return (grad_z.view(z.shape) if want_z else None), grad_theta, None, None, None
 
 
-def jumprelu_with_l0(z: Tensor, threshold: Tensor, bandwidth: float | Tensor, kernel: str = "rectangle",
-                     overwrite_z: bool = False) -> tuple[Tensor, Tensor]:
+def jumprelu_with_l0(
+    z: Tensor,
+    threshold: Tensor,
+    bandwidth: float | Tensor,
+    kernel: str = "rectangle",
+    overwrite_z: bool = False,
+) -> tuple[Tensor, Tensor]:
     """(f, l0) for JumpReLU; see :class:`JumpReLUWithL0`."""
     return JumpReLUWithL0.apply(z, threshold, bandwidth, kernel, overwrite_z)
 
@@ -225,7 +242,9 @@ class GatedActivation(torch.autograd.Function):
         sf, bm = s.detach().to(cd), b_mag.detach().to(cd)
         gf = _as_rows(grad_f) if grad_f is not None else None
         gg = _as_rows(grad_gate) if grad_gate is not None else None
-        grad_b_gate, grad_s, grad_b_mag = (torch.zeros(cols, device=f2.device, dtype=cd) for _ in range(3))
+        grad_b_gate, grad_s, grad_b_mag = (
+            torch.zeros(cols, device=f2.device, dtype=cd) for _ in range(3)
+        )
         grad_z = gate2  # gate_acts is private to the forward: its buffer takes dL/dz
         d_mag, d_gate, tmp = _scratch(rows, cols, f2, 3)
         for r in _blocks(rows, cols, f2.device):

@@ -86,19 +86,24 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._paths(x)
         return (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(
+        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
+    ) -> SAEOutput:
         x2 = x.reshape(-1, self.d_in)
         n = x2.shape[0]
         ri_l1 = self.cfg.variant == "ri_l1"
         # RI-L1 trains the decoder through both terms; the standard aux term freezes it.
-        W_aux, b_aux = (self.W_dec, self.b_dec) if ri_l1 else (self.W_dec.detach(), self.b_dec.detach())
+        W_aux, b_aux = (
+            (self.W_dec, self.b_dec) if ri_l1 else (self.W_dec.detach(), self.b_dec.detach())
+        )
         if use_sparse(x.device, self._density):
             f, x_hat, gate_sum, aux_hat, l0 = self._sparse_paths(x2, W_aux, b_aux, ri_l1)
         else:
             # One product shared by both paths, and one fused pass for f, ReLU(pi_gate), the L1
             # column sums and the L0 count (fused.GatedActivation; tested against the plain maths).
             f, gate_acts, gate_sums, fired = GatedActivation.apply(
-                self.shared_product(x2), self.b_gate, self.r_mag.exp(), self.b_mag)
+                self.shared_product(x2), self.b_gate, self.r_mag.exp(), self.b_mag
+            )
             x_hat = self.decode(f)
             gate_sum = gate_sums @ W_aux.norm(dim=1) if ri_l1 else gate_sums.sum()
             aux_hat = affine(gate_acts, W_aux, b_aux)
@@ -110,7 +115,9 @@ class GatedSAE(SAE):
             "aux": reconstruction_loss(x2, aux_hat),
         }
         lead = x.shape[:-1]
-        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0})
+        return SAEOutput(
+            x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0}
+        )
 
     def _sparse_paths(self, x: Tensor, W_aux: Tensor, b_aux: Tensor, ri_l1: bool):
         """Few open gates: both paths on the entries with pi_gate > 0 only (sparse.py). There

@@ -178,15 +178,26 @@ class JumpReLUConfig(SAEConfig):
         _require(self, "aux_coefficient", self.aux_coefficient >= 0, "a number >= 0")
         if self.aux_k is None:
             self.aux_k = max(1, self.d_in // 2)
-        _require(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
+        _require(
+            self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]"
+        )
         require_choice(self, "kernel", tuple(KERNELS))
         require_choice(self, "threshold_grad", ("autodiff", "direct"))
         require_choice(self, "bandwidth_rule", ("fixed", *RULES))
-        _require(self, "bandwidth_update_every", self.bandwidth_update_every >= 1, "an integer >= 1")
+        _require(
+            self, "bandwidth_update_every", self.bandwidth_update_every >= 1, "an integer >= 1"
+        )
         if self.threshold_init_l0 is not None:
-            _require(self, "threshold_init_l0", 0 < self.threshold_init_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
+            _require(
+                self,
+                "threshold_init_l0",
+                0 < self.threshold_init_l0 <= self.d_sae,
+                f"in (0, d_sae={self.d_sae}]",
+            )
         if self.target_l0 is not None:
-            _require(self, "target_l0", 0 < self.target_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]")
+            _require(
+                self, "target_l0", 0 < self.target_l0 <= self.d_sae, f"in (0, d_sae={self.d_sae}]"
+            )
         require_choice(self, "target_l0_method", ("dual", "quadratic"))
         _require(self, "target_l0_lr", self.target_l0_lr >= 0, "a number >= 0")
         _require(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
@@ -207,7 +218,9 @@ class JumpReLUSAE(SAE):
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(cfg.threshold_init)))
         if cfg.bandwidth_rule != "fixed":
             # Training state (in checkpoints, not in exports: inference never uses eps).
-            self.register_buffer("bandwidth_estimate", torch.full((self.d_sae,), float(cfg.bandwidth)))
+            self.register_buffer(
+                "bandwidth_estimate", torch.full((self.d_sae,), float(cfg.bandwidth))
+            )
             self.register_buffer("bandwidth_updates", torch.zeros((), dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # see forward(quantile_l0=...)
         if cfg.dual_target:
@@ -237,7 +250,9 @@ class JumpReLUSAE(SAE):
             return
         if int(self.bandwidth_updates) % cfg.bandwidth_update_every == 0:
             # 2,048 rows are plenty for two quantiles and a standard deviation, and bound the cost.
-            estimate = kde_bandwidth(z[:2048], cfg.bandwidth_rule, cfg.kernel, n=z.shape[0]).clamp_min(1e-6)
+            estimate = kde_bandwidth(
+                z[:2048], cfg.bandwidth_rule, cfg.kernel, n=z.shape[0]
+            ).clamp_min(1e-6)
             estimate = _mean_over_ranks(estimate)
             if int(self.bandwidth_updates) == 0:
                 self.bandwidth_estimate.copy_(estimate)
@@ -269,8 +284,14 @@ class JumpReLUSAE(SAE):
         z = self.pre_acts(x)
         return z * (z > self.threshold.detach()).to(z.dtype)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None,
-                quantile_l0: float | None = None, pooled_quantile: bool = False) -> SAEOutput:
+    def forward(
+        self,
+        x: Tensor,
+        sparsity_scale: float = 1.0,
+        dead_mask: Tensor | None = None,
+        quantile_l0: float | None = None,
+        pooled_quantile: bool = False,
+    ) -> SAEOutput:
         """``quantile_l0``: this step uses the thresholds that give this batch L0 = quantile_l0
         (``quantile_thresholds``, pooled or per latent) instead of the learnt ones: the threshold
         warm-up of JumpReLULit. They are left in ``warmup_threshold`` for the caller to store
@@ -288,10 +309,15 @@ class JumpReLUSAE(SAE):
                 # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
                 # rounding at the window's edge cannot drop an entry the dense path would count.
                 self.update_bandwidth(z)
-                window = theta.detach() - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
+                window = (
+                    theta.detach()
+                    - torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[cfg.kernel] * 1.01
+                )
             sel = above(z, window)  # every entry a kernel window can reach (compared in fp32)
             values = encode_selected(sel, x2, self.W_enc, self.b_enc)
-            weights, l0 = SelectedJumpReLU.apply(values, theta, self.bandwidth, cfg.kernel, sel.cols, x2.shape[0])
+            weights, l0 = SelectedJumpReLU.apply(
+                values, theta, self.bandwidth, cfg.kernel, sel.cols, x2.shape[0]
+            )
             x_hat = decode_selected(sel, weights, self.W_dec) + self.b_dec
         else:
             z = self.pre_acts(x2)
@@ -313,14 +339,17 @@ class JumpReLUSAE(SAE):
             "l0": sparsity_scale * sparsity,
         }
         if dead_mask is not None and cfg.aux_coefficient > 0:
-            losses["auxk"] = cfg.aux_coefficient * auxk(x2, x_hat, z, dead_mask, self.W_enc, self.b_enc,
-                                                        self.W_dec, cfg.aux_k)
+            losses["auxk"] = cfg.aux_coefficient * auxk(
+                x2, x_hat, z, dead_mask, self.W_enc, self.b_enc, self.W_dec, cfg.aux_k
+            )
         if sparse:
             shape = z.shape
             del z  # never two [B, d_sae] tensors at once
             f = sel.dense(weights, shape)
         lead = x.shape[:-1]
-        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0.detach()})
+        return SAEOutput(
+            x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0.detach()}
+        )
 
     def _threshold_for_step(self, z: Tensor, quantile_l0: float | None, pooled: bool) -> Tensor:
         """The learnt theta, or during the warm-up this batch's quantile thresholds with the
@@ -341,7 +370,9 @@ class JumpReLUSAE(SAE):
         self.log_threshold.copy_(theta.log())
 
     @torch.no_grad()
-    def quantile_thresholds(self, z: Tensor, l0: float, pooled: bool, across_ranks: bool = True) -> Tensor:
+    def quantile_thresholds(
+        self, z: Tensor, l0: float, pooled: bool, across_ranks: bool = True
+    ) -> Tensor:
         """Thresholds [d_sae] that give the pre-activations z [n, d_sae] an L0 of ``l0``: each
         latent at the quantile of its own column that it exceeds on a fraction l0 / d_sae of the
         rows, or with ``pooled`` one threshold for all, exceeded by the l0 * n largest entries

@@ -68,4 +68,9 @@ KERNELS_INPLACE: dict[str, Callable[[Tensor], Tensor]] = {
 
 # Half-width of each kernel's support in units of u (inf: unbounded), for the sparse path,
 # which must see every pre-activation inside the window.
-KERNEL_SUPPORT: dict[str, float] = {"rectangle": 0.5, "triangle": 1.0, "gaussian": math.inf, "epanechnikov": 1.0}
+KERNEL_SUPPORT: dict[str, float] = {
+    "rectangle": 0.5,
+    "triangle": 1.0,
+    "gaussian": math.inf,
+    "epanechnikov": 1.0,
+}

@@ -45,7 +45,9 @@ class ReLUSAE(SAE):
     def encode(self, x: Tensor) -> Tensor:
         return F.relu(self.pre_acts(x))
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(
+        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
+    ) -> SAEOutput:
         x2 = x.reshape(-1, self.d_in)
         n = x2.shape[0]
         norms = self.W_dec.norm(dim=1)
@@ -73,4 +75,6 @@ class ReLUSAE(SAE):
             "l1": self.cfg.l1_coefficient * sparsity_scale * penalty,
         }
         lead = x.shape[:-1]
-        return SAEOutput(x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0})
+        return SAEOutput(
+            x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0}
+        )

@@ -55,7 +55,9 @@ class Selection(NamedTuple):
         """The [rows, d_sae] matrix with ``weights`` at the selected entries, zeros elsewhere
         (differentiable with respect to ``weights``)."""
         flat = torch.zeros(shape[0] * shape[1], dtype=weights.dtype, device=weights.device)
-        return flat.scatter_(0, self.rows * shape[1] + self.cols, weights).view(shape)  # in place: one [B, d_sae]
+        return flat.scatter_(0, self.rows * shape[1] + self.cols, weights).view(
+            shape
+        )  # in place: one [B, d_sae]
 
 
 def _from_flat(flat: Tensor, z: Tensor) -> Selection:
@@ -114,7 +116,9 @@ class SparseEncoderGrad(torch.autograd.Function):
     [B, d_sae] matrix of dL/dvalues."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, x: Tensor, W_enc: Tensor, bias: Tensor, rows: Tensor, cols: Tensor):
+    def forward(
+        ctx, values: Tensor, x: Tensor, W_enc: Tensor, bias: Tensor, rows: Tensor, cols: Tensor
+    ):
         ctx.save_for_backward(x, W_enc, rows, cols)
         ctx.bias_shape = bias.shape
         return values.detach().clone()
@@ -127,13 +131,19 @@ class SparseEncoderGrad(torch.autograd.Function):
         grad_x = grad_W = grad_bias = None
         if ctx.needs_input_grad[2]:
             # x^T G as (G^T x)^T: torch.sparse.mm wants the sparse operand first.
-            g_t = torch.sparse_coo_tensor(torch.stack([cols, rows]), grad, (m, n), check_invariants=False)
+            g_t = torch.sparse_coo_tensor(
+                torch.stack([cols, rows]), grad, (m, n), check_invariants=False
+            )
             grad_W = torch.sparse.mm(g_t, x.to(W_enc.dtype)).t()
         if ctx.needs_input_grad[3]:
-            grad_bias = torch.zeros(m, dtype=grad.dtype, device=grad.device).index_add_(0, cols, grad)
+            grad_bias = torch.zeros(m, dtype=grad.dtype, device=grad.device).index_add_(
+                0, cols, grad
+            )
             grad_bias = grad_bias.sum_to_size(ctx.bias_shape)
         if ctx.needs_input_grad[1]:
-            g = torch.sparse_coo_tensor(torch.stack([rows, cols]), grad, (n, m), check_invariants=False)
+            g = torch.sparse_coo_tensor(
+                torch.stack([rows, cols]), grad, (n, m), check_invariants=False
+            )
             grad_x = torch.sparse.mm(g, W_enc.t().contiguous()).to(x.dtype)
         return None, grad_x, grad_W, grad_bias, None, None
 
@@ -147,8 +157,9 @@ def decode_selected(sel: Selection, weights: Tensor, W_dec: Tensor) -> Tensor:
     """sum over a row's selected latents i of weights * W_dec[i] (no bias): [rows, d_in].
     ``embedding_bag`` gathers and sums the rows without materialising them, and its backward
     gives the dense dL/dW_dec and dL/dweights (the per-entry dot products)."""
-    return F.embedding_bag(sel.cols, W_dec, sel.offsets, mode="sum",
-                           per_sample_weights=weights.to(W_dec.dtype))
+    return F.embedding_bag(
+        sel.cols, W_dec, sel.offsets, mode="sum", per_sample_weights=weights.to(W_dec.dtype)
+    )
 
 
 class SelectedJumpReLU(torch.autograd.Function):
@@ -158,8 +169,15 @@ class SelectedJumpReLU(torch.autograd.Function):
     of ``fused.JumpReLUWithL0`` (entries outside the selection have K = 0 and dL/dz = 0 there)."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, threshold: Tensor, bandwidth: float | Tensor, kernel: str,
-                cols: Tensor, n_rows: int):
+    def forward(
+        ctx,
+        values: Tensor,
+        threshold: Tensor,
+        bandwidth: float | Tensor,
+        kernel: str,
+        cols: Tensor,
+        n_rows: int,
+    ):
         cd = compute_dtype(values)
         v, theta = values.to(cd), threshold.detach().to(cd)[cols]
         active = v > theta
@@ -182,4 +200,11 @@ class SelectedJumpReLU(torch.autograd.Function):
         grad_theta = torch.zeros(threshold.shape[-1], dtype=cd, device=v.device)
         grad_theta.index_add_(0, cols, -inv_eps * K * w)
         grad_values = None if grad_f is None else (grad_f.to(cd) * (v > theta)).to(values.dtype)
-        return grad_values, grad_theta.sum_to_size(threshold.shape).to(threshold.dtype), None, None, None, None
+        return (
+            grad_values,
+            grad_theta.sum_to_size(threshold.shape).to(threshold.dtype),
+            None,
+            None,
+            None,
+            None,
+        )

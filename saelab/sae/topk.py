@@ -55,7 +55,9 @@ class TopKConfig(SAEConfig):
         if self.aux_k is None:
             self.aux_k = max(1, self.d_in // 2)
         _require(self, "k", 0 < self.k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
-        _require(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
+        _require(
+            self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]"
+        )
         require_nonnegative(self, "aux_coefficient")
 
 
@@ -100,7 +102,11 @@ class TopKSAE(SAE):
         return self.b_enc - self.b_dec @ self.W_enc
 
     def pre_acts(self, x: Tensor) -> Tensor:
-        return torch.addmm(self.encoder_bias(), x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + self.encoder_bias()
+        return (
+            torch.addmm(self.encoder_bias(), x, self.W_enc)
+            if x.dim() == 2
+            else x @ self.W_enc + self.encoder_bias()
+        )
 
     def select(self, z: Tensor) -> Tensor:
         return scatter_topk(z, self.cfg.k)
@@ -115,7 +121,9 @@ class TopKSAE(SAE):
     def auxk_loss(self, x: Tensor, x_hat: Tensor, z: Tensor, dead_mask: Tensor) -> Tensor:
         return auxk_loss(x, x_hat, z, dead_mask, self.W_dec, self.cfg.aux_k)
 
-    def forward(self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None) -> SAEOutput:
+    def forward(
+        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
+    ) -> SAEOutput:
         x2 = x.reshape(-1, self.d_in)
         bias = self.encoder_bias()
         if use_sparse(x.device, self.cfg.k / self.d_sae):
@@ -187,7 +195,9 @@ class BatchTopKSAE(TopKSAE):
         Python branch on a value: on a GPU this never waits for the device."""
         value = min_selected_act.to(self.threshold)
         first = self.threshold < 0
-        new = torch.where(first, value, torch.lerp(self.threshold, value, 1 - self.cfg.threshold_ema))
+        new = torch.where(
+            first, value, torch.lerp(self.threshold, value, 1 - self.cfg.threshold_ema)
+        )
         self.threshold.copy_(torch.where(torch.isfinite(value), new, self.threshold))
 
     @torch.no_grad()

@@ -20,9 +20,17 @@ from saelab.sae.jumprelu import JumpReLUConfig
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 # Offline and quiet: no sync, no component or network fetches, throwaway profile.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+]
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +53,9 @@ def token_direction(model, tokenizer, text: str, layer: int = 0) -> torch.Tensor
     return forward_until(model, ids, None, [point])[point][0, 1].float()
 
 
-def detector_sae(model, tokenizer, words: list[str], d_sae: int = 40, layer: int = 0) -> JumpReLUSAE:
+def detector_sae(
+    model, tokenizer, words: list[str], d_sae: int = 40, layer: int = 0
+) -> JumpReLUSAE:
     """Latent j < len(words) fires on words[j] only: its encoder column is that token's
     direction, its threshold 70% of the token's own projection. The other latents are random
     directions with thresholds spread so that some fire often (> 10%), some rarely, and the
@@ -68,13 +78,22 @@ def detector_sae(model, tokenizer, words: list[str], d_sae: int = 40, layer: int
     return sae.eval()
 
 
-def make_run(folder: Path, sae, site: str = "resid", layer: int = 0, eval_numbers: dict | None = None) -> Path:
+def make_run(
+    folder: Path, sae, site: str = "resid", layer: int = 0, eval_numbers: dict | None = None
+) -> Path:
     """A run folder as train.py leaves it: config.json (the data part browse.py reads), sae/ in
     the SAELens layout, and optionally eval.json."""
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"data": {"site": site, "layer": layer, "d_in": sae.d_in, "context_length": 64,
-                       "model": {"name_or_path": "tiny-gemma-2"}},
-              "sae": {"architecture": "jumprelu"}}
+    config = {
+        "data": {
+            "site": site,
+            "layer": layer,
+            "d_in": sae.d_in,
+            "context_length": 64,
+            "model": {"name_or_path": "tiny-gemma-2"},
+        },
+        "sae": {"architecture": "jumprelu"},
+    }
     (folder / "config.json").write_text(json.dumps(config))
     save_sae(sae, folder / "sae")
     if eval_numbers is not None:
@@ -85,7 +104,13 @@ def make_run(folder: Path, sae, site: str = "resid", layer: int = 0, eval_number
 def run_chromium(args: list[str], profile: Path, timeout: float = 60) -> str:
     """Run the system Chromium headless with ``args``; returns stdout. --virtual-time-budget lets
     the page's script-tag loads (data chunks) finish before the DOM is dumped or shot."""
-    cmd = [str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
+    cmd = [
+        str(CHROMIUM),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=10000",
+        *args,
+    ]
     proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"chromium failed ({proc.returncode}): {proc.stderr[-2000:]}"
     return proc.stdout
@@ -94,8 +119,10 @@ def run_chromium(args: list[str], profile: Path, timeout: float = 60) -> str:
 @pytest.fixture
 def chromium(tmp_path):
     if not CHROMIUM.exists():
-        pytest.skip("/usr/bin/chromium is absent: install it with `apt-get install -y chromium` "
-                    "(.ci/run does) to run the real-browser tests")
+        pytest.skip(
+            "/usr/bin/chromium is absent: install it with `apt-get install -y chromium` "
+            "(.ci/run does) to run the real-browser tests"
+        )
     profile = tmp_path / "chromium-profile"
     yield lambda args, timeout=60: run_chromium(args, profile, timeout)
     shutil.rmtree(profile, ignore_errors=True)

@@ -25,7 +25,9 @@ def test_direction_effect_matches_the_real_head_on_a_small_push(lm):
     (1 / rms(h)) and the small terms logits.py's docstring lists, which is what the browser
     claims."""
     model, tok = lm
-    ids = tok("def read(self, path):\n    return open(path).read()", return_tensors="pt")["input_ids"]
+    ids = tok("def read(self, path):\n    return open(path).read()", return_tensors="pt")[
+        "input_ids"
+    ]
     # The residual entering the final norm (HF's hidden_states[-1] is already normed).
     store = {}
     handle = model.model.norm.register_forward_pre_hook(lambda m, a: store.setdefault("h", a[0]))
@@ -43,12 +45,14 @@ def test_direction_effect_matches_the_real_head_on_a_small_push(lm):
     base = logits(h)
     for i in range(3):
         delta = logits(h + 1e-3 * h.norm() * W_dec[i]) - base
-        effect = (model.lm_head.weight.float() @ (norm_gain(model.model.norm, 128) * W_dec[i]))
+        effect = model.lm_head.weight.float() @ (norm_gain(model.model.norm, 128) * W_dec[i])
         corr = torch.corrcoef(torch.stack([delta, effect]))[0, 1]
         assert corr > 0.95, corr
         assert set(delta.topk(5).indices.tolist()) & set(up[i].tolist())
         assert set((-delta).topk(5).indices.tolist()) & set(down[i].tolist())
-        assert (up_vals[i][:-1] >= up_vals[i][1:]).all() and (down_vals[i][:-1] <= down_vals[i][1:]).all()
+        assert (up_vals[i][:-1] >= up_vals[i][1:]).all() and (
+            down_vals[i][:-1] <= down_vals[i][1:]
+        ).all()
 
 
 def test_attn_site_has_no_direct_direction(lm):

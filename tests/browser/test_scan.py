@@ -54,9 +54,9 @@ def test_running_merge_equals_dense_topk_on_synthetic_batches():
         keep = torch.rand(B, T, generator=g) > 0.2
         keep[1, 4] = True
         f = torch.relu(torch.randn(B, T, M, generator=g) * torch.linspace(0.2, 3, M) - 1.5)
-        f[..., 0] = 0.0            # a dead latent
+        f[..., 0] = 0.0  # a dead latent
         f[..., 1] = 0.0
-        f[1, 4, 1] = 2.5           # a latent that fires fewer than K times
+        f[1, 4, 1] = 2.5  # a latent that fires fewer than K times
         scanner.update(ids, keep, f)
         all_ids.append(ids)
         all_f.append(f * keep.unsqueeze(-1))
@@ -72,7 +72,9 @@ def test_running_merge_equals_dense_topk_on_synthetic_batches():
 def dense_pass(sae, model, tokenizer, point, n_tokens, context_length=64, batch=4):
     """The same batches scan_latents reads, every activation kept."""
     ids_all, f_all, tokens = [], [], 0
-    for ids, mask in iter_token_batches(tokenizer, iter_documents(None, "validation"), context_length, batch):
+    for ids, mask in iter_token_batches(
+        tokenizer, iter_documents(None, "validation"), context_length, batch
+    ):
         keep = torch.from_numpy(keep_mask(ids, mask, tokenizer))
         x = forward_until(model, torch.from_numpy(ids), torch.from_numpy(mask), [point])[point]
         f = sae.encode(x.float()) * keep.unsqueeze(-1)
@@ -88,8 +90,19 @@ def test_top_contexts_are_the_true_argmax_positions_on_the_real_model(lm):
     model, tok = lm
     sae = detector_sae(model, tok, [" self"], d_sae=24)
     point = SitePoint("resid", 0)
-    res = scan_latents(sae, model, tok, point, iter_documents(None, "validation"), context_length=64,
-                       n_tokens=700, top_k=K, context=W, lm_batch_size=4, progress=False)
+    res = scan_latents(
+        sae,
+        model,
+        tok,
+        point,
+        iter_documents(None, "validation"),
+        context_length=64,
+        n_tokens=700,
+        top_k=K,
+        context=W,
+        lm_batch_size=4,
+        progress=False,
+    )
     ids, f, tokens = dense_pass(sae, model, tok, point, 700)
     assert res.tokens == tokens and res.contexts == ids.shape[0] and tokens >= 700
     check_against_dense(res, ids, f)
@@ -100,9 +113,19 @@ def test_a_latent_built_for_one_token_shows_it_in_every_top_context(lm):
     model, tok = lm
     word = " self"
     sae = detector_sae(model, tok, [word], d_sae=4)
-    res = scan_latents(sae, model, tok, SitePoint("resid", 0), iter_documents(None, "validation"),
-                       context_length=64, n_tokens=2000, top_k=10, context=4, lm_batch_size=8,
-                       progress=False)
+    res = scan_latents(
+        sae,
+        model,
+        tok,
+        SitePoint("resid", 0),
+        iter_documents(None, "validation"),
+        context_length=64,
+        n_tokens=2000,
+        top_k=10,
+        context=4,
+        lm_batch_size=8,
+        progress=False,
+    )
     target = token_id(tok, word)
     ids, _, _ = dense_pass(sae, model, tok, SitePoint("resid", 0), 2000, batch=8)
     occurrences = int((ids == target).sum())

@@ -26,18 +26,21 @@ EVAL = {"tokens": 4096, "l0": 12.5, "fvu": 0.25, "delta_lm_loss": 0.031, "ce_los
 def read_data(path: Path):
     """The JSON a data script assigns: its last line is ``<target> = <json>;``."""
     last = path.read_text().rstrip().splitlines()[-1]
-    return json.loads(last[last.index(" = ") + 3: -1])
+    return json.loads(last[last.index(" = ") + 3 : -1])
 
 
 @pytest.fixture(scope="module")
 def browser(lm, tmp_path_factory):
     model, tok = lm
     sweep = tmp_path_factory.mktemp("sweep")
-    (sweep / "pareto_delta_lm_loss.png").write_bytes(b"\x89PNG")  # report.py's output beside the run
+    (sweep / "pareto_delta_lm_loss.png").write_bytes(
+        b"\x89PNG"
+    )  # report.py's output beside the run
     (sweep / "report.md").write_text("| family | l0 |\n")
     run = make_run(sweep / "0", detector_sae(model, tok, WORDS, d_sae=D_SAE), eval_numbers=EVAL)
-    result = build_browser(resolve_target(run), n_tokens=1500, top_k=8, context=5, chunk_size=CHUNK,
-                           progress=False)
+    result = build_browser(
+        resolve_target(run), n_tokens=1500, top_k=8, context=5, chunk_size=CHUNK, progress=False
+    )
     return run, Path(result["out"]), result
 
 
@@ -45,7 +48,14 @@ def test_folder_layout_meta_and_chunks(browser):
     run, out, result = browser
     assert out == run / "browser"
     names = sorted(p.name for p in (out / "data").iterdir())
-    assert names == ["chunk_0000.js", "chunk_0001.js", "chunk_0002.js", "latents.js", "meta.js", "search.js"]
+    assert names == [
+        "chunk_0000.js",
+        "chunk_0001.js",
+        "chunk_0002.js",
+        "latents.js",
+        "meta.js",
+        "search.js",
+    ]
     assert {p.name for p in out.iterdir()} == {"index.html", "browser.js", "browser.css", "data"}
     assert not [p for p in run.iterdir() if p.name.startswith(".browser")]  # no temp folder left
     html = (out / "index.html").read_text()
@@ -69,7 +79,11 @@ def test_folder_layout_meta_and_chunks(browser):
         assert len(rec["p"]) == len(rec["s"]) == 10
         assert read_data(out / "data" / "search.js")[word][0] == j
     last = read_data(out / "data" / "chunk_0002.js")
-    assert last["start"] == 32 and len(last["latents"]) == D_SAE - 32 and last["latents"][-1]["c"] == []
+    assert (
+        last["start"] == 32
+        and len(last["latents"]) == D_SAE - 32
+        and last["latents"][-1]["c"] == []
+    )
 
 
 @pytest.mark.slow
@@ -79,8 +93,9 @@ def test_rebuild_replaces_the_folder_and_refuses_foreign_ones(browser, tmp_path)
     first = build_browser(resolve_target(run), n_tokens=100, top_k=2, context=1, progress=False)
     out = Path(first["out"])
     (out / "stale.txt").write_text("from an older build")
-    again = build_browser(resolve_target(run / "sae"), n_tokens=100, top_k=2, context=1,
-                          logits=False, progress=False)
+    again = build_browser(
+        resolve_target(run / "sae"), n_tokens=100, top_k=2, context=1, logits=False, progress=False
+    )
     assert Path(again["out"]) == out and not (out / "stale.txt").exists()
     assert read_data(out / "data" / "meta.js")["logits"] is False
     assert sorted(p.name for p in run.iterdir()) == ["browser", "config.json", "eval.json", "sae"]
@@ -135,7 +150,11 @@ class DomReader(HTMLParser):
         for key in self.text:
             if key in ids:
                 self.text[key] += data
-        if self.stack and self.stack[-1][0] == "span" and "tok" in (self.stack[-1][1].get("class") or ""):
+        if (
+            self.stack
+            and self.stack[-1][0] == "span"
+            and "tok" in (self.stack[-1][1].get("class") or "")
+        ):
             self.tokens[-1]["text"] += data
 
 
@@ -170,14 +189,24 @@ def test_chromium_renders_a_shaded_latent_panel(browser, chromium, latent):
     assert all("background-color" in t["style"] for t in centres)
     shaded = [t for t in page.tokens if "background-color" in t["style"]]
     assert {t["text"] for t in shaded} == {word}  # nothing else fires in the windows
-    want = [chunk["vocab"][i].replace("\n", "\u21b5").replace("\t", "    ") for c in contexts for i in c[2]]
+    want = [
+        chunk["vocab"][i].replace("\n", "\u21b5").replace("\t", "    ")
+        for c in contexts
+        for i in c[2]
+    ]
     assert [t["text"] for t in page.tokens] == want
     assert f"Latent {latent}" in page.text["latent-panel"]
     assert "Promoted output tokens" in page.text["latent-panel"]
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / f"browser-latent-{latent}.png"
     shot.unlink(missing_ok=True)
-    chromium([f"--screenshot={shot}", "--window-size=1400,900", (out / "index.html").as_uri() + f"#latent={latent}"])
+    chromium(
+        [
+            f"--screenshot={shot}",
+            "--window-size=1400,900",
+            (out / "index.html").as_uri() + f"#latent={latent}",
+        ]
+    )
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -209,9 +238,21 @@ def test_chromium_search_finds_latents_by_token(browser, chromium):
 def test_browse_cli_end_to_end(browser, tmp_path):
     run, _, _ = browser
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "browse.py", str(run), "--tokens", "200", "--top-k", "3", "--out", str(tmp_path / "b")]
+    cmd = [
+        sys.executable,
+        "browse.py",
+        str(run),
+        "--tokens",
+        "200",
+        "--top-k",
+        "3",
+        "--out",
+        str(tmp_path / "b"),
+    ]
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, cwd=root, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "written:" in proc.stdout and (tmp_path / "b" / "index.html").is_file()
 
@@ -219,8 +260,10 @@ def test_browse_cli_end_to_end(browser, tmp_path):
 def test_browse_cli_errors_name_the_problem(tmp_path, monkeypatch, capsys):
     import browse
 
-    for args, message in [([str(tmp_path)], "neither a run folder"),
-                          ([str(tmp_path / "nope")], "does not exist")]:
+    for args, message in [
+        ([str(tmp_path)], "neither a run folder"),
+        ([str(tmp_path / "nope")], "does not exist"),
+    ]:
         monkeypatch.setattr(sys, "argv", ["browse.py", *args])
         with pytest.raises(SystemExit) as exit_info:
             browse.main()

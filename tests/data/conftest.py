@@ -36,11 +36,20 @@ def llama_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-llama")
     tok = load_tokenizer(TINY)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(
-        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-    ))
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
     model.save_pretrained(folder, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(EMBEDDED[TINY] / name, folder / name)
@@ -53,7 +62,9 @@ def text_corpus(tmp_path_factory) -> corpus.CorpusConfig:
     folder = tmp_path_factory.mktemp("corpus")
     sources = sorted(p for _, p in corpus.stdlib_files() if p.stat().st_size > 4000)[:6]
     for i, path in enumerate(sources):
-        (folder / f"doc{i}.txt").write_text(path.read_text(encoding="utf-8", errors="replace")[:1500 + 97 * i])
+        (folder / f"doc{i}.txt").write_text(
+            path.read_text(encoding="utf-8", errors="replace")[: 1500 + 97 * i]
+        )
     cfg = corpus.CorpusConfig(source=str(folder), val_fraction=0.001)
     assert len(list(corpus.iter_documents(cfg, "train"))) == 6
     return cfg
@@ -64,17 +75,29 @@ def model_config(name: str = TINY, **kw) -> ModelConfig:
     return ModelConfig(**{**base, **kw})
 
 
-def write_cache(folder: Path, shard_rows: list[int], d_in: int = 4, dtype: str = "float32") -> ActivationCache:
+def write_cache(
+    folder: Path, shard_rows: list[int], d_in: int = 4, dtype: str = "float32"
+) -> ActivationCache:
     """A cache whose global row i is filled with the value i (so a batch names its rows)."""
     folder.mkdir(parents=True)
     entries, start = [], 0
     for index, rows in enumerate(shard_rows):
         x = torch.arange(start, start + rows, dtype=torch.float32)[:, None].expand(rows, d_in)
-        entries.append(shards.write_array(folder / f"shard_{index:05d}.npy", shards.encode(x, dtype)))
+        entries.append(
+            shards.write_array(folder / f"shard_{index:05d}.npy", shards.encode(x, dtype))
+        )
         start += rows
     spec = {"dtype": dtype}
-    shards.write_json(folder / MANIFEST, {"key": f"hand-{start}-{dtype}", "spec": spec, "d_in": d_in,
-                                          "shards": entries, "mean_squared_norm": 0.0})
+    shards.write_json(
+        folder / MANIFEST,
+        {
+            "key": f"hand-{start}-{dtype}",
+            "spec": spec,
+            "d_in": d_in,
+            "shards": entries,
+            "mean_squared_norm": 0.0,
+        },
+    )
     return ActivationCache(folder)
 
 

@@ -20,9 +20,18 @@ from .conftest import model_config, row_ids, write_cache
 
 # Tiny budgets: layer 1 of tiny-gemma-2, 64-token contexts, a few thousand tokens.
 TINY_ACTS = [
-    "layer=1", "data.context_length=64", "data.train_tokens=4096", "data.val_tokens=1024",
-    "data.batch_size=512", "data.shard_tokens=2048", "data.progress=false", "data.device=cpu",
-    "sae.expansion_factor=4", "sae.normalization_tokens=2048", "trainer=debug", "logger=none",
+    "layer=1",
+    "data.context_length=64",
+    "data.train_tokens=4096",
+    "data.val_tokens=1024",
+    "data.batch_size=512",
+    "data.shard_tokens=2048",
+    "data.progress=false",
+    "data.device=cpu",
+    "sae.expansion_factor=4",
+    "sae.normalization_tokens=2048",
+    "trainer=debug",
+    "logger=none",
     "eval_tokens=128",
 ]
 
@@ -36,16 +45,32 @@ def test_default_config_is_activations_of_the_resid_site_at_layer_12(tmp_path):
     mlp = compose_config(["sae=jumprelu", "site=mlp", "layer=20"], tmp_path)
     assert (mlp.data.site, mlp.data.layer, mlp.sae.d_in) == ("mlp", 20, 128)
     attn = compose_config(["site=attn", "model=gemma-2-2b"], tmp_path)
-    assert (attn.data.site, attn.data.d_in, attn.sae.d_in) == ("attn", 2048, 2048)  # ${model.d_attn}
+    assert (attn.data.site, attn.data.d_in, attn.sae.d_in) == (
+        "attn",
+        2048,
+        2048,
+    )  # ${model.d_attn}
     assert compose_config(["site=resid", "model=gemma-2-2b"], tmp_path).sae.d_in == 2304
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["layer=26"], r"layer=26 is out of range: the model has 26 layers, so layer must be in 0\.\.25"),
-    (["data.site=embed"], "site='embed' is unknown: the sites are resid, mlp, attn"),
-    (["data.dtype=int8"], "data.dtype='int8' is invalid: use one of float32, float16, bfloat16"),
-    (["data.val_tokens=100"], "data.val_tokens=100 is invalid: it must be >= data.batch_size=4096"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["layer=26"],
+            r"layer=26 is out of range: the model has 26 layers, so layer must be in 0\.\.25",
+        ),
+        (["data.site=embed"], "site='embed' is unknown: the sites are resid, mlp, attn"),
+        (
+            ["data.dtype=int8"],
+            "data.dtype='int8' is invalid: use one of float32, float16, bfloat16",
+        ),
+        (
+            ["data.val_tokens=100"],
+            "data.val_tokens=100 is invalid: it must be >= data.batch_size=4096",
+        ),
+    ],
+)
 def test_bad_values_fail_before_any_work(tmp_path, overrides, message):
     cfg = compose_config([*overrides, f"data.cache_dir={tmp_path / 'cache'}"], tmp_path)
     with pytest.raises(ValueError, match=message):
@@ -68,20 +93,35 @@ def test_train_on_activations_end_to_end_then_reuse_the_cache(tmp_path):
     assert metrics["steps"] == 20 and np.isfinite(metrics["val/fvu"])
     exported = json.loads((tmp_path / "run1" / "sae" / "cfg.json").read_text())
     assert exported["d_in"] == 128
-    evaluation = json.loads((tmp_path / "run1" / "eval.json").read_text())  # end-of-run splicing eval
-    assert evaluation["tokens"] >= 128 and evaluation["site"] == "resid" and evaluation["layer"] == 1
-    assert np.isfinite(evaluation["delta_lm_loss"]) and metrics["eval/delta_lm_loss"] == evaluation["delta_lm_loss"]
+    evaluation = json.loads(
+        (tmp_path / "run1" / "eval.json").read_text()
+    )  # end-of-run splicing eval
+    assert (
+        evaluation["tokens"] >= 128 and evaluation["site"] == "resid" and evaluation["layer"] == 1
+    )
+    assert (
+        np.isfinite(evaluation["delta_lm_loss"])
+        and metrics["eval/delta_lm_loss"] == evaluation["delta_lm_loss"]
+    )
     folders = sorted(p.name for p in cache.iterdir())
-    assert len(folders) == 2 and "--resid-L1--train--" in folders[0] and "--validation--" in folders[1]
+    assert (
+        len(folders) == 2 and "--resid-L1--train--" in folders[0] and "--validation--" in folders[1]
+    )
     val = json.loads((cache / folders[1] / "manifest.json").read_text())
     assert val["token_count"] == 1024 and val["spec"]["split"] == "validation"
     mtimes = {p: p.stat().st_mtime_ns for p in cache.rglob("shard_*.npy")}
 
-    datamodule, _ = build(compose_config([*TINY_ACTS, f"data.cache_dir={cache}", "sae=topk"], tmp_path / "run2"))
+    datamodule, _ = build(
+        compose_config([*TINY_ACTS, f"data.cache_dir={cache}", "sae=topk"], tmp_path / "run2")
+    )
     datamodule.prepare_data()  # a sweep's second run: same key, no rebuild
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("shard_*.npy")} == mtimes
-    metrics2 = train(compose_config([*TINY_ACTS, f"data.cache_dir={cache}", "site=mlp"], tmp_path / "run3"))
-    assert np.isfinite(metrics2["val/fvu"]) and len(list(cache.iterdir())) == 4  # a new site: new caches
+    metrics2 = train(
+        compose_config([*TINY_ACTS, f"data.cache_dir={cache}", "site=mlp"], tmp_path / "run3")
+    )
+    assert (
+        np.isfinite(metrics2["val/fvu"]) and len(list(cache.iterdir())) == 4
+    )  # a new site: new caches
 
 
 class _Recorder(pl.LightningModule):
@@ -101,8 +141,9 @@ class _Recorder(pl.LightningModule):
 
 
 def _datamodule(tmp_path) -> ActivationDataModule:
-    dm = ActivationsDataConfig(model=model_config(), batch_size=32, train_tokens=32, val_tokens=32,
-                               block_size=16, seed=7).build()
+    dm = ActivationsDataConfig(
+        model=model_config(), batch_size=32, train_tokens=32, val_tokens=32, block_size=16, seed=7
+    ).build()
     # A hand-written cache stands in for the LM pass, so rows are named by their values.
     dm.train_cache = write_cache(tmp_path / "train", [96, 96])  # 6 batches per epoch
     dm.val_cache = write_cache(tmp_path / "val", [32])
@@ -110,9 +151,17 @@ def _datamodule(tmp_path) -> ActivationDataModule:
 
 
 def _trainer(tmp_path, steps, callbacks=()):
-    return pl.Trainer(max_steps=steps, max_epochs=-1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
-                      callbacks=list(callbacks), default_root_dir=tmp_path)
+    return pl.Trainer(
+        max_steps=steps,
+        max_epochs=-1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+        default_root_dir=tmp_path,
+    )
 
 
 def test_a_resumed_lightning_run_neither_repeats_nor_skips_data(tmp_path):
@@ -126,7 +175,9 @@ def test_a_resumed_lightning_run_neither_repeats_nor_skips_data(tmp_path):
     for step in (4, 8):  # mid-epoch (4) and across an epoch boundary (8 = 6 + 2)
         resumed = _Recorder()
         path = tmp_path / "ckpt" / f"epoch={step // 6}-step={step}.ckpt"
-        _trainer(tmp_path, 15).fit(resumed, datamodule=_datamodule(tmp_path / f"r{step}"), ckpt_path=path)
+        _trainer(tmp_path, 15).fit(
+            resumed, datamodule=_datamodule(tmp_path / f"r{step}"), ckpt_path=path
+        )
         assert resumed.seen == full.seen[step:], step
 
 
@@ -135,7 +186,11 @@ def test_the_datamodule_state_restores_the_position_into_a_new_run(tmp_path):
     model = _Recorder()
     _trainer(tmp_path, 8).fit(model, datamodule=trained)
     state = trained.state_dict()
-    assert state["epoch"] == 1 and state["offset"] == 2 and state["cache_key"] == trained.train_cache.key
+    assert (
+        state["epoch"] == 1
+        and state["offset"] == 2
+        and state["cache_key"] == trained.train_cache.key
+    )
     fresh = _datamodule(tmp_path / "b")
     fresh.load_state_dict(state)
     loader = fresh.train_dataloader()

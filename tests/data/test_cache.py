@@ -32,12 +32,12 @@ def _independent(model, tokenizer, corpus_cfg, site, layer, n_tokens):
         stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
     rows, masks = [], []
     for i in range(0, len(stream), CTX - 1):
-        body = stream[i: i + CTX - 1]
+        body = stream[i : i + CTX - 1]
         rows.append([bos] + body + [pad] * (CTX - 1 - len(body)))
         masks.append([1] * (1 + len(body)) + [0] * (CTX - 1 - len(body)))
     kept, special = [], []
     for j in range(0, len(rows), 4):  # the same LM batches as the builder (lm_batch_size=4)
-        ids, mask = torch.tensor(rows[j: j + 4]), torch.tensor(masks[j: j + 4])
+        ids, mask = torch.tensor(rows[j : j + 4]), torch.tensor(masks[j : j + 4])
         with torch.no_grad():
             acts = _reference(model, ids, mask, site, layer)
         real = (mask == 1) & (ids != bos) & (ids != eos) & (ids != pad)
@@ -53,8 +53,13 @@ def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
 
 def _builder(root, corpus_cfg, name=TINY, **kw):
     # CPU: the independent reference runs on CPU, and exact equality needs the same device.
-    source = LMSource(model=model_config(name, **kw), corpus=corpus_cfg, device="cpu", lm_batch_size=4,
-                      progress=False)
+    source = LMSource(
+        model=model_config(name, **kw),
+        corpus=corpus_cfg,
+        device="cpu",
+        lm_batch_size=4,
+        progress=False,
+    )
     return CacheBuilder(source, root)
 
 
@@ -64,7 +69,9 @@ def _spec(builder, site="resid", layer=2, n_tokens=2000, **kw):
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_cached_gemma2_activations_equal_an_independent_full_forward(tiny_lm, text_corpus, tmp_path, site):
+def test_cached_gemma2_activations_equal_an_independent_full_forward(
+    tiny_lm, text_corpus, tmp_path, site
+):
     builder = _builder(tmp_path, text_corpus)
     (cache,) = builder.ensure([_spec(builder, site, layer=2)])
     model, tok = tiny_lm
@@ -83,15 +90,23 @@ def test_cached_gemma2_activations_equal_an_independent_full_forward(tiny_lm, te
 
 
 @pytest.mark.parametrize("site", SITES)
-def test_cached_llama_activations_equal_an_independent_full_forward(llama_dir, text_corpus, tmp_path, site):
+def test_cached_llama_activations_equal_an_independent_full_forward(
+    llama_dir, text_corpus, tmp_path, site
+):
     builder = _builder(tmp_path, text_corpus, llama_dir, n_layers=3, d_model=32, d_attn=32)
     (cache,) = builder.ensure([_spec(builder, site, layer=1, n_tokens=1200)])
-    expected, _ = _independent(load_model(llama_dir), load_tokenizer(llama_dir), text_corpus, site, 1, 1200)
+    expected, _ = _independent(
+        load_model(llama_dir), load_tokenizer(llama_dir), text_corpus, site, 1, 1200
+    )
     assert cache.manifest["layout"] == "llama" and cache.d_in == 32
-    torch.testing.assert_close(_sorted_rows(cache.read(0, 1200)), _sorted_rows(expected), rtol=0, atol=0)
+    torch.testing.assert_close(
+        _sorted_rows(cache.read(0, 1200)), _sorted_rows(expected), rtol=0, atol=0
+    )
 
 
-def test_whole_corpus_with_ragged_tail_and_one_pass_for_several_sites(tiny_lm, text_corpus, tmp_path):
+def test_whole_corpus_with_ragged_tail_and_one_pass_for_several_sites(
+    tiny_lm, text_corpus, tmp_path
+):
     builder = _builder(tmp_path, text_corpus)
     specs = [_spec(builder, "mlp", 1, n_tokens=10**6), _spec(builder, "attn", 3, n_tokens=10**6)]
     with pytest.warns(UserWarning, match="has only .* usable tokens"):
@@ -100,7 +115,9 @@ def test_whole_corpus_with_ragged_tail_and_one_pass_for_several_sites(tiny_lm, t
     for cache, spec in zip(caches, specs):
         expected, _ = _independent(model, tok, text_corpus, spec.site, spec.layer, 10**6)
         assert cache.manifest["corpus_exhausted"] and len(cache) == len(expected)
-        torch.testing.assert_close(_sorted_rows(cache.read(0, len(cache))), _sorted_rows(expected), rtol=0, atol=0)
+        torch.testing.assert_close(
+            _sorted_rows(cache.read(0, len(cache))), _sorted_rows(expected), rtol=0, atol=0
+        )
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -111,7 +128,9 @@ def test_storage_dtypes_round_to_the_dtype_and_read_back_as_float32(text_corpus,
     assert small.folder != full.folder and small.shard(0).itemsize == 2
     got = small.read(0, 600)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got, full.read(0, 600).to(getattr(torch, dtype)).float(), rtol=0, atol=0)
+    torch.testing.assert_close(
+        got, full.read(0, 600).to(getattr(torch, dtype)).float(), rtol=0, atol=0
+    )
 
 
 def test_a_second_open_reuses_and_a_changed_key_builds_a_new_cache(text_corpus, tmp_path):
@@ -124,10 +143,17 @@ def test_a_second_open_reuses_and_a_changed_key_builds_a_new_cache(text_corpus, 
     assert fresh._lm is None  # reused without loading the model
     assert again.folder == first.folder
     assert mtimes == {p.name: p.stat().st_mtime_ns for p in again.folder.glob("shard_*.npy")}
-    for changed in (dict(layer=3), dict(n_tokens=700), dict(dtype="float16"), dict(context_length=16)):
+    for changed in (
+        dict(layer=3),
+        dict(n_tokens=700),
+        dict(dtype="float16"),
+        dict(context_length=16),
+    ):
         kw = {"n_tokens": 600, **changed}
         assert fresh.folder(_spec(fresh, **kw)) != first.folder, changed
-    other_corpus = _builder(tmp_path, text_corpus.__class__(source=text_corpus.source, val_fraction=0.5))
+    other_corpus = _builder(
+        tmp_path, text_corpus.__class__(source=text_corpus.source, val_fraction=0.5)
+    )
     assert other_corpus.folder(_spec(other_corpus, n_tokens=600)) != first.folder
 
 
@@ -170,7 +196,9 @@ def test_a_manifest_that_does_not_match_the_config_is_refused(text_corpus, tmp_p
     manifest = json.loads((cache.folder / MANIFEST).read_text())
     manifest["spec"]["layer"] = 7
     (cache.folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(CacheError, match=r"does not match the config \(layer: cache has 7, config wants 2\).*rm -r"):
+    with pytest.raises(
+        CacheError, match=r"does not match the config \(layer: cache has 7, config wants 2\).*rm -r"
+    ):
         builder.ensure([spec])
     (cache.folder / MANIFEST).write_text("{not json")
     with pytest.raises(CacheError, match="not a valid cache manifest"):
@@ -192,7 +220,9 @@ def test_two_concurrent_builders_build_once_and_share(text_corpus, tmp_path):
         t.join()
     assert results["a"].folder == results["b"].folder
     assert (a._lm is None) != (b._lm is None)  # exactly one of them ran the model
-    torch.testing.assert_close(results["a"].read(0, 1500), results["b"].read(0, 1500), rtol=0, atol=0)
+    torch.testing.assert_close(
+        results["a"].read(0, 1500), results["b"].read(0, 1500), rtol=0, atol=0
+    )
 
 
 def test_non_finite_activations_fail_the_build_clearly(llama_dir, text_corpus, tmp_path):
@@ -204,12 +234,16 @@ def test_non_finite_activations_fail_the_build_clearly(llama_dir, text_corpus, t
     load_tokenizer(llama_dir).save_pretrained(broken)
     builder = _builder(tmp_path / "cache", text_corpus, broken, n_layers=3, d_model=32, d_attn=32)
     spec = _spec(builder, "resid", 1, n_tokens=600)
-    with pytest.raises(FloatingPointError, match=r"non-finite.*site resid, layer 1.*LM batch 0.*model.dtype"):
+    with pytest.raises(
+        FloatingPointError, match=r"non-finite.*site resid, layer 1.*LM batch 0.*model.dtype"
+    ):
         builder.ensure([spec])
     assert not (builder.folder(spec) / MANIFEST).exists()
 
 
 def test_width_mismatch_is_reported_before_the_pass(text_corpus, tmp_path):
     builder = _builder(tmp_path, text_corpus)
-    with pytest.raises(ValueError, match=r"data.d_in=64 but the attn site .* is 128 wide: set model.d_attn=128"):
+    with pytest.raises(
+        ValueError, match=r"data.d_in=64 but the attn site .* is 128 wide: set model.d_attn=128"
+    ):
         builder.ensure([_spec(builder, "attn", n_tokens=600)], expected_d_in=64)

@@ -31,8 +31,14 @@ print(cache.folder)
 def _run(root: Path) -> subprocess.Popen:
     # One thread in every build, so the numerics of the killed, resumed and reference runs match.
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", BUILD, str(root)], env=env, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(root)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(proc: subprocess.Popen) -> Path:
@@ -57,8 +63,11 @@ def test_kill_9_mid_build_then_rerun_gives_the_uninterrupted_cache(tmp_path):
     proc.wait()
     folder = sidecars[0].parent
     assert not (folder / MANIFEST).exists()  # a killed build is never mistaken for a complete cache
-    kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("shard_*.npy")
-            if (folder / p.name.replace(".npy", ".json")).exists()}
+    kept = {
+        p.name: p.stat().st_mtime_ns
+        for p in folder.glob("shard_*.npy")
+        if (folder / p.name.replace(".npy", ".json")).exists()
+    }
     assert len(kept) >= 4
 
     resumed = _finish(_run(killed_root))

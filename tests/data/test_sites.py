@@ -18,7 +18,9 @@ def _reference(model, ids, mask, site, layer):
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
     if site == "attn":
-        handle = block.self_attn.o_proj.register_forward_pre_hook(lambda m, a: got.setdefault("x", a[0].clone()))
+        handle = block.self_attn.o_proj.register_forward_pre_hook(
+            lambda m, a: got.setdefault("x", a[0].clone())
+        )
     else:
         module = getattr(block, "post_feedforward_layernorm", None) or block.mlp
         handle = module.register_forward_hook(lambda m, a, o: got.setdefault("x", o.clone()))
@@ -33,7 +35,7 @@ def _inputs(vocab: int, batch: int = 3, seq: int = 24):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(4, vocab, (batch, seq), generator=g)
     mask = torch.ones_like(ids)
-    mask[-1, seq // 2:] = 0  # a right-padded row, as the packer's ragged tail
+    mask[-1, seq // 2 :] = 0  # a right-padded row, as the packer's ragged tail
     return ids, mask
 
 
@@ -64,8 +66,10 @@ def test_one_pass_captures_several_points_and_stops_at_the_deepest(tiny_lm):
     model, _ = tiny_lm
     ids, mask = _inputs(model.config.vocab_size)
     reached = []
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: reached.append(i))
-               for i, layer in enumerate(model.model.layers)]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: reached.append(i))
+        for i, layer in enumerate(model.model.layers)
+    ]
     try:
         points = [SitePoint("mlp", 2), SitePoint("resid", 5), SitePoint("attn", 0)]
         store = forward_until(model, ids, mask, points)
@@ -75,7 +79,9 @@ def test_one_pass_captures_several_points_and_stops_at_the_deepest(tiny_lm):
     assert reached == list(range(6))  # layers 6..25 never ran
     with torch.no_grad():
         for p in points:
-            torch.testing.assert_close(store[p], _reference(model, ids, mask, p.site, p.layer), rtol=0, atol=0)
+            torch.testing.assert_close(
+                store[p], _reference(model, ids, mask, p.site, p.layer), rtol=0, atol=0
+            )
 
 
 def test_hooks_never_change_the_output_and_are_always_removed(tiny_lm):
@@ -107,7 +113,9 @@ def test_bad_site_or_layer_fails_before_any_forward(tiny_lm):
     try:
         with pytest.raises(ValueError, match=r"layer=26 is out of range.*26 layers.*0\.\.25"):
             forward_until(model, torch.ones(1, 4, dtype=torch.long), None, [SitePoint("resid", 26)])
-        with pytest.raises(ValueError, match="site='embed' is unknown: the sites are resid, mlp, attn"):
+        with pytest.raises(
+            ValueError, match="site='embed' is unknown: the sites are resid, mlp, attn"
+        ):
             forward_until(model, torch.ones(1, 4, dtype=torch.long), None, [SitePoint("embed", 1)])
     finally:
         handle.remove()
@@ -128,7 +136,9 @@ def test_unknown_layout_names_what_it_looked_for():
             super().__init__()
             self.layers = nn.ModuleList([Block()])
 
-    with pytest.raises(ValueError, match=r"self_attn\.o_proj.*post_feedforward_layernorm.*mlp") as e:
+    with pytest.raises(
+        ValueError, match=r"self_attn\.o_proj.*post_feedforward_layernorm.*mlp"
+    ) as e:
         layout(Odd())
     assert "attention" in str(e.value) and "ffn" in str(e.value)
     with pytest.raises(ValueError, match="cannot find the decoder layers"):

@@ -26,7 +26,9 @@ def test_generated_tokens_have_the_requested_statistics():
     torch.testing.assert_close(x, coeffs @ truth.features)
 
 
-@pytest.mark.parametrize("bad", [{"mean_l0": 0}, {"batch_size": 0}, {"mean_l0": 100, "n_features": 120}])
+@pytest.mark.parametrize(
+    "bad", [{"mean_l0": 0}, {"batch_size": 0}, {"mean_l0": 100, "n_features": 120}]
+)
 def test_invalid_config_is_refused(bad):
     with pytest.raises(ValueError, match="data\\."):
         SyntheticDataConfig(**bad)

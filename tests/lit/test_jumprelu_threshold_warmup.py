@@ -62,12 +62,28 @@ class _RecordSteps(pl.Callback):
 
 def _fit(tmp_path, warmup: float, steps: int = 8):
     lr = 1e-2
-    cfg = compose_config(["sae=jumprelu", *TINY_RUN, "sae.target_l0=6", f"sae.lr={lr}",
-                          f"sae.threshold_warmup_fraction={warmup}", "sae.lr_warmup_steps=0"], tmp_path)
+    cfg = compose_config(
+        [
+            "sae=jumprelu",
+            *TINY_RUN,
+            "sae.target_l0=6",
+            f"sae.lr={lr}",
+            f"sae.threshold_warmup_fraction={warmup}",
+            "sae.lr_warmup_steps=0",
+        ],
+        tmp_path,
+    )
     datamodule, module = build(cfg)
     record = _RecordSteps()
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, callbacks=[record],
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=[record],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     return record, lr
 

@@ -17,8 +17,14 @@ from tests.conftest import FAMILIES, TINY_RUN, compose_config
 
 def _fit(cfg, steps=6):
     datamodule, module = build(cfg)
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     return datamodule, module
 
@@ -26,7 +32,9 @@ def _fit(cfg, steps=6):
 @pytest.mark.parametrize("arch", FAMILIES + ["gated-ri_l1"])
 def test_decoder_constraint_after_steps(arch, tmp_path):
     family, _, variant = arch.partition("-")
-    overrides = [f"sae={family}", *TINY_RUN, "sae.lr=1e-2"] + ([f"sae.variant={variant}"] if variant else [])
+    overrides = [f"sae={family}", *TINY_RUN, "sae.lr=1e-2"] + (
+        [f"sae.variant={variant}"] if variant else []
+    )
     datamodule, module = _fit(compose_config(overrides, tmp_path))
     init = build(compose_config(overrides, tmp_path))[1].sae
     assert not torch.allclose(module.sae.W_dec, init.W_dec), "training must move the decoder"
@@ -46,7 +54,9 @@ def test_normalisation_scale_is_estimated_and_folded_at_export(tmp_path):
     exported = module.export_sae()
     raw = datamodule.val_set[0]
     module.sae.eval()
-    torch.testing.assert_close(exported.encode(raw), expected * module.sae.encode(raw / expected), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        exported.encode(raw), expected * module.sae.encode(raw / expected), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_grad_projection_removes_parallel_component():
@@ -55,11 +65,15 @@ def test_grad_projection_removes_parallel_component():
     sae = make_sae("jumprelu")
     sae.W_dec.grad = torch.randn_like(sae.W_dec)
     sae.remove_parallel_decoder_grad()
-    torch.testing.assert_close((sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        (sae.W_dec.grad * sae.W_dec).sum(1), torch.zeros(64), atol=1e-6, rtol=0
+    )
 
 
 def _scalars(run_dir):
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0})
+    acc = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}
+    )
     acc.Reload()
     return acc
 
@@ -70,9 +84,19 @@ def test_run_writes_tensorboard_checkpoint_and_export(arch, tmp_path):
     metrics = train(cfg)
     acc = _scalars(tmp_path)
     tags = set(acc.Tags()["scalars"])
-    for tag in ["train/loss", "train/loss/mse", "train/l0", "train/dead_fraction", "train/sparsity_scale",
-                "val/l0", "val/fvu", "val/dead_fraction", "val/dense_10pct_fraction", "val/mmcs",
-                "val/recovered_fraction"]:
+    for tag in [
+        "train/loss",
+        "train/loss/mse",
+        "train/l0",
+        "train/dead_fraction",
+        "train/sparsity_scale",
+        "val/l0",
+        "val/fvu",
+        "val/dead_fraction",
+        "val/dense_10pct_fraction",
+        "val/mmcs",
+        "val/recovered_fraction",
+    ]:
         assert tag in tags, f"{tag} not logged; have {sorted(tags)}"
     assert any(t.startswith("lr-") for t in tags), "learning rate not logged"
     assert "val/log10_feature_density" in acc.Tags()["histograms"]
@@ -81,7 +105,9 @@ def test_run_writes_tensorboard_checkpoint_and_export(arch, tmp_path):
     losses = [e.value for e in acc.Scalars("train/loss/mse")]
     assert losses[-1] < losses[0], "reconstruction must improve over the run"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    assert json.loads((tmp_path / "metrics.json").read_text())["val/fvu"] == pytest.approx(metrics["val/fvu"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["val/fvu"] == pytest.approx(
+        metrics["val/fvu"]
+    )
     sae = load_sae(tmp_path / "sae")
     # BatchTopK runs at inference with its global threshold, so it exports as JumpReLU (SPEC 3).
     assert sae.cfg.architecture == {"batchtopk": "jumprelu"}.get(arch, arch)
@@ -93,8 +119,14 @@ def test_dead_latents_are_tracked_over_a_token_window(tmp_path):
     with torch.no_grad():  # latents 0..2 can never win the top-k
         module.sae.W_enc[:, :3] = 0
         module.sae.b_enc[:3] = -100
-    trainer = pl.Trainer(max_steps=4, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0)
+    trainer = pl.Trainer(
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, datamodule=datamodule)
     dead = module.dead_mask()
     assert dead[:3].all()

@@ -62,7 +62,8 @@ def test_bad_sources_fail_clearly(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps({"body": "x"}) + "\n")
     with pytest.raises(ValueError, match="text_field"):
         list(corpus.iter_keyed_documents(str(tmp_path / "c.jsonl"), "train")) + list(
-            corpus.iter_keyed_documents(str(tmp_path / "c.jsonl"), "validation"))
+            corpus.iter_keyed_documents(str(tmp_path / "c.jsonl"), "validation")
+        )
 
 
 def test_hf_source_without_datasets_says_how_to_install():

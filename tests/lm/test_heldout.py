@@ -35,8 +35,13 @@ def test_shipped_model_beats_unigram_on_heldout_files():
     tok = load_tokenizer("tiny-gemma-2")
     model = load_model("tiny-gemma-2")
     eos, bos = tok.eos_token_id, tok.bos_token_id
-    train = heldout.pack(heldout.encode_stream(
-        tok.backend_tokenizer, corpus.iter_documents("python-stdlib", "train"), eos), 256, bos)
+    train = heldout.pack(
+        heldout.encode_stream(
+            tok.backend_tokenizer, corpus.iter_documents("python-stdlib", "train"), eos
+        ),
+        256,
+        bos,
+    )
     val_docs = list(corpus.iter_documents("python-stdlib", "validation"))[:6]
     held = heldout.pack(heldout.encode_stream(tok.backend_tokenizer, val_docs, eos), 256, bos)
     held = held[:12]  # ~3k scored tokens keeps the forward pass to a second or two

@@ -36,18 +36,33 @@ def test_embedded_tiny_gemma_loads_offline(offline):
 
 
 def _tiny_gemma2():
-    return Gemma2ForCausalLM(Gemma2Config(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=4,
-        attn_implementation="eager",
-    ))
+    return Gemma2ForCausalLM(
+        Gemma2Config(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=8,
+            sliding_window=4,
+            attn_implementation="eager",
+        )
+    )
 
 
 def _tiny_llama():
-    return LlamaForCausalLM(LlamaConfig(
-        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, attn_implementation="eager",
-    ))
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            attn_implementation="eager",
+        )
+    )
 
 
 @pytest.mark.parametrize("build", [_tiny_gemma2, _tiny_llama], ids=["gemma2", "llama"])
@@ -76,8 +91,12 @@ def test_unknown_hub_id_fails_helpfully(offline):
     with pytest.raises(ModelLoadError) as e:
         load_model("saelab-test-nobody/no-such-model-xyz")
     msg = str(e.value)
-    for needed in ("saelab-test-nobody/no-such-model-xyz", "huggingface-cli login",
-                   "model=tiny-gemma-2", "HF_HUB_OFFLINE"):
+    for needed in (
+        "saelab-test-nobody/no-such-model-xyz",
+        "huggingface-cli login",
+        "model=tiny-gemma-2",
+        "HF_HUB_OFFLINE",
+    ):
         assert needed in msg, needed
 
 

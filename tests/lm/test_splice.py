@@ -46,7 +46,8 @@ def test_identity_splice_changes_nothing_and_bad_reconstructions_cost_loss(model
     assert noisy["ce_zero_ablation"] != noisy["ce_clean"]
     torch.testing.assert_close(
         noisy["ce_loss_recovered"],
-        (noisy["ce_zero_ablation"] - noisy["ce_spliced"]) / (noisy["ce_zero_ablation"] - noisy["ce_clean"]),
+        (noisy["ce_zero_ablation"] - noisy["ce_spliced"])
+        / (noisy["ce_zero_ablation"] - noisy["ce_clean"]),
     )
 
 

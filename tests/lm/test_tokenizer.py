@@ -9,7 +9,7 @@ from saelab.lm.tokenizer import save_hf_tokenizer, train_tokenizer
 
 SAMPLES = [
     "def f(x):\n\treturn x ** 2  # square\n",
-    "class Ünïcode:\n    \"\"\"Docstring with ☃, 日本語 and emoji 🐍.\"\"\"\n    pass\r\n",
+    'class Ünïcode:\n    """Docstring with ☃, 日本語 and emoji 🐍."""\n    pass\r\n',
     "    if a != b and c >= d:  x = {'k': [1, 2.5e-3, -7]} ; y = r'\\n'\n\n\n",
     "weird   spacing\u00a0nbsp and trailing   ",
     "",

@@ -14,7 +14,9 @@ from saelab.sae.kernels import KERNELS
 
 
 def _sae(**kw) -> JumpReLUSAE:
-    return JumpReLUSAE(JumpReLUConfig(d_in=8, d_sae=32, threshold_init=0.2, bandwidth_rule="silverman", **kw))
+    return JumpReLUSAE(
+        JumpReLUConfig(d_in=8, d_sae=32, threshold_init=0.2, bandwidth_rule="silverman", **kw)
+    )
 
 
 def test_first_training_step_sets_eps_to_the_rule_on_that_batch():

@@ -92,7 +92,10 @@ def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
     torch.testing.assert_close(sae.encode(x), z * (z > sae.threshold))
 
 
-@pytest.mark.parametrize("arch, extra", [("topk", {"k": 2}), ("batchtopk", {"k": 2}), ("jumprelu", {"aux_coefficient": 1 / 32})])
+@pytest.mark.parametrize(
+    "arch, extra",
+    [("topk", {"k": 2}), ("batchtopk", {"k": 2}), ("jumprelu", {"aux_coefficient": 1 / 32})],
+)
 def test_auxk_engages_only_when_latents_are_dead(arch, extra):
     from saelab.sae.auxk import auxk_loss
 

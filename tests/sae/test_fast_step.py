@@ -23,14 +23,18 @@ def path(request, monkeypatch):
     monkeypatch.setattr(sparse, "SPARSE_MAX_DENSITY", 1.0 if request.param == "sparse" else -1.0)
     calls = []
     dense = sparse.Selection.dense
-    monkeypatch.setattr(sparse.Selection, "dense", lambda self, *a: calls.append(1) or dense(self, *a))
+    monkeypatch.setattr(
+        sparse.Selection, "dense", lambda self, *a: calls.append(1) or dense(self, *a)
+    )
     request.node.sparse_calls = calls
     return request.param
 
 
 def _check_path(request, case, path):
     took_sparse = bool(request.node.sparse_calls)
-    assert took_sparse == (path == "sparse" and case in SPARSE_CASES), "the step took the wrong path"
+    assert took_sparse == (path == "sparse" and case in SPARSE_CASES), (
+        "the step took the wrong path"
+    )
 
 
 def _force(sae, path):
@@ -53,7 +57,9 @@ def reference_forward(sae, x, dead):
         l0 = StepFunction.apply(z, theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
         losses = {"mse": _mse(x, x_hat), "l0": cfg.l0_coefficient * l0}
         if cfg.aux_coefficient > 0:
-            losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)
+            losses["auxk"] = cfg.aux_coefficient * auxk_loss(
+                x, x_hat, z, dead, sae.W_dec, cfg.aux_k
+            )
         return x_hat, f, losses
     if arch in ("topk", "batchtopk"):
         z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -65,8 +71,10 @@ def reference_forward(sae, x, dead):
             v, i = flat.topk(cfg.k * z.shape[0])
             f = torch.zeros_like(flat).scatter(0, i, v).view_as(z)
         x_hat = f @ sae.W_dec + sae.b_dec
-        losses = {"mse": _mse(x, x_hat),
-                  "auxk": cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)}
+        losses = {
+            "mse": _mse(x, x_hat),
+            "auxk": cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k),
+        }
         return x_hat, f, losses
     if arch == "gated":
         x_c = x - sae.b_dec
@@ -78,8 +86,11 @@ def reference_forward(sae, x, dead):
         ri = cfg.variant == "ri_l1"
         W_dec, b_dec = (sae.W_dec, sae.b_dec) if ri else (sae.W_dec.detach(), sae.b_dec.detach())
         l1 = (gate * W_dec.norm(dim=1)).sum(-1).mean() if ri else gate.sum(-1).mean()
-        losses = {"mse": _mse(x, x_hat), "l1": cfg.l1_coefficient * l1,
-                  "aux": _mse(x, gate @ W_dec + b_dec)}
+        losses = {
+            "mse": _mse(x, x_hat),
+            "l1": cfg.l1_coefficient * l1,
+            "aux": _mse(x, gate @ W_dec + b_dec),
+        }
         return x_hat, f, losses
     f = F.relu(x @ sae.W_enc + sae.b_enc)
     x_hat = f @ sae.W_dec + sae.b_dec
@@ -92,15 +103,18 @@ CASES = FAMILIES + ["gated-ri_l1", "jumprelu-auxk-gaussian", "jumprelu-triangle"
 
 def _make(case, **kw):
     arch, *_variant = case.split("-")
-    extra = {"gated-ri_l1": {"variant": "ri_l1"}, "jumprelu-triangle": {"kernel": "triangle"},
-             "jumprelu-auxk-gaussian": {"aux_coefficient": 0.5, "aux_k": 8, "kernel": "gaussian"}}.get(case, {})
+    extra = {
+        "gated-ri_l1": {"variant": "ri_l1"},
+        "jumprelu-triangle": {"kernel": "triangle"},
+        "jumprelu-auxk-gaussian": {"aux_coefficient": 0.5, "aux_k": 8, "kernel": "gaussian"},
+    }.get(case, {})
     if arch == "jumprelu":  # a window wide enough to catch many pre-activations
         extra = {"threshold_init": 0.3, "bandwidth": 0.5, **extra}
     if "topk" in arch:
         extra = {"aux_k": 8, **extra}
     sae = make_sae(arch, **extra, **kw)
     with torch.no_grad():  # away from the symmetric init: biases, scales, decoder norms
-        for name, p in sae.named_parameters():
+        for p in sae.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return sae
 
@@ -123,7 +137,9 @@ def test_step_matches_plain_maths(case, path, request):
     assert out.losses.keys() == losses.keys()
     for key in losses:
         torch.testing.assert_close(out.losses[key], losses[key], **tol, msg=key)
-    torch.testing.assert_close(out.metrics["l0"], (f != 0).sum(-1).to(f.dtype).mean(), rtol=1e-6, atol=0, check_dtype=False)
+    torch.testing.assert_close(
+        out.metrics["l0"], (f != 0).sum(-1).to(f.dtype).mean(), rtol=1e-6, atol=0, check_dtype=False
+    )
     for (name, _), g, r in zip(sae.named_parameters(), grads, ref_grads):
         torch.testing.assert_close(g, r, **tol, msg=name)
 
@@ -166,4 +182,6 @@ def test_bf16_threshold_moves_like_float32():
     assert sae.log_threshold.dtype == torch.float32
     has_grad = sae.log_threshold.grad != 0
     assert has_grad.any()
-    torch.testing.assert_close(moved[has_grad].abs(), torch.full_like(moved[has_grad], 1e-5), rtol=0.01, atol=0)
+    torch.testing.assert_close(
+        moved[has_grad].abs(), torch.full_like(moved[has_grad], 1e-5), rtol=0.01, atol=0
+    )

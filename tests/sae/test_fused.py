@@ -41,7 +41,9 @@ def test_jumprelu_matches_reference(kernel, per_latent_bandwidth):
 
     f, l0 = jumprelu_with_l0(z * 1, theta, eps, kernel)
     grad_z, grad_theta = torch.autograd.grad((f * g_f).sum() + g_l0 * l0, (z, theta))
-    ref_f, ref_l0, ref_gz, ref_gt = _reference_jumprelu(z.detach(), theta.detach(), eps, kernel, g_f, g_l0)
+    ref_f, ref_l0, ref_gz, ref_gt = _reference_jumprelu(
+        z.detach(), theta.detach(), eps, kernel, g_f, g_l0
+    )
     _close(f, ref_f)
     _close(l0, ref_l0)
     _close(grad_z, ref_gz)
@@ -56,12 +58,23 @@ def test_jumprelu_l0_alone_and_f_alone():
     f, l0 = jumprelu_with_l0(z * 1, theta, 0.5, "triangle")
     gz, gt = torch.autograd.grad(l0, (z, theta), allow_unused=True)
     assert gz is None or torch.all(gz == 0), "L0 sends no gradient into the encoder"
-    _close(gt, _reference_jumprelu(z.detach(), theta.detach(), 0.5, "triangle", torch.zeros(50, 24,
-           dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))[3])
+    _close(
+        gt,
+        _reference_jumprelu(
+            z.detach(),
+            theta.detach(),
+            0.5,
+            "triangle",
+            torch.zeros(50, 24, dtype=torch.float64),
+            torch.tensor(1.0, dtype=torch.float64),
+        )[3],
+    )
     g_f = torch.randn(50, 24, dtype=torch.float64)
     f, l0 = jumprelu_with_l0(z * 1, theta, 0.5, "triangle")
     gz, gt = torch.autograd.grad((f * g_f).sum(), (z, theta))
-    ref = _reference_jumprelu(z.detach(), theta.detach(), 0.5, "triangle", g_f, torch.tensor(0.0, dtype=torch.float64))
+    ref = _reference_jumprelu(
+        z.detach(), theta.detach(), 0.5, "triangle", g_f, torch.tensor(0.0, dtype=torch.float64)
+    )
     _close(gz, ref[2])
     _close(gt, ref[3])
 
@@ -114,11 +127,18 @@ def _reference_gated(z, b_gate, r_mag, b_mag):
 
 
 def test_gated_activation_matches_reference():
-    leaves = [torch.randn(50, 24, dtype=torch.float64), torch.randn(24, dtype=torch.float64) * 0.3,
-              torch.randn(24, dtype=torch.float64) * 0.3, torch.randn(24, dtype=torch.float64) * 0.3]
+    leaves = [
+        torch.randn(50, 24, dtype=torch.float64),
+        torch.randn(24, dtype=torch.float64) * 0.3,
+        torch.randn(24, dtype=torch.float64) * 0.3,
+        torch.randn(24, dtype=torch.float64) * 0.3,
+    ]
     z0, b_gate, r_mag, b_mag = (t.requires_grad_() for t in leaves)
-    g = [torch.randn(50, 24, dtype=torch.float64), torch.randn(50, 24, dtype=torch.float64),
-         torch.randn(24, dtype=torch.float64)]
+    g = [
+        torch.randn(50, 24, dtype=torch.float64),
+        torch.randn(50, 24, dtype=torch.float64),
+        torch.randn(24, dtype=torch.float64),
+    ]
 
     def loss(outs):
         return sum((o * gi).sum() for o, gi in zip(outs, g))

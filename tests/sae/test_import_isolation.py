@@ -11,5 +11,7 @@ def test_sae_package_imports_without_lightning_or_hydra():
         "('lightning', 'pytorch_lightning', 'hydra', 'omegaconf'))\n"
         "print(bad); sys.exit(1 if bad else 0)"
     )
-    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True
+    )
     assert result.returncode == 0, f"saelab.sae pulled in: {result.stdout} {result.stderr}"

@@ -54,8 +54,15 @@ def test_pseudo_gradients_match_formulas(kernel):
 
 def _one_latent_sae(theta: float, lam: float, eps: float, kernel: str, **kw) -> JumpReLUSAE:
     """d_in = d_sae = 1 with identity weights: z = x and x_hat = JumpReLU(x)."""
-    cfg = JumpReLUConfig(d_in=1, d_sae=1, l0_coefficient=lam, bandwidth=eps, kernel=kernel,
-                         threshold_init=theta, **kw)
+    cfg = JumpReLUConfig(
+        d_in=1,
+        d_sae=1,
+        l0_coefficient=lam,
+        bandwidth=eps,
+        kernel=kernel,
+        threshold_init=theta,
+        **kw,
+    )
     sae = JumpReLUSAE(cfg).double()
     with torch.no_grad():
         sae.W_enc.fill_(1.0)
@@ -76,9 +83,15 @@ def _expected_loss(theta: float, lam: float, mu: float, sigma: float) -> float:
 def test_batch_mean_threshold_gradient_estimates_expected_loss_gradient(kernel):
     theta, lam, mu, sigma, eps = 1.5, 0.3, 0.5, 1.0, 0.05
     h = 1e-3
-    fd = (_expected_loss(theta + h, lam, mu, sigma) - _expected_loss(theta - h, lam, mu, sigma)) / (2 * h)
+    fd = (_expected_loss(theta + h, lam, mu, sigma) - _expected_loss(theta - h, lam, mu, sigma)) / (
+        2 * h
+    )
     sae = _one_latent_sae(theta, lam, eps, kernel)
-    x = torch.randn(2_000_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * sigma + mu
+    x = (
+        torch.randn(2_000_000, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        * sigma
+        + mu
+    )
     sae(x).loss.backward()
     # autodiff through theta = exp(t): dL/dt = theta * dL/dtheta
     estimate = sae.log_threshold.grad.item() / theta
@@ -102,7 +115,9 @@ def test_direct_threshold_gradient_differs_by_theta():
 def test_quadratic_target_l0_pulls_from_both_sides():
     x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
     for target, sign in ((0.1, -1), (0.95, 1)):  # L0 here is ~0.5 (P(x > 0.5))
-        sae = _one_latent_sae(0.5, 1.0, 0.2, "rectangle", target_l0=target, target_l0_method="quadratic")
+        sae = _one_latent_sae(
+            0.5, 1.0, 0.2, "rectangle", target_l0=target, target_l0_method="quadratic"
+        )
         out = sae(x)
         out.losses["l0"].backward()
         # Too dense: raise theta (negative gradient). Too sparse: lower theta.
@@ -113,7 +128,9 @@ def test_quadratic_target_l0_pulls_from_both_sides():
 
 def test_dual_target_l0_multiplier_is_a_pi_controller():
     x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
-    sae = _one_latent_sae(0.5, 0.2, 0.2, "rectangle", target_l0=0.1, target_l0_lr=0.05, target_l0_kp=0.3)
+    sae = _one_latent_sae(
+        0.5, 0.2, 0.2, "rectangle", target_l0=0.1, target_l0_lr=0.05, target_l0_kp=0.3
+    )
     out = sae(x)
     l0 = out.metrics["l0"].item()  # ~0.5: five times the target
     error = l0 / 0.1 - 1
@@ -137,14 +154,17 @@ def _train_threshold(method: str, target: float, steps: int = 1500) -> float:
     reconstruction always wants theta lower (every firing is exact), so only the L0 term can
     hold L0 down at the target. Returns L0 on fresh draws."""
     torch.manual_seed(0)
-    sae = _one_latent_sae(0.5, 0.5, 0.1, "rectangle", target_l0=target, target_l0_method=method,
-                          target_l0_lr=0.02)
+    sae = _one_latent_sae(
+        0.5, 0.5, 0.1, "rectangle", target_l0=target, target_l0_method=method, target_l0_lr=0.02
+    )
     opt = torch.optim.Adam([sae.log_threshold], lr=0.01)
     for _ in range(steps):
         opt.zero_grad()
         sae(torch.randn(1024, 1, dtype=torch.float64) + 0.5).loss.backward()
         opt.step()
-    return (sae.encode(torch.randn(200_000, 1, dtype=torch.float64) + 0.5) != 0).double().mean().item()
+    return (
+        (sae.encode(torch.randn(200_000, 1, dtype=torch.float64) + 0.5) != 0).double().mean().item()
+    )
 
 
 def test_dual_target_reaches_the_requested_l0_where_the_quadratic_penalty_settles_short():
@@ -163,5 +183,7 @@ def test_quantile_threshold_init_gives_the_requested_starting_l0():
     l0 = (sae.encode(fresh) != 0).sum(1).float().mean().item()
     assert l0 == pytest.approx(6, rel=0.05)
     density = (sae.encode(fresh) != 0).float().mean(0)
-    assert density.min() > 0.5 * 6 / 64 and density.max() < 1.5 * 6 / 64, "each latent fires equally often"
+    assert density.min() > 0.5 * 6 / 64 and density.max() < 1.5 * 6 / 64, (
+        "each latent fires equally often"
+    )
     assert torch.all(sae.threshold > 0)

@@ -28,8 +28,10 @@ def test_topk_rows_is_the_per_row_topk():
     assert torch.equal(sel.offsets, torch.arange(0, 200, 5))
 
 
-@pytest.mark.parametrize("case", ["normal", "one loud row", "even rows loud", "few positives", "everything",
-                                  "shifted rows"])
+@pytest.mark.parametrize(
+    "case",
+    ["normal", "one loud row", "even rows loud", "few positives", "everything", "shifted rows"],
+)
 def test_topk_batch_is_the_flat_topk(case):
     z = torch.randn(300, 40, dtype=D64)
     n_keep = 3 * 300

@@ -16,11 +16,20 @@ ROOT = Path(__file__).resolve().parents[2]
 # A tiny synthetic problem whose blocks (64 tokens) divide every batch size used, so runs with
 # different batch sizes or numbers of ranks read the same token stream (data.block_tokens).
 TINY = [
-    "data=synthetic", "data.d_in=16", "data.n_features=64", "data.mean_l0=3", "data.block_tokens=64",
-    "data.val_tokens=1024", "sae.expansion_factor=4", "sae.normalization_tokens=2048",
-    "logger=none", "sae.lr=1e-3",
+    "data=synthetic",
+    "data.d_in=16",
+    "data.n_features=64",
+    "data.mean_l0=3",
+    "data.block_tokens=64",
+    "data.val_tokens=1024",
+    "sae.expansion_factor=4",
+    "sae.normalization_tokens=2048",
+    "logger=none",
+    "sae.lr=1e-3",
     # trainer=debug's settings, spelled out so that trainer=ddp / trainer=fsdp can be added
-    "trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.limit_val_batches=2",
+    "trainer.max_steps=20",
+    "trainer.val_check_interval=10",
+    "trainer.limit_val_batches=2",
     "+trainer.enable_progress_bar=false",
 ]
 
@@ -31,17 +40,32 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
-def train_py(args: list[str], timeout: float = 400, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "train.py", *args], cwd=ROOT, env=env(), check=False,
-                            capture_output=True, text=True, timeout=timeout)
+def train_py(
+    args: list[str], timeout: float = 400, check: bool = True
+) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env(),
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result
 
 
 def start_train_py(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def exported(folder: Path) -> dict[str, torch.Tensor]:

@@ -46,7 +46,9 @@ def _compare_with_one_process(run, one_process, tmp_path) -> None:
 @pytest.mark.slow
 def test_ddp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, one_process):
     run = tmp_path / "runs" / "ddp"
-    train_py([*RUN, "data.batch_size=128", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}"])
+    train_py(
+        [*RUN, "data.batch_size=128", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}"]
+    )
     _compare_with_one_process(run, one_process, tmp_path)
     # Rank 1 was given rank 0's folder: nothing was written anywhere else.
     assert [p.name for p in (tmp_path / "runs").iterdir()] == ["ddp"]
@@ -56,14 +58,18 @@ def test_ddp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, on
 @pytest.mark.slow
 def test_fsdp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, one_process):
     run = tmp_path / "fsdp"
-    train_py([*RUN, "data.batch_size=128", "trainer=fsdp", "trainer.devices=2", f"hydra.run.dir={run}"])
+    train_py(
+        [*RUN, "data.batch_size=128", "trainer=fsdp", "trainer.devices=2", f"hydra.run.dir={run}"]
+    )
     _compare_with_one_process(run, one_process, tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
     # The same command again finds the sharded checkpoint, restores it (already at max_steps)
     # and exports the very same weights: the shards were saved and loaded faithfully.
     before = exported(run / "sae")
-    rerun = train_py([*RUN, "data.batch_size=128", "trainer=fsdp", "trainer.devices=2", f"hydra.run.dir={run}"])
+    rerun = train_py(
+        [*RUN, "data.batch_size=128", "trainer=fsdp", "trainer.devices=2", f"hydra.run.dir={run}"]
+    )
     assert "resuming from" in rerun.stdout + rerun.stderr
     after = exported(run / "sae")
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -71,8 +77,18 @@ def test_fsdp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, o
 
 @pytest.mark.slow
 def test_multirun_with_ddp_puts_each_jobs_ranks_in_that_jobs_folder(tmp_path):
-    train_py(["-m", *RUN, "trainer.max_steps=6", "data.batch_size=128", "trainer=ddp", "trainer.devices=2",
-              "sae.l0_coefficient=1e-4,1e-2", f"hydra.sweep.dir={tmp_path}"])
+    train_py(
+        [
+            "-m",
+            *RUN,
+            "trainer.max_steps=6",
+            "data.batch_size=128",
+            "trainer=ddp",
+            "trainer.devices=2",
+            "sae.l0_coefficient=1e-4,1e-2",
+            f"hydra.sweep.dir={tmp_path}",
+        ]
+    )
     jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
     assert [p.name for p in jobs] == ["0", "1"]  # one folder per job, no stray rank folders
     for job, coefficient in zip(jobs, (1e-4, 1e-2)):

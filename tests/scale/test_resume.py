@@ -30,20 +30,33 @@ from tests.conftest import TINY_RUN, compose_config
 from .helpers import TINY, checkpoint, start_train_py, train_py
 
 STEPS = 600
-LONG = [*TINY, "data.batch_size=256", f"trainer.max_steps={STEPS}", "trainer.val_check_interval=200"]
+LONG = [
+    *TINY,
+    "data.batch_size=256",
+    f"trainer.max_steps={STEPS}",
+    "trainer.val_check_interval=200",
+]
 
 
 def _state(run) -> dict[str, torch.Tensor]:
     ckpt = checkpoint(run)
     assert ckpt["global_step"] == STEPS
-    return {**ckpt["state_dict"], **{f"adam.{i}.{k}": v for i, s in ckpt["optimizer_states"][0]["state"].items()
-                                     for k, v in s.items()}}
+    return {
+        **ckpt["state_dict"],
+        **{
+            f"adam.{i}.{k}": v
+            for i, s in ckpt["optimizer_states"][0]["state"].items()
+            for k, v in s.items()
+        },
+    }
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
     assert a.keys() == b.keys()
     for key, value in a.items():
-        assert torch.equal(value, b[key]), f"{key} differs: max |diff| {(value - b[key]).abs().max()}"
+        assert torch.equal(value, b[key]), (
+            f"{key} differs: max |diff| {(value - b[key]).abs().max()}"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +67,9 @@ def uninterrupted(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weights(tmp_path, uninterrupted):
+def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weights(
+    tmp_path, uninterrupted
+):
     run = tmp_path / "run"
     args = [*LONG, "checkpoint_every_n_steps=50", f"hydra.run.dir={run}"]
     proc = start_train_py(args)
@@ -63,7 +78,9 @@ def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weight
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed:\n" + err[-3000:]
+    assert proc.returncode == -signal.SIGKILL, (
+        "the run ended before it could be killed:\n" + err[-3000:]
+    )
     killed_at = checkpoint(run)["global_step"]  # complete and loadable, even if killed mid-write
     assert 0 < killed_at < STEPS
 
@@ -87,8 +104,13 @@ def test_sigterm_saves_a_checkpoint_stops_and_resume_continues_exactly(tmp_path,
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     stopped_at = checkpoint(run)["global_step"]
     assert 0 < stopped_at < STEPS, "SIGTERM must checkpoint mid-run"
-    assert f"SIGTERM received: saved {run / 'checkpoints' / 'last.ckpt'} at step {stopped_at}" in out + err
-    assert not (run / "sae").exists() and not (run / "metrics.json").exists()  # no export of a partial run
+    assert (
+        f"SIGTERM received: saved {run / 'checkpoints' / 'last.ckpt'} at step {stopped_at}"
+        in out + err
+    )
+    assert (
+        not (run / "sae").exists() and not (run / "metrics.json").exists()
+    )  # no export of a partial run
 
     train_py([*args, f"resume={run}"])
     _assert_same(_state(run), uninterrupted)
@@ -97,8 +119,15 @@ def test_sigterm_saves_a_checkpoint_stops_and_resume_continues_exactly(tmp_path,
 @pytest.mark.slow
 def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_at_one_step_with_a_checkpoint(tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, "data.batch_size=128", "trainer=ddp", "trainer.devices=2", f"hydra.run.dir={run}",
-            "trainer.val_check_interval=1000", "checkpoint_every_n_steps=5000"]
+    args = [
+        *TINY,
+        "data.batch_size=128",
+        "trainer=ddp",
+        "trainer.devices=2",
+        f"hydra.run.dir={run}",
+        "trainer.val_check_interval=1000",
+        "checkpoint_every_n_steps=5000",
+    ]
     proc = start_train_py([*args, "trainer.max_steps=3000"])
     for line in proc.stdout:
         if "Total estimated model params size" in line:
@@ -121,9 +150,16 @@ def test_resume_from_a_folder_without_a_checkpoint_is_refused(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused_naming_the_keys(tmp_path):
-    train(compose_config([*TINY_RUN, "logger=none", "trainer.max_steps=4", "export=false"], tmp_path))
-    cfg = compose_config([*TINY_RUN, "logger=none", "sae.lr=0.5", "data.mean_l0=2", f"resume={tmp_path}"], tmp_path)
-    with pytest.raises(ValueError, match=r"data\.mean_l0: checkpoint has 3.*sae\.lr: checkpoint has None, this run has 0\.5"):
+    train(
+        compose_config([*TINY_RUN, "logger=none", "trainer.max_steps=4", "export=false"], tmp_path)
+    )
+    cfg = compose_config(
+        [*TINY_RUN, "logger=none", "sae.lr=0.5", "data.mean_l0=2", f"resume={tmp_path}"], tmp_path
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"data\.mean_l0: checkpoint has 3.*sae\.lr: checkpoint has None, this run has 0\.5",
+    ):
         train(cfg)
 
 
@@ -140,8 +176,16 @@ def test_a_rerun_in_a_finished_folder_resumes_and_extends_it(tmp_path):
 
 
 def test_allowed_and_refused_config_changes():
-    saved = {"sae": {"lr": 1e-3, "k": 4}, "trainer": {"max_steps": 10, "devices": 1}, "output_dir": "/a"}
-    now = {"sae": {"lr": 1e-3, "k": 8}, "trainer": {"max_steps": 20, "devices": 2}, "output_dir": "/b"}
+    saved = {
+        "sae": {"lr": 1e-3, "k": 4},
+        "trainer": {"max_steps": 10, "devices": 1},
+        "output_dir": "/a",
+    }
+    now = {
+        "sae": {"lr": 1e-3, "k": 8},
+        "trainer": {"max_steps": 20, "devices": 2},
+        "output_dir": "/b",
+    }
     assert config_differences(saved, now) == ["sae.k: checkpoint has 4, this run has 8"]
 
 

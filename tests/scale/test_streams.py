@@ -25,16 +25,27 @@ def _ranks_match_one_process(streams_by_rank, one_process, steps: int) -> None:
 
 @pytest.mark.parametrize("world", [2, 4])
 def test_synthetic_ranks_with_batch_b_read_what_one_process_with_batch_wb_reads(world):
-    ranks = [SyntheticStream(SyntheticDataConfig(**SYNTH, batch_size=64).build().train_set,
-                             rank=r, world_size=world, prefetch=0) for r in range(world)]
-    single = SyntheticStream(SyntheticDataConfig(**SYNTH, batch_size=64 * world).build().train_set, prefetch=0)
+    ranks = [
+        SyntheticStream(
+            SyntheticDataConfig(**SYNTH, batch_size=64).build().train_set,
+            rank=r,
+            world_size=world,
+            prefetch=0,
+        )
+        for r in range(world)
+    ]
+    single = SyntheticStream(
+        SyntheticDataConfig(**SYNTH, batch_size=64 * world).build().train_set, prefetch=0
+    )
     _ranks_match_one_process(ranks, single, steps=5)
 
 
 def test_cache_ranks_with_batch_b_read_what_one_process_with_batch_2b_reads(tmp_path):
     cache = write_cache(tmp_path / "c", [512, 512])  # rows hold their own index
     ranks = [ActivationLoader(cache, 64, 32, seed=4, rank=r, world_size=2) for r in range(2)]
-    _ranks_match_one_process(ranks, ActivationLoader(cache, 128, 32, seed=4), steps=8)  # a whole epoch
+    _ranks_match_one_process(
+        ranks, ActivationLoader(cache, 128, 32, seed=4), steps=8
+    )  # a whole epoch
 
 
 def test_the_normalisation_sample_does_not_depend_on_the_batch_size():
@@ -48,7 +59,9 @@ def test_without_block_tokens_the_synthetic_data_are_unchanged():
     from saelab.data.synthetic import SyntheticFeatures, _batch_seed
 
     cfg = SyntheticDataConfig(d_in=8, n_features=32, mean_l0=3, batch_size=64)
-    expected = SyntheticFeatures(cfg).sample(64, torch.Generator().manual_seed(_batch_seed(0, "train", 3)))[0]
+    expected = SyntheticFeatures(cfg).sample(
+        64, torch.Generator().manual_seed(_batch_seed(0, "train", 3))
+    )[0]
     assert torch.equal(cfg.build().train_set[3], expected)
 
 
@@ -74,10 +87,17 @@ class _Recorder(pl.LightningModule):
 def _fit(tmp_path, steps, ckpt_path=None):
     model = _Recorder()
     dm = SyntheticDataConfig(**SYNTH, batch_size=32, train_tokens=32 * 5).build()  # 5-batch epochs
-    trainer = pl.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0, default_root_dir=tmp_path,
-                         callbacks=[pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=7,
-                                                                 save_top_k=-1)])
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[
+            pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=7, save_top_k=-1)
+        ],
+    )
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return model.seen
 

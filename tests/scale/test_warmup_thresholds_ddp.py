@@ -23,7 +23,10 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
     try:
         sae, z = _batch()
         half = z.chunk(world)[rank]
-        got = {mode: sae.quantile_thresholds(half, 5, pooled=mode == "pooled") for mode in ("pooled", "per_latent")}
+        got = {
+            mode: sae.quantile_thresholds(half, 5, pooled=mode == "pooled")
+            for mode in ("pooled", "per_latent")
+        }
         if rank == 0:
             torch.save(got, out)
     finally:
@@ -41,4 +44,6 @@ def test_ranks_get_the_thresholds_of_the_whole_batch(tmp_path):
         # and it is the quantile: L0 on the whole batch is exactly 5
         assert (z > whole).float().sum(1).mean().item() == 5.0
     halves = [sae.quantile_thresholds(h, 5, pooled=True) for h in z.chunk(2)]
-    assert not torch.equal((halves[0] + halves[1]) / 2, got["pooled"]), "averaging halves is not the same"
+    assert not torch.equal((halves[0] + halves[1]) / 2, got["pooled"]), (
+        "averaging halves is not the same"
+    )
