@@ -1,4 +1,4 @@
-"""Evaluate an SAE on held-out text (SPEC.md 6): sparsity and fidelity on the site's activations
+"""Evaluate an SAE on held-out text (docs/maths.md §6): sparsity and fidelity on the site's activations
 (L0, FVU, feature density, relative reconstruction bias) and the effect on the language model
 when the reconstruction is spliced in (delta LM loss, CE loss recovered, KL).
 

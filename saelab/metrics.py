@@ -1,4 +1,4 @@
-"""torchmetrics Metrics for SAEs (SPEC.md section 6). Each accumulates sums over tokens, so the
+"""torchmetrics Metrics for SAEs (docs/maths.md §6). Each accumulates sums over tokens, so the
 value over a whole evaluation set (and over DDP ranks: torchmetrics all-reduces the states) is
 exact, not an average of per-batch ratios.
 

@@ -127,7 +127,7 @@ def test_family_yaml_states_the_schema_defaults(family):
 
 
 def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
-    # Written out from SPEC.md section 1 (Gemma Scope), not read from the code.
+    # Written out from docs/maths.md §1 (Gemma Scope), not read from the code.
     paper = {
         "l0_coefficient": 5e-4,
         "bandwidth": 1e-3,

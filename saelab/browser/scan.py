@@ -9,7 +9,7 @@ still in memory, so no second pass over the text is needed to shade the contexts
 
 Positions that are not real text (BOS, EOS, padding; ``keep_mask``) are treated as "did not
 fire": they are never counted, never picked as a top context, and shade as zero in a window
-(BOS typically carries huge activations that say nothing about a latent: SPEC.md 0).
+(BOS typically carries huge activations that say nothing about a latent: docs/maths.md §0).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from saelab.browser.scan import BINS_PER_DECADE, HIST_LOG10_MIN, PAD_ID, ScanRes
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = ("index.html", "browser.js", "browser.css")
 CHUNK = 256  # latents per data file: ~1 MB for 20 contexts of 21 tokens each
-HIGH_FREQUENCY = 0.10  # the paper's "high-frequency latent" (SPEC.md 6)
+HIGH_FREQUENCY = 0.10  # the paper's "high-frequency latent" (docs/maths.md §6)
 
 
 def _sig(values, digits: int = 4):

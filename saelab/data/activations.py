@@ -30,7 +30,7 @@ from saelab.lm.sites import check_site
 @dataclass
 class ActivationsDataConfig:
     site: str = "resid"
-    """resid | mlp | attn (SPEC.md 5); set through the ``site`` group: ``site=mlp``."""
+    """resid | mlp | attn (docs/maths.md §5); set through the ``site`` group: ``site=mlp``."""
     layer: int = 12
     """Decoder layer 0..n_layers-1; set through the top-level ``layer=``."""
     d_in: int = 128

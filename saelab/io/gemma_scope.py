@@ -1,4 +1,4 @@
-"""Gemma Scope's ``params.npz`` (SPEC.md 7): W_enc [n, M], W_dec [M, n], b_enc [M], b_dec [n] and
+"""Gemma Scope's ``params.npz`` (docs/maths.md §7): W_enc [n, M], W_dec [M, n], b_enc [M], b_dec [n] and
 threshold [M] (theta itself, not its log). The weights act on RAW activations and the encoder is
 ``(z > threshold) * relu(z)`` with ``z = x @ W_enc + b_enc`` (no pre-encoder bias), which is
 exactly a JumpReLU SAE. Loaded with ``allow_pickle=False``: an npz can carry pickled objects.

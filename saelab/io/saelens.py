@@ -1,4 +1,4 @@
-"""The SAELens folder layout: ``cfg.json`` + ``sae_weights.safetensors`` (SPEC.md 7).
+"""The SAELens folder layout: ``cfg.json`` + ``sae_weights.safetensors`` (docs/maths.md §7).
 
 Tensors keep SAELens names (W_enc, b_enc, W_dec, b_dec, threshold, ...). JumpReLU stores the
 threshold theta itself, not its log. Writes go to a temporary folder renamed into place, so a

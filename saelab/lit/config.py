@@ -35,7 +35,7 @@ class TrainConfig:
     """A latent is dead when it has not fired for this many training tokens (capped at a tenth
     of the run's tokens so short runs can see dead latents)."""
     normalize_activations: bool = True
-    """Train on x / s with s fixed so that E||x/s||^2 = 1 (SPEC.md 0); s is folded in at export."""
+    """Train on x / s with s fixed so that E||x/s||^2 = 1 (docs/maths.md §0); s is folded in at export."""
     normalization_tokens: int = 1_000_000
     """Tokens read at the start of training to estimate s."""
 

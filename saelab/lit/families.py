@@ -19,7 +19,7 @@ from . import sharding
 from .base import SAELitModule
 from .config import TrainConfig, width_scaled_lr
 
-# --- JumpReLU (SPEC.md 1) -----------------------------------------------------------------------
+# --- JumpReLU (docs/maths.md §1) -----------------------------------------------------------------------
 # The paper's SAE and estimators (saelab/sae/jumprelu.py) trained with saelab's recipe: the
 # defaults below were chosen by measurement on budgets of 0.5M-8M tokens (bench/jumprelu_budget.py,
 # README "Choosing eps and lambda"). The paper's own recipe (Gemma Scope: fixed lambda 5e-4,
@@ -103,7 +103,7 @@ class JumpReLULit(SAELitModule):
 
     def after_training_step(self, out) -> None:
         # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high
-        # for a long time on small token budgets; SPEC.md 1).
+        # for a long time on small token budgets; docs/maths.md §1).
         theta = self.sae.threshold.detach()
         self.log_dict(
             {
@@ -122,7 +122,7 @@ class JumpReLULit(SAELitModule):
             self.log("train/l0_multiplier", self.sae.l0_multiplier)
 
 
-# --- Gated (SPEC.md 2; defaults from public trainers) ------------------------------------------
+# --- Gated (docs/maths.md §2; defaults from public trainers) ------------------------------------------
 @dataclass
 class GatedTrainConfig(TrainConfig, GatedConfig):
     lr: float = 5e-5
@@ -135,7 +135,7 @@ class GatedLit(SAELitModule):
     config_class = GatedTrainConfig
 
 
-# --- TopK / BatchTopK (SPEC.md 3) ---------------------------------------------------------------
+# --- TopK / BatchTopK (docs/maths.md §3) ---------------------------------------------------------------
 @dataclass
 class TopKTrainConfig(TrainConfig, TopKConfig):
     lr: float | None = None
@@ -182,7 +182,7 @@ class BatchTopKLit(TopKLit):
         return super().export_sae().to_jumprelu()
 
 
-# --- ReLU (SPEC.md 4; Anthropic April 2024) ----------------------------------------------------
+# --- ReLU (docs/maths.md §4; Anthropic April 2024) ----------------------------------------------------
 @dataclass
 class ReLUTrainConfig(TrainConfig, ReLUConfig):
     lr: float = 5e-5

@@ -3,7 +3,7 @@ through Lightning's ``ModelParallelStrategy``, on GPUs (nccl) and on CPUs (gloo)
 
 Why FSDP2 and not Lightning's ``strategy="fsdp"`` (FSDP1): FSDP1 refuses CPU devices, and it
 flattens all parameters into one buffer cut at arbitrary offsets, so per-row operations on
-``W_dec`` (the unit-norm constraint, SPEC.md 0) would see fragments of rows. FSDP2 shards every
+``W_dec`` (the unit-norm constraint, docs/maths.md §0) would see fragments of rows. FSDP2 shards every
 parameter on dim 0: each rank holds whole decoder ROWS (whole latents), so renormalising rows
 and projecting row gradients stay local, exact operations on the shards.
 

@@ -5,7 +5,7 @@ into rows of ``<bos> + (context_length - 1)`` tokens (``saelab.lm.heldout``'s pa
 the embedded model was pretrained and the way Gemma Scope fed Gemma 2). The last, ragged row is
 padded and its padding masked out through the attention mask, so no text is dropped.
 
-SPEC.md section 0: BOS, EOS and padding positions are never trained on. ``keep_mask`` marks the
+docs/maths.md §0: BOS, EOS and padding positions are never trained on. ``keep_mask`` marks the
 rest. It depends only on the token ids, so the number of kept tokens of a batch is known
 without running the LM (cache building relies on that to resume without recomputing).
 """

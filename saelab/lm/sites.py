@@ -1,4 +1,4 @@
-"""Activation sites (SPEC.md section 5): where in a decoder an SAE reads, and how to read it.
+"""Activation sites (docs/maths.md §5): where in a decoder an SAE reads, and how to read it.
 
     site   what                                        hooked module of decoder layer L
     resid  residual stream after block L               output of layers[L] (a tensor or out[0])
@@ -53,7 +53,9 @@ class SiteConfig:
 def check_site(site: str, layer: int | None = None, n_layers: int | None = None) -> None:
     """Fail before any work on an unknown site or an out-of-range layer, naming what is valid."""
     if site not in SITES:
-        raise ValueError(f"site={site!r} is unknown: the sites are {', '.join(SITES)} (SPEC.md 5).")
+        raise ValueError(
+            f"site={site!r} is unknown: the sites are {', '.join(SITES)} (docs/maths.md §5)."
+        )
     if layer is not None and n_layers is not None and not 0 <= layer < n_layers:
         raise ValueError(
             f"layer={layer!r} is out of range: the model has {n_layers} layers, so layer must be "

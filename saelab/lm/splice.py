@@ -1,5 +1,5 @@
 """Splicing a reconstruction into the model's forward, for the paper's headline metric:
-delta LM loss = CE(next token | x_hat spliced in at the site) - CE(clean) (SPEC.md 6).
+delta LM loss = CE(next token | x_hat spliced in at the site) - CE(clean) (docs/maths.md §6).
 
 The replacement happens only at unmasked positions (BOS, EOS and padding keep their clean
 activations, as they were never trained on). The hook is removed in a ``finally``, so the

@@ -1,7 +1,7 @@
 """The shared SAE base: parameters, initialisation, the output record and the decoder constraint.
 
 Everything here is plain torch (no Lightning, no Hydra) so an exported SAE runs anywhere.
-Conventions (SPEC.md section 0): explicit parameters ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+Conventions (docs/maths.md §0): explicit parameters ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
 ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` in the orientation of Gemma Scope and SAELens files;
 reconstruction loss is the squared error summed over the model dimensions, averaged over the batch.
 """
@@ -86,7 +86,7 @@ def affine(x: Tensor, W: Tensor, b: Tensor) -> Tensor:
 
 
 def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
-    """mean_b sum_d (x - x_hat)^2 (SPEC.md 0; a per-element mean would rescale lambda by d_in).
+    """mean_b sum_d (x - x_hat)^2 (docs/maths.md §0; a per-element mean would rescale lambda by d_in).
     As the summed ``mse_loss`` over the number of rows: one fused op each way (6 vs 16 ms at
     4096 x 512 on one CPU core, forward + backward) instead of four with two temporaries."""
     return F.mse_loss(x_hat, x, reduction="sum") / (x.numel() // x.shape[-1])
@@ -98,7 +98,7 @@ class SAE(nn.Module):
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
     unit_norm_decoder: ClassVar[bool] = True
-    """Whether training keeps decoder rows at unit norm (SPEC.md 0); ReLU-April and RI-L1 don't."""
+    """Whether training keeps decoder rows at unit norm (docs/maths.md §0); ReLU-April and RI-L1 don't."""
     has_b_enc: ClassVar[bool] = True
     """Gated replaces b_enc by its gate and magnitude biases."""
 
@@ -108,7 +108,7 @@ class SAE(nn.Module):
         self.d_in = cfg.d_in
         self.d_sae = int(cfg.d_sae)  # type: ignore[arg-type]
         W_dec = torch.empty(self.d_sae, self.d_in)
-        # Kaiming-uniform, then each latent's direction (a row) to unit norm (SPEC.md 0).
+        # Kaiming-uniform, then each latent's direction (a row) to unit norm (docs/maths.md §0).
         nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(W_dec)
@@ -142,7 +142,7 @@ class SAE(nn.Module):
         if x.device.type == "cpu":  # reading a number is free on a CPU; GPUs never go sparse
             self._density = float(l0.detach()) / self.d_sae
 
-    # --- constraint (SPEC.md 0) ------------------------------------------------------------
+    # --- constraint (docs/maths.md §0) ------------------------------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Drop from each decoder row's gradient its component along the row, so a unit-norm
@@ -159,7 +159,7 @@ class SAE(nn.Module):
     def normalize_decoder(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    # --- normalisation fold (SPEC.md 0) -----------------------------------------------------
+    # --- normalisation fold (docs/maths.md §0) -----------------------------------------------------
     training_state: tuple[str, ...] = ()
     """Buffers that only training uses (kept in checkpoints, left out of exported SAE files)."""
 

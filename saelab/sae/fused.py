@@ -55,7 +55,7 @@ def _as_rows(t: Tensor) -> Tensor:
     return t.reshape(-1, t.shape[-1])
 
 
-# --- JumpReLU (SPEC.md 1) ------------------------------------------------------------------------
+# --- JumpReLU (docs/maths.md §1) ------------------------------------------------------------------------
 class JumpReLUWithL0(torch.autograd.Function):
     """(f, l0) = (z * H(z - theta), mean_b sum_i H(z_bi - theta_i)) with the paper's pseudo-
     derivatives (eqs. 11-12), in one pass forward and one backward:
@@ -146,7 +146,7 @@ def jumprelu_with_l0(
     return JumpReLUWithL0.apply(z, threshold, bandwidth, kernel, overwrite_z)
 
 
-# --- ReLU (SPEC.md 4) ----------------------------------------------------------------------------
+# --- ReLU (docs/maths.md §4) ----------------------------------------------------------------------------
 class ReLUWithColumnSums(torch.autograd.Function):
     """f = ReLU(z), computed in z's own buffer, with column sums s_i = sum_b f_bi (the L1 penalty
     is s . ||W_dec||_2 / B, so it needs no [B, d_sae] temporary) and the count of nonzeros."""
@@ -190,7 +190,7 @@ class ReLUWithColumnSums(torch.autograd.Function):
         return grad_z.view(f.shape)
 
 
-# --- Gated (SPEC.md 2) ---------------------------------------------------------------------------
+# --- Gated (docs/maths.md §2) ---------------------------------------------------------------------------
 class GatedActivation(torch.autograd.Function):
     """From z = x~ @ W_gate (the shared product), with pi_gate = z + b_gate and
     pi_mag = z * s + b_mag (s = exp(r_mag)):

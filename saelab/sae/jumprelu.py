@@ -8,7 +8,7 @@
 The Heaviside step H has zero gradient almost everywhere, so theta learns only through the
 straight-through pseudo-derivatives of the paper's eqs. 11-12, implemented below as autograd
 Functions. The L0 step is applied to the pre-activation z (not to f), which keeps both halves of
-the kernel window; see SPEC.md section 1.
+the kernel window; see docs/maths.md §1.
 """
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ class ExpIdentityGrad(torch.autograd.Function):
 @dataclass
 class JumpReLUConfig(SAEConfig):
     l0_coefficient: float = 5e-4
-    """lambda: weight of the L0 penalty (SPEC.md 1; ~5e-4 gave Gemma Scope L0 ~50-100)."""
+    """lambda: weight of the L0 penalty (docs/maths.md §1; ~5e-4 gave Gemma Scope L0 ~50-100)."""
     bandwidth: float = 1e-3
     """eps, the STE kernel bandwidth, in units of the normalised activations."""
     kernel: str = "rectangle"

@@ -44,7 +44,7 @@ class TopKConfig(SAEConfig):
     k: int = 32
     """Latents kept per token (the L0)."""
     aux_k: int | None = None
-    """Dead latents used by AuxK; None means d_in // 2 (SPEC.md 3; OpenAI used 256)."""
+    """Dead latents used by AuxK; None means d_in // 2 (docs/maths.md §3; OpenAI used 256)."""
     aux_coefficient: float = 1 / 32
     """alpha, the weight of the AuxK loss."""
 
@@ -202,7 +202,7 @@ class BatchTopKSAE(TopKSAE):
 
     @torch.no_grad()
     def to_jumprelu(self):
-        """The inference-time SAE as a JumpReLU SAE (SPEC.md 3): the pre-encoder bias is moved
+        """The inference-time SAE as a JumpReLU SAE (docs/maths.md §3): the pre-encoder bias is moved
         into b_enc (``(x - b_dec) @ W_enc + b_enc == x @ W_enc + (b_enc - b_dec @ W_enc)``) and
         every latent gets the global threshold, so encodings are identical."""
         from .jumprelu import JumpReLUConfig, JumpReLUSAE

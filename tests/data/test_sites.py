@@ -1,4 +1,4 @@
-"""Site hooks read exactly what SPEC.md 5 defines, change nothing, and clean up after themselves."""
+"""Site hooks read exactly what docs/maths.md §5 defines, change nothing, and clean up after themselves."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from saelab.lm.sites import SITES, SitePoint, capture, check_site, forward_until
 
 
 def _reference(model, ids, mask, site, layer):
-    """Independent capture: our own hook on the SPEC.md module, during a FULL forward."""
+    """Independent capture: our own hook on the module docs/maths.md §5 names, during a FULL forward."""
     block = model.model.layers[layer]
     got = {}
     if site == "resid":

@@ -109,7 +109,7 @@ def test_run_writes_tensorboard_checkpoint_and_export(arch, tmp_path):
         metrics["val/fvu"]
     )
     sae = load_sae(tmp_path / "sae")
-    # BatchTopK runs at inference with its global threshold, so it exports as JumpReLU (SPEC 3).
+    # BatchTopK runs at inference with its global threshold, so it exports as JumpReLU (docs/maths.md §3).
     assert sae.cfg.architecture == {"batchtopk": "jumprelu"}.get(arch, arch)
 
 

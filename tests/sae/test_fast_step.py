@@ -1,4 +1,4 @@
-"""Each family's (fused / sparse) forward and backward equal the plain maths of SPEC.md written
+"""Each family's (fused / sparse) forward and backward equal the plain maths of docs/maths.md written
 out op by op here, on fresh random inputs; and under bf16 autocast, parameters, gradients and
 thresholds stay float32 while the step computes (approximately) the same function."""
 

@@ -1,4 +1,4 @@
-"""The normalisation fold (SPEC.md 0): an SAE trained on x / s, with s folded in, must give on raw
+"""The normalisation fold (docs/maths.md §0): an SAE trained on x / s, with s folded in, must give on raw
 x exactly s times its outputs on x / s (same latents fire; activations and reconstructions scale)."""
 
 from __future__ import annotations
