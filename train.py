@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from saelab.config import register_configs
-from saelab.lit.launch import compose_job, launched_job
+from saelab.launch import compose_job, launched_job
 from saelab.runner import train
 
 register_configs()

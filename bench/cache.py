@@ -28,10 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from saelab.data import corpus, shards
+from saelab.data import shards
 from saelab.data.batches import ActivationLoader
 from saelab.data.cache import MANIFEST, ActivationCache
 from saelab.data.cache_build import CacheBuilder, LMSource
+from saelab.fileio import write_json
+from saelab.lm import corpus
 from saelab.lm.config import ModelConfig
 from saelab.lm.contexts import iter_token_batches, keep_mask
 from saelab.lm.load import load_model, load_tokenizer
@@ -90,7 +92,7 @@ def make_cache(
     for i, start in enumerate(range(0, rows, shard_rows)):
         x = torch.randn(min(shard_rows, rows - start), d_in, generator=g)
         entries.append(shards.write_array(folder / f"shard_{i:05d}.npy", shards.encode(x, dtype)))
-    shards.write_json(
+    write_json(
         folder / MANIFEST,
         {
             "key": f"bench-{dtype}",

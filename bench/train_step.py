@@ -51,6 +51,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from saelab.data import shards
 from saelab.data.activations import ActivationDataModule, ActivationsDataConfig
 from saelab.data.cache import MANIFEST, ActivationCache
+from saelab.fileio import write_json
 from saelab.lit import LIT_CLASSES
 from saelab.sae import fused
 
@@ -202,7 +203,7 @@ def random_cache(folder: Path, d_in: int, tokens: int) -> ActivationCache:
     folder.mkdir(parents=True)
     x = torch.randn(tokens, d_in, generator=torch.Generator().manual_seed(0))
     entry = shards.write_array(folder / "shard_00000.npy", shards.encode(x, "float32"))
-    shards.write_json(
+    write_json(
         folder / MANIFEST,
         {
             "key": f"bench-{d_in}",

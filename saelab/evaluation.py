@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from saelab.data.shards import write_json
+from saelab.fileio import write_json
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
 from saelab.lm.sites import SitePoint, capture
 from saelab.lm.splice import next_token_loss, spliced_losses
@@ -136,7 +136,7 @@ def evaluate_on_validation(
     """Evaluate on the corpus's validation split at the site, layer, model and context length of
     an ``ActivationsDataConfig`` (the data a run trained on). With ``output_dir``, writes
     eval.json (results + ``extra``) and feature_density.png there."""
-    from saelab.data.corpus import iter_documents
+    from saelab.lm.corpus import iter_documents
     from saelab.lm.load import load_model, load_tokenizer
 
     m = data_cfg.model

@@ -19,9 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from saelab.data.activations import ActivationsDataConfig
-from saelab.data.shards import write_json
 from saelab.evaluation import evaluate_on_validation
+from saelab.fileio import write_json
 from saelab.io import save_sae
+from saelab.launch import SameRunFolder, launch_scope
 from saelab.lit import (
     AtomicCheckpointIO,
     FeatureRecoveryCallback,
@@ -32,7 +33,6 @@ from saelab.lit import (
     resume_checkpoint,
 )
 from saelab.lit.checkpointing import CHECKPOINT
-from saelab.lit.launch import SameRunFolder, launch_scope
 
 # Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
 # computed: Lightning's advice to add sync_dist=True to them does not apply.

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
 from saelab.sae import SAE_CLASSES, build_sae
 
 FAMILIES = sorted(SAE_CLASSES)
+TINY = "tiny-gemma-2"
 
 
 def make_sae(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
@@ -46,3 +50,41 @@ def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F82
     register_configs()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_lm():
+    """The embedded tiny-gemma-2 and its tokenizer."""
+    from saelab.lm.load import load_model, load_tokenizer
+
+    return load_model(TINY), load_tokenizer(TINY)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 3-layer LlamaForCausalLM with the embedded tokenizer, saved."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from saelab.lm.load import EMBEDDED, load_tokenizer
+
+    tok = load_tokenizer(TINY)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
+    )
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(EMBEDDED[TINY] / name, folder / name)
+    return folder

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saelab.data.corpus import iter_documents
 from saelab.evaluation import evaluate_sae
+from saelab.lm.corpus import iter_documents
 from saelab.lm.load import load_model, load_tokenizer
 from saelab.lm.sites import SitePoint
 from saelab.sae import JumpReLUSAE

@@ -46,7 +46,7 @@ def build_browser(
 ) -> dict:
     """Scan, compute output tokens, write; returns the written meta (with file sizes) and the
     output folder and seconds taken under ``out`` and ``seconds``."""
-    from saelab.data.corpus import iter_documents
+    from saelab.lm.corpus import iter_documents
     from saelab.lm.load import load_model, load_tokenizer
     from saelab.lm.sites import SitePoint
     from saelab.sae import load_sae

@@ -21,9 +21,9 @@ from saelab.data.base import ActivationSource
 from saelab.data.batches import ActivationLoader
 from saelab.data.cache import VERIFY_MODES, ActivationCache, CacheSpec, cache_root
 from saelab.data.cache_build import CacheBuilder, LMSource
-from saelab.data.corpus import CorpusConfig
 from saelab.data.shards import check_dtype
 from saelab.lm.config import ModelConfig
+from saelab.lm.corpus import CorpusConfig
 from saelab.lm.sites import check_site
 
 

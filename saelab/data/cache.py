@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from saelab.data import shards
+from saelab.fileio import write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -50,7 +51,7 @@ class CacheSpec:
     revision: str | None
     weights: str  # saelab.lm.fingerprint.weights_fingerprint
     model_dtype: str  # the LM's compute dtype changes activations too
-    corpus: str  # saelab.data.corpus.fingerprint
+    corpus: str  # saelab.lm.corpus.fingerprint
     split: str
     context_length: int
     prepend_bos: bool
@@ -168,7 +169,7 @@ class ActivationCache:
                 )
         if checksum:
             try:
-                shards.write_json(marker, {"manifest_blake2b": manifest_digest})
+                write_json(marker, {"manifest_blake2b": manifest_digest})
             except OSError:  # a read-only shared cache: verify again next time, harmless
                 pass
 

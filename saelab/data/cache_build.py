@@ -25,9 +25,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saelab.data import corpus as corpus_lib
 from saelab.data import shards
 from saelab.data.cache import MANIFEST, ActivationCache, CacheSpec, folder_lock, read_manifest
+from saelab.fileio import write_json
+from saelab.lm import corpus as corpus_lib
 from saelab.lm.config import ModelConfig
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
 from saelab.lm.fingerprint import weights_fingerprint
@@ -122,7 +123,7 @@ class _ShardWriter:
             self.folder / f"shard_{index:05d}.npy", self.buffer[: self.fill][perm]
         )
         entry["sum_sq_norm"] = self.sum_sq
-        shards.write_json(self.folder / f"shard_{index:05d}.json", entry)  # the shard's commit
+        write_json(self.folder / f"shard_{index:05d}.json", entry)  # the shard's commit
         self.entries.append(entry)
         self.fill, self.sum_sq = 0, 0.0
 
@@ -230,7 +231,7 @@ class CacheBuilder:
             if previous != build:  # first attempt, or another batching: start this cache over
                 for path in folder.glob("shard_*"):
                     path.unlink()
-                shards.write_json(folder / BUILD, build)
+                write_json(folder / BUILD, build)
             writers.append(_ShardWriter(folder, spec, d_in, _completed(folder, spec, d_in)))
         self._pass(model, tokenizer, spec0, points, writers)
         for writer, point in zip(writers, points):
@@ -321,9 +322,7 @@ class CacheBuilder:
                 "versions": {"torch": torch.__version__, "numpy": np.__version__},
             },
         }
-        shards.write_json(
-            writer.folder / MANIFEST, manifest
-        )  # last: only now is the cache complete
+        write_json(writer.folder / MANIFEST, manifest)  # last: only now is the cache complete
         log.info("activation cache complete: %s (%d tokens)", writer.folder, count)
 
 

@@ -13,14 +13,14 @@ file, never a partial file under a final name.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from saelab.fileio import atomic_file, file_digest
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
@@ -61,14 +61,6 @@ def decode(stored: np.ndarray, dtype: str) -> Tensor:
     return torch.from_numpy(out)
 
 
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class _HashingFile:
     """A write-only file wrapper that hashes what passes through (one pass: write + checksum)."""
 
@@ -83,16 +75,11 @@ class _HashingFile:
 def write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     """Atomically write ``array`` as .npy; returns {file, rows, bytes, blake2b}."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     h = hashlib.blake2b(digest_size=16)
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.lib.format.write_array(
             _HashingFile(f, h), np.ascontiguousarray(array), allow_pickle=False
         )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
     return {
         "file": path.name,
         "rows": int(array.shape[0]),
@@ -101,25 +88,8 @@ def write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     }
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Atomically write JSON (tmp + fsync + rename + folder fsync)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def digest(path: Path) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path)
 
 
 def problem(path: Path, entry: dict[str, Any], d_in: int, dtype: str, checksum: bool) -> str | None:

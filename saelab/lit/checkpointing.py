@@ -15,7 +15,6 @@ in Lightning's own checkpoint; together with these, a resumed run continues bit 
 from __future__ import annotations
 
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from saelab.data.shards import fsync_dir
+from saelab.fileio import atomic_file
 
 log = logging.getLogger(__name__)
 CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -66,13 +65,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
 
     def load_checkpoint(
         self, path, map_location: Any = None, weights_only: bool | None = None

@@ -15,19 +15,10 @@ import hashlib
 import warnings
 from pathlib import Path
 
+from saelab.fileio import file_digest
 from saelab.lm.load import resolve
 
 _WEIGHT_SUFFIXES = (".safetensors",)
-_CHUNK = 1 << 22
-
-
-def file_digest(path: Path, h=None) -> str:
-    """blake2b of a file's bytes (streamed, constant memory)."""
-    h = h or hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def folder_fingerprint(folder: Path) -> str:

@@ -29,8 +29,7 @@ import torch
 import transformers
 from torch.utils.data import DataLoader, TensorDataset
 
-from saelab.data import corpus
-from saelab.lm import heldout
+from saelab.lm import corpus, heldout
 from saelab.lm.load import load_model
 from saelab.lm.tiny_gemma import build_tiny_gemma2
 from saelab.lm.tokenizer import VOCAB_SIZE, save_hf_tokenizer, train_tokenizer

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from saelab.browser.scan import N_BINS, PAD_ID, LatentScanner, scan_latents
-from saelab.data.corpus import iter_documents
 from saelab.lm.contexts import iter_token_batches, keep_mask
+from saelab.lm.corpus import iter_documents
 from saelab.lm.sites import SitePoint, forward_until
 from tests.browser.conftest import detector_sae, token_id
 

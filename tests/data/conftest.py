@@ -1,20 +1,18 @@
-"""Fixtures for the activation pipeline: the embedded model, a tiny Llama, a small text corpus,
-and caches written by hand (row i holds the value i) for loader tests."""
+"""Fixtures for the activation pipeline: a small text corpus and caches written by hand (row i holds the value i) for loader tests."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from saelab.data import corpus, shards
+from saelab.data import shards
 from saelab.data.cache import MANIFEST, ActivationCache
+from saelab.fileio import write_json
+from saelab.lm import corpus
 from saelab.lm.config import ModelConfig
-from saelab.lm.load import EMBEDDED, load_model, load_tokenizer
 
 TINY = "tiny-gemma-2"
 
@@ -23,37 +21,6 @@ TINY = "tiny-gemma-2"
 def _no_home_cache(monkeypatch, tmp_path):
     # Never touch ~/.cache in tests: anything not given an explicit root lands in tmp_path.
     monkeypatch.setenv("SAELAB_CACHE_DIR", str(tmp_path / "env-cache"))
-
-
-@pytest.fixture(scope="session")
-def tiny_lm():
-    return load_model(TINY), load_tokenizer(TINY)
-
-
-@pytest.fixture(scope="session")
-def llama_dir(tmp_path_factory) -> Path:
-    """A randomly initialised 3-layer LlamaForCausalLM with the embedded tokenizer, saved."""
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    tok = load_tokenizer(TINY)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
-    )
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(EMBEDDED[TINY] / name, folder / name)
-    return folder
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +55,7 @@ def write_cache(
         )
         start += rows
     spec = {"dtype": dtype}
-    shards.write_json(
+    write_json(
         folder / MANIFEST,
         {
             "key": f"hand-{start}-{dtype}",

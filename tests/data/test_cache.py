@@ -12,12 +12,12 @@ import torch
 
 from saelab.data.cache import MANIFEST, ActivationCache, CacheError
 from saelab.data.cache_build import CacheBuilder, LMSource
-from saelab.data.corpus import iter_documents
+from saelab.lm.corpus import iter_documents
 from saelab.lm.load import load_model, load_tokenizer
 from saelab.lm.sites import SITES
+from tests.lm.test_sites import _reference
 
 from .conftest import TINY, model_config
-from .test_sites import _reference
 
 CTX = 32
 

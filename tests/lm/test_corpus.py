@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from saelab.data import corpus
+from saelab.lm import corpus
 
 
 def test_stdlib_split_is_deterministic_disjoint_and_complete():

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from saelab.data import corpus
-from saelab.lm import heldout
+from saelab.lm import corpus, heldout
 from saelab.lm.load import load_model, load_tokenizer
 
 
