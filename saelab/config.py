@@ -8,12 +8,12 @@ from hydra.core.config_store import ConfigStore
 
 from saelab.data.activations import ActivationsDataConfig
 from saelab.data.synthetic import SyntheticDataConfig
-from saelab.lit.families import LIT_CLASSES
 from saelab.lm.config import ModelConfig
 from saelab.lm.sites import SiteConfig
+from saelab.sae import FAMILIES
 
 SCHEMAS = {
-    "sae": {f"{name}_schema": cls.config_class for name, cls in LIT_CLASSES.items()},
+    "sae": {f"{name}_schema": family.train_config for name, family in FAMILIES.items()},
     "data": {"synthetic_schema": SyntheticDataConfig, "activations_schema": ActivationsDataConfig},
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},

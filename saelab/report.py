@@ -17,17 +17,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
+from omegaconf import OmegaConf
 
-# The knob that sets each family's sparsity (what a sweep varies).
-SPARSITY_KNOBS = {
-    "jumprelu": ("target_l0", "l0_coefficient"),  # target_l0 when set, else lambda
-    "jumprelu_paper": ("target_l0", "l0_coefficient"),
-    "gated": ("l1_coefficient",),
-    "topk": ("k",),
-    "batchtopk": ("k",),
-    "relu": ("l1_coefficient",),
-}
+from saelab.sae.registry import FAMILIES
+
 METRICS = (
     "l0",
     "fvu",
@@ -72,7 +65,7 @@ def family_of(folder: Path) -> str:
     """The ``sae=`` choice Hydra recorded, else the exported SAE's architecture."""
     hydra_file = folder / ".hydra" / "hydra.yaml"
     if hydra_file.is_file():
-        choice = yaml.safe_load(hydra_file.read_text())["hydra"]["runtime"]["choices"].get("sae")
+        choice = OmegaConf.load(hydra_file).hydra.runtime.choices.get("sae")
         if choice:
             return choice
     cfg_file = folder / "sae" / "cfg.json"
@@ -94,7 +87,10 @@ def read_runs(folder: Path) -> list[Run]:
         return [_run(folder, config, metrics, family_of(folder), config["sae"], folder, "")]
     runs = []
     for name, member in members.items():
-        family = json.loads((folder / "sae" / name / "cfg.json").read_text())["architecture"]
+        family = (
+            metrics.get(f"{name}/family")
+            or json.loads((folder / "sae" / name / "cfg.json").read_text())["architecture"]
+        )
         sae = {**config["sae"], **member}
         runs.append(
             _run(
@@ -114,7 +110,11 @@ def _run(
     label: Path, config: dict, metrics: dict, family: str, sae: dict, eval_dir: Path, prefix: str
 ) -> Run:
     data = config.get("data", {})
-    knob = next((k for k in SPARSITY_KNOBS.get(family, ()) if sae.get(k) is not None), "")
+    # The family's sparsity knobs, in order of precedence (jumprelu: target_l0 when set, else
+    # lambda); a recipe (jumprelu_paper) is its family's, recorded by the runner.
+    architecture = metrics.get(f"{prefix}family", family)
+    knobs = FAMILIES[architecture].sparsity_knobs if architecture in FAMILIES else ()
+    knob = next((k for k in knobs if sae.get(k) is not None), "")
     eval_file = eval_dir / "eval.json"
     if eval_file.is_file():
         evaluation = json.loads(eval_file.read_text())
@@ -140,7 +140,7 @@ def _run(
         knob_value=float(sae[knob]) if knob else math.nan,
         d_sae=int(d_sae),
         steps=steps,
-        train_tokens=steps * int(data.get("batch_size", 0)),
+        train_tokens=int(metrics.get("train_tokens", steps * int(data.get("batch_size", 0)))),
         eval_tokens=eval_tokens,
         source=source,
         **values,

@@ -149,10 +149,18 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     results = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     metrics = {k: float(v) for k, v in results.items()}
     metrics["steps"] = trainer.global_step
+    # Tokens every rank trained on together (each of the world's ranks reads its own batches).
+    metrics["train_tokens"] = (
+        trainer.global_step
+        * datamodule.batch_size
+        * trainer.world_size
+        * trainer.accumulate_grad_batches
+    )
     saes = module.export_saes()  # every rank: gathers the shards under trainer=fsdp
     members = getattr(module, "members", {"": module})
     for name, member in members.items():
         metrics[_key(name, "activation_scale")] = float(member.activation_scale)
+        metrics[_key(name, "family")] = member.family.name
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
     return metrics
@@ -182,7 +190,7 @@ def _write_outputs(
             member_metrics = {
                 k.removeprefix(f"{name}/"): v
                 for k, v in metrics.items()
-                if not name or k.startswith(f"{name}/") or k == "steps"
+                if not name or k.startswith(f"{name}/") or k in ("steps", "train_tokens")
             }
             save_sae(sae, output_dir / "sae" / name, metadata={"metrics": member_metrics})
     write_json(output_dir / "metrics.json", metrics)

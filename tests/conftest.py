@@ -8,16 +8,29 @@ from pathlib import Path
 import pytest
 import torch
 
-from saelab.sae import SAE_CLASSES, build_sae
+from saelab.sae import SAE_CLASSES, Step, build_sae, build_training
 
 FAMILIES = sorted(SAE_CLASSES)
 TINY = "tiny-gemma-2"
 
 
 def make_sae(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
+    """An inference SAE (shape keys, and k for the TopK families)."""
     if "topk" in architecture:
         kw.setdefault("k", 4)
     return build_sae(architecture, d_in=d_in, d_sae=d_sae, **kw)
+
+
+def make_training(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
+    """(SAE, objective) from ``sae.*`` keys, the family's defaults for the rest."""
+    if "topk" in architecture:
+        kw.setdefault("k", 4)
+    return build_training(architecture, d_in=d_in, d_sae=d_sae, **kw)
+
+
+def train_loss(sae, objective, x, **step):
+    """The family's training loss on x, as the trainer computes it (``Step`` fields as keywords)."""
+    return sae(x, objective=objective, step=Step(**step))
 
 
 @pytest.fixture(autouse=True)

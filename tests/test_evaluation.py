@@ -3,6 +3,8 @@ delta LM loss and FVU, a bad one positive; sparsity metrics agree with direct co
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -21,9 +23,10 @@ def lm():
 
 def identity_sae(d: int) -> JumpReLUSAE:
     """f = (relu(x), relu(-x)), x_hat = f @ [I; -I] = x, up to |x_i| below a tiny threshold."""
-    sae = JumpReLUSAE(JumpReLUConfig(d_in=d, d_sae=2 * d, threshold_init=1e-9))
+    sae = JumpReLUSAE(JumpReLUConfig(d_in=d, d_sae=2 * d))
     eye = torch.eye(d)
     with torch.no_grad():
+        sae.log_threshold.fill_(math.log(1e-9))
         sae.W_enc.copy_(torch.cat([eye, -eye], 1))
         sae.W_dec.copy_(torch.cat([eye, -eye], 0))
     return sae

@@ -170,6 +170,12 @@ class ActivationDataModule(ActivationSource):
         self._open()
         return self.train_cache.read(0, n_tokens)
 
+    def activation_chunks(self, n_tokens: int, chunk_tokens: int):
+        self._open()
+        stop = min(n_tokens, len(self.train_cache))
+        for start in range(0, stop, chunk_tokens):
+            yield self.train_cache.read(start, min(stop, start + chunk_tokens))
+
     def _loader(self, cache: ActivationCache, shuffle: bool, track: str) -> ActivationLoader:
         rank, world = self.rank_and_world()
         return ActivationLoader(

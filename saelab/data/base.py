@@ -12,6 +12,7 @@ runs after Lightning's one-batch look-ahead), so a resumed run neither repeats n
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import lightning.pytorch as pl
@@ -37,6 +38,23 @@ class ActivationSource(pl.LightningDataModule):
     def sample_activations(self, n_tokens: int) -> Tensor:
         """The first ``n_tokens`` training activations, float32 [n, d_in], deterministic."""
         raise NotImplementedError
+
+    def activation_chunks(self, n_tokens: int, chunk_tokens: int) -> Iterator[Tensor]:
+        """The first ``n_tokens`` training activations in chunks of at most ``chunk_tokens``
+        rows. A source that can read from an offset overrides this to keep memory bounded."""
+        yield self.sample_activations(n_tokens)
+
+    def mean_squared_norm(self, n_tokens: int, chunk_tokens: int = 65_536) -> float:
+        """E||x||^2 over the first ``n_tokens`` training activations, summed in float64 chunk by
+        chunk (memoised: every SAE of a several-SAE run asks for the same number)."""
+        memo = self.__dict__.setdefault("_mean_squared_norm", {})
+        if n_tokens not in memo:
+            total, count = 0.0, 0
+            for chunk in self.activation_chunks(n_tokens, chunk_tokens):
+                total += float(chunk.double().pow(2).sum())
+                count += chunk.shape[0]
+            memo[n_tokens] = total / max(count, 1)
+        return memo[n_tokens]
 
     # --- ranks and the training position ---------------------------------------------------
     def rank_and_world(self) -> tuple[int, int]:

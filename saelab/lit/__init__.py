@@ -4,43 +4,26 @@ callbacks, and what distributed training and resuming need."""
 from .base import SAELitModule
 from .callbacks import FeatureRecoveryCallback
 from .checkpointing import AtomicCheckpointIO, RunState, resume_checkpoint
-from .config import TrainConfig
-from .families import (
-    LIT_CLASSES,
-    BatchTopKLit,
-    BatchTopKTrainConfig,
-    GatedLit,
-    GatedTrainConfig,
-    JumpReLULit,
-    JumpReLUTrainConfig,
-    ReLULit,
-    ReLUTrainConfig,
-    TopKLit,
-    TopKTrainConfig,
-    lit_class_for,
-)
+from .families import LIT_CLASSES, lit_class_for
 from .multi import MultiSAELit
 from .preemption import StopOnSignal
+
+
+def __getattr__(name: str):
+    # JumpReLULit, TopKLit, ...: made per registered family (families.py).
+    from . import families
+
+    return getattr(families, name)
+
 
 __all__ = [
     "LIT_CLASSES",
     "AtomicCheckpointIO",
-    "BatchTopKLit",
-    "BatchTopKTrainConfig",
     "FeatureRecoveryCallback",
-    "GatedLit",
-    "GatedTrainConfig",
-    "JumpReLULit",
-    "JumpReLUTrainConfig",
     "MultiSAELit",
-    "ReLULit",
-    "ReLUTrainConfig",
     "RunState",
     "SAELitModule",
     "StopOnSignal",
-    "TopKLit",
-    "TopKTrainConfig",
-    "TrainConfig",
     "lit_class_for",
     "resume_checkpoint",
 ]

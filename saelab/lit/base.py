@@ -2,8 +2,10 @@
 
 It owns optimisation: Adam with the family's defaults, the learning-rate and sparsity schedules,
 the activation normalisation scale (estimated once on fit start, saved in checkpoints, folded in
-at export), the decoder constraint around the optimiser step, and dead-latent tracking.
-Lightning owns devices, precision, gradient clipping, accumulation, checkpointing and logging.
+at export), the decoder constraint around the optimiser step, dead-latent tracking and the
+dense/sparse path choice. The family's loss, estimators and training state are its objective
+(saelab/sae/objective.py), driven through the same few hooks for every family. Lightning owns
+devices, precision, gradient clipping, accumulation, checkpointing and logging.
 
 Distributed: the scale and the data-dependent init are computed on every rank from the same
 first tokens and then taken from rank 0 (``broadcast``), so replicas start identical by
@@ -27,28 +29,38 @@ from torch import Tensor
 
 from saelab.metrics import FVU, L0, FeatureDensity, RelativeReconstructionBias, density_summary
 from saelab.sae import SAE
+from saelab.sae.objective import Step, Sync
+from saelab.sae.registry import Family
 
 from . import schedules, sharding
+from .sync import sync_for_run
 
 
 class SAELitModule(pl.LightningModule):
-    """Subclasses set ``sae_class`` and ``config_class`` (the family's flat Hydra schema)."""
+    """One subclass per registered family (families.py) sets ``family``; ``config_class`` is the
+    family's flat Hydra schema. ``self.sae`` is the inference SAE (what is exported),
+    ``self.objective`` the family's training objective (its state is checkpointed, not
+    exported)."""
 
-    sae_class: ClassVar[type[SAE]]
+    family: ClassVar[Family]
     config_class: ClassVar[type]
 
     def __init__(self, **config):
         super().__init__()
-        self.cfg = self.config_class(**config)  # validates every field
+        self.cfg = self.config_class(**config)  # validates every field; the family's defaults
         self.save_hyperparameters(dataclasses.asdict(self.cfg))
-        sae_fields = {f.name for f in dataclasses.fields(self.sae_class.config_class)}
-        self.sae = self.sae_class(
-            self.sae_class.config_class(**{k: v for k, v in config.items() if k in sae_fields})
-        )
+        self.sae: SAE = self.family.sae(self.family.sae_config(self.cfg))
+        self.objective = self.family.objective(self.cfg)
+        self.objective.init_sae(self.sae)
+        self.sync: Sync = Sync()
         d_sae = self.sae.d_sae
         # Normalisation scale s; 0 means "not estimated yet". A buffer, so checkpoints carry it.
         self.register_buffer("activation_scale", torch.tensor(0.0))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
+        # L0 / d_sae of the last training step (negative: none yet). It picks the next step's
+        # dense or sparse path (the same function, other kernels and rounding), so it is
+        # training state: a resumed run takes the path the uninterrupted one took.
+        self.register_buffer("density", torch.tensor(-1.0))
         self.val_l0, self.val_fvu = L0(), FVU(self.sae.d_in)
         self.val_density, self.val_bias = FeatureDensity(d_sae), RelativeReconstructionBias()
         self._dead_window = self.cfg.dead_tokens_window
@@ -83,6 +95,7 @@ class SAELitModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         dm = self.trainer.datamodule
         world = self.trainer.world_size
+        self.sync = self.objective.sync = sync_for_run()
         self._tokens_per_step = dm.batch_size * world * self.trainer.accumulate_grad_batches
         self._dead_window = min(
             self.cfg.dead_tokens_window, max(1, self.total_steps() * self._tokens_per_step // 10)
@@ -90,21 +103,26 @@ class SAELitModule(pl.LightningModule):
         if self.activation_scale > 0:  # restored from a checkpoint: never re-estimate
             return
         # Every rank reads the same deterministic first tokens; rank 0's results are then
-        # broadcast anyway, so replicas agree even if two devices round differently.
-        sample = dm.sample_activations(self.cfg.normalization_tokens).to(self.device, torch.float32)
+        # broadcast anyway, so replicas agree even if two devices round differently. The scale
+        # is read in chunks and the init sample is only what the objective asks for, so memory
+        # stays bounded at any width.
         if self.cfg.normalize_activations:
-            scale = sample.pow(2).sum(-1).mean().sqrt()
+            scale = torch.tensor(dm.mean_squared_norm(self.cfg.normalization_tokens)).sqrt()
             if not torch.isfinite(scale) or scale <= 0:
                 raise ValueError(
-                    f"Cannot normalise activations: their mean squared norm is {scale.item() ** 2!r}. "
-                    "Check the data source for NaNs/zeros, or set sae.normalize_activations=false."
+                    f"Cannot normalise activations: their mean squared norm is "
+                    f"{scale.item() ** 2!r}. Check the data source for NaNs/zeros, or set "
+                    "sae.normalize_activations=false."
                 )
         else:
             scale = torch.tensor(1.0)
-        scale = self.trainer.strategy.broadcast(scale.cpu(), src=0)
+        scale = self.trainer.strategy.broadcast(scale.float(), src=0)
         self.activation_scale.copy_(scale)
-        with sharding.editable(self, "sae"):
-            self.init_from_data(sample / self.activation_scale)
+        if self.objective.init_tokens > 0:
+            sample = dm.sample_activations(self.objective.init_tokens)
+            sample = sample.to(self.device, torch.float32) / self.activation_scale
+            with sharding.editable(self, "sae"):
+                self.objective.init_from_data(self.sae, sample)
         self._broadcast_from_rank_zero()
 
     def _broadcast_from_rank_zero(self) -> None:
@@ -116,9 +134,6 @@ class SAELitModule(pl.LightningModule):
             return
         for tensor in [*self.sae.parameters(), *self.sae.buffers()]:
             dist.broadcast(tensor.data, src=0)
-
-    def init_from_data(self, x: Tensor) -> None:
-        """Family hook for data-dependent initialisation (x already normalised)."""
 
     def optimizer_group(self) -> dict[str, Any]:
         """This SAE's Adam parameter group: its parameters and hyper-parameters. A group, so a
@@ -167,41 +182,46 @@ class SAELitModule(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = self.normalize(batch)
-        scale = self.sparsity_scale()
-        dead = self.dead_mask()
-        out = self.sae(x, sparsity_scale=scale, dead_mask=dead, **self.sae_kwargs())
+        density = float(self.density) if self.density >= 0 else None
+        step = Step(
+            index=self.global_step,
+            total=self.total_steps(),
+            sparsity_scale=self.sparsity_scale(),
+            dead_mask=self.dead_mask(),
+            sparse=self.objective.wants_sparse(self.sae, x.device, density),
+        )
+        out = self.sae(x, objective=self.objective, step=step)
         loss = out.loss
         self.track_firing(out.feature_acts)
+        self.track_density(out.metrics["l0"])
         logs = {f"train/loss/{k}": v.detach() for k, v in out.losses.items()}
         logs.update({f"train/{k}": v for k, v in out.metrics.items()})
         logs["train/loss"] = loss.detach()
-        logs["train/dead_fraction"] = dead.float().mean()
-        logs["train/sparsity_scale"] = scale
+        logs["train/dead_fraction"] = step.dead_mask.float().mean()
+        logs["train/sparsity_scale"] = step.sparsity_scale
+        logs.update({f"train/{k}": v for k, v in self.objective.after_step(self.sae, out).items()})
         self.log_dict(logs, on_step=True, on_epoch=False)
         self.log("l0", out.metrics["l0"], prog_bar=True, logger=False)
-        self.after_training_step(out)
         return loss
-
-    def sae_kwargs(self) -> dict[str, Any]:
-        """Family hook: extra keyword arguments for this training step's SAE forward."""
-        return {}
-
-    def after_training_step(self, out) -> None:
-        """Family hook, e.g. for extra statistics or buffers driven by the forward's metrics."""
 
     @torch.no_grad()
     def track_firing(self, feature_acts: Tensor) -> None:
         # Activations are >= 0 in every family (tests/sae/test_families.py), so "fired" is a
         # positive column max: one reduction, where (f != 0).any(0) first writes a [B, d_sae]
-        # boolean tensor (95 -> 17 ms at 4096 x 8192 on one CPU core, docs/speed.md).
-        fired = feature_acts.amax(0) > 0
-        # Sum over DDP ranks: a latent is alive if it fired on any rank.
-        fired = self.trainer.strategy.reduce(fired.float(), reduce_op="sum") > 0
+        # boolean tensor (docs/speed.md). A latent is alive if it fired on any rank.
+        fired = self.sync.any(feature_acts.amax(0) > 0)
         self.tokens_since_fired += feature_acts.shape[0] * self.trainer.world_size
         self.tokens_since_fired.masked_fill_(fired, 0)  # a boolean index would sync a GPU
 
+    @torch.no_grad()
+    def track_density(self, l0: Tensor) -> None:
+        # Only CPUs take the sparse path, and reading a number there is free; on a GPU it would
+        # wait for the device every step. Averaged over ranks, so every rank takes one path.
+        if l0.device.type == "cpu":
+            self.density.copy_(self.sync.mean(l0.detach().float()) / self.sae.d_sae)
+
     def on_before_optimizer_step(self, optimizer) -> None:
-        if self.sae.unit_norm_decoder:
+        if self.objective.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad()
 
     def optimizer_step(self, *args, **kwargs) -> None:
@@ -209,8 +229,9 @@ class SAELitModule(pl.LightningModule):
         self.after_optimizer_step()
 
     def after_optimizer_step(self) -> None:
-        if self.sae.unit_norm_decoder:
+        if self.objective.unit_norm_decoder:
             self.sae.normalize_decoder()
+        self.objective.after_optimizer_step(self.sae)
 
     # --- validation -------------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
@@ -249,9 +270,10 @@ class SAELitModule(pl.LightningModule):
         return {"": self.export_sae()}
 
     def export_sae(self) -> SAE:
-        """A copy of the SAE that acts on RAW activations (normalisation scale folded in).
+        """A copy of the SAE that acts on RAW activations (normalisation scale folded in), in
+        its export form (BatchTopK: the equivalent JumpReLU SAE).
         Under trainer=fsdp this gathers the shards: call it on every rank."""
         sae = sharding.plain_copy(self.sae).eval()
         if self.activation_scale > 0:
             sae.fold_activation_scale(float(self.activation_scale))
-        return sae
+        return sae.export_form()

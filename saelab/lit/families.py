@@ -1,209 +1,38 @@
-"""One LightningModule per SAE family, each a thin layer on SAELitModule, and each family's flat
-Hydra schema (its SAE config + TrainConfig, with the family's published defaults)."""
+"""One LightningModule class per registered SAE family (``JumpReLULit``, ``TopKLit``, ...), made
+from the registry: a family declares everything it trains with in its own module
+(saelab/sae/<family>.py), so nothing here changes when a family is added."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from saelab.sae.registry import FAMILIES, Family
 
-import torch
-from torch import Tensor
-
-from saelab.sae import BatchTopKSAE, GatedSAE, JumpReLUSAE, ReLUSAE, TopKSAE
-from saelab.sae.base import _require, require_choice
-from saelab.sae.gated import GatedConfig
-from saelab.sae.jumprelu import JumpReLUConfig
-from saelab.sae.relu import ReLUConfig
-from saelab.sae.topk import BatchTopKConfig, TopKConfig, geometric_median
-
-from . import sharding
 from .base import SAELitModule
-from .config import TrainConfig, width_scaled_lr
-
-# --- JumpReLU (docs/maths.md §1) -----------------------------------------------------------------------
-# The paper's SAE and estimators (saelab/sae/jumprelu.py) trained with saelab's recipe: the
-# defaults below were chosen by measurement on budgets of 0.5M-8M tokens (bench/jumprelu_budget.py,
-# README "Choosing eps and lambda"). The paper's own recipe (Gemma Scope: fixed lambda 5e-4,
-# eps = theta_init = 1e-3, lr 7e-5, beta1 0, no warm-up of thresholds) is conf/sae/jumprelu_paper.yaml.
-JUMPRELU_LR_AT_1024 = 3e-3
-"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens in prototype runs (TopK was
-best at 3e-3 too)."""
 
 
-@dataclass
-class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
-    target_l0: float | None = 32
-    bandwidth: float = 0.05
-    aux_coefficient: float = 1.0
-    lr: float | None = None
-    """None: 3e-3 at d_sae = 1,024 (measured), scaled as 1/sqrt(d_sae) like Gao et al.'s TopK rule."""
-    adam_beta1: float = 0.9
-    lr_warmup_steps: int = 1000
-    sparsity_warmup_steps: int | None = 10_000
-    threshold_warmup_fraction: float = 0.2
-    """Threshold warm-up: for this first fraction of the run, each step first sets the
-    thresholds from the batch so that its L0 is target_l0 (else threshold_init_l0), the way
-    ``threshold_warmup`` says; then the straight-through estimator learns per-latent thresholds
-    from where the warm-up left them. On small budgets this stops the early collapse of L0 (a
-    random dictionary makes firing near the threshold costly, so the reconstruction pushes
-    thresholds up) and the dead latents the collapse leaves. 0 = off (the paper)."""
-    threshold_warmup: str = "pooled"
-    """'pooled': one threshold for every latent, the value the batch's L0 * B largest
-    pre-activations exceed (BatchTopK's selection written as a JumpReLU), so latents fire as
-    often as the data makes them. 'per_latent': each latent at its own quantile, all firing
-    equally often (as ``threshold_init_l0``). Measured in bench/jumprelu_budget.py: pooled
-    reconstructs better and leaves fewer dead latents."""
-
-    def __post_init__(self) -> None:
-        if self.lr is None:
-            self.lr = width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
-        super().__post_init__()
-        _require(
-            self, "threshold_warmup_fraction", 0 <= self.threshold_warmup_fraction <= 1, "in [0, 1]"
-        )
-        require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
-        if (
-            self.threshold_warmup_fraction > 0
-            and self.target_l0 is None
-            and self.threshold_init_l0 is None
-        ):
-            raise ValueError(
-                f"threshold_warmup_fraction={self.threshold_warmup_fraction} needs an L0 to aim at: set "
-                "sae.target_l0 (or sae.threshold_init_l0), or sae.threshold_warmup_fraction=0."
-            )
-
-
-class JumpReLULit(SAELitModule):
-    sae_class = JumpReLUSAE
-    config_class = JumpReLUTrainConfig
-
-    threshold_init_tokens = 16_384
-
-    def init_from_data(self, x: Tensor) -> None:
-        if self.cfg.threshold_init_l0 is not None:
-            self.sae.init_threshold_from_data(
-                x[: self.threshold_init_tokens], self.cfg.threshold_init_l0
-            )
-
-    def sae_kwargs(self) -> dict:
-        frac = self.cfg.threshold_warmup_fraction
-        if frac > 0 and self.global_step < frac * self.total_steps():
-            return {
-                "quantile_l0": self.cfg.target_l0 or self.cfg.threshold_init_l0,
-                "pooled_quantile": self.cfg.threshold_warmup == "pooled",
-            }
-        return {}
-
-    def after_optimizer_step(self) -> None:
-        super().after_optimizer_step()
-        # The threshold warm-up's thresholds become the parameter's value here, outside the
-        # forward, where writing works for a sharded SAE too (the forward only leaves them).
-        if self.sae.warmup_threshold is not None:
-            sharding.assign(self.sae.log_threshold, self.sae.warmup_threshold.log())
-            self.sae.warmup_threshold = None
-
-    def after_training_step(self, out) -> None:
-        # Users need to see thresholds move (with eps = theta_init = 1e-3, L0 can stay high
-        # for a long time on small token budgets; docs/maths.md §1).
-        theta = self.sae.threshold.detach()
-        self.log_dict(
-            {
-                "train/threshold/mean": theta.mean(),
-                "train/threshold/median": theta.median(),
-                "train/threshold/min": theta.min(),
-                "train/threshold/max": theta.max(),
-            }
-        )
-        if self.sae.cfg.bandwidth_rule != "fixed":  # the data-driven STE bandwidth eps
-            eps = self.sae.bandwidth_estimate
-            self.log_dict(
-                {"train/bandwidth/median": eps.median(), "train/bandwidth/mean": eps.mean()}
-            )
-        if self.sae.cfg.dual_target:  # the Lagrange multiplier steering L0 to target_l0
-            self.log("train/l0_multiplier", self.sae.l0_multiplier)
-
-
-# --- Gated (docs/maths.md §2; defaults from public trainers) ------------------------------------------
-@dataclass
-class GatedTrainConfig(TrainConfig, GatedConfig):
-    lr: float = 5e-5
-    lr_warmup_steps: int = 1000
-    sparsity_warmup_steps: int | None = 2000
-
-
-class GatedLit(SAELitModule):
-    sae_class = GatedSAE
-    config_class = GatedTrainConfig
-
-
-# --- TopK / BatchTopK (docs/maths.md §3) ---------------------------------------------------------------
-@dataclass
-class TopKTrainConfig(TrainConfig, TopKConfig):
-    lr: float | None = None
-    """None: Gao et al.'s 2e-4 / sqrt(d_sae / 2^14)."""
-    adam_eps: float = 6.25e-10
-    lr_warmup_steps: int = 1000
-    sparsity_warmup_steps: int | None = 0  # no sparsity penalty to warm up
-
-    def __post_init__(self) -> None:
-        if self.lr is None:
-            self.lr = width_scaled_lr(self, 2e-4, 2**14)
-        super().__post_init__()
-
-
-@dataclass
-class BatchTopKTrainConfig(TopKTrainConfig, BatchTopKConfig):
-    pass
-
-
-class TopKLit(SAELitModule):
-    sae_class = TopKSAE
-    config_class = TopKTrainConfig
-
-    geometric_median_tokens = 10_000
-
-    def init_from_data(self, x: Tensor) -> None:
-        # b_dec at the geometric median of a sample (Gao et al. appendix A.1).
-        with torch.no_grad():
-            self.sae.b_dec.copy_(geometric_median(x[: self.geometric_median_tokens]))
-
-
-class BatchTopKLit(TopKLit):
-    sae_class = BatchTopKSAE
-    config_class = BatchTopKTrainConfig
-
-    def after_training_step(self, out) -> None:
-        # Mean over ranks of each rank's smallest selected activation keeps replicas identical.
-        value = self.trainer.strategy.reduce(out.metrics["min_selected_act"], reduce_op="mean")
-        self.sae.update_threshold(value)
-        self.log("train/inference_threshold", self.sae.threshold)
-
-    def export_sae(self):
-        # BatchTopK is used at inference with its global threshold: export that JumpReLU SAE.
-        return super().export_sae().to_jumprelu()
-
-
-# --- ReLU (docs/maths.md §4; Anthropic April 2024) ----------------------------------------------------
-@dataclass
-class ReLUTrainConfig(TrainConfig, ReLUConfig):
-    lr: float = 5e-5
-    adam_beta1: float = 0.9
-    lr_warmup_steps: int = 0
-    lr_decay_fraction: float = 0.2
-    sparsity_warmup_steps: int | None = None  # 5% of the run
-    max_warmup_fraction: float = 0.05
-
-
-class ReLULit(SAELitModule):
-    sae_class = ReLUSAE
-    config_class = ReLUTrainConfig
+def _lit_class(family: Family) -> type[SAELitModule]:
+    name = family.sae.__name__.removesuffix("SAE") + "Lit"
+    namespace = {
+        "family": family,
+        "config_class": family.train_config,
+        "__module__": __name__,
+        "__qualname__": name,
+        "__doc__": f"The LightningModule of the {family.name!r} family ({family.sae.__name__}).",
+    }
+    return type(name, (SAELitModule,), namespace)
 
 
 LIT_CLASSES: dict[str, type[SAELitModule]] = {
-    cls.sae_class.config_class.architecture: cls
-    for cls in (JumpReLULit, GatedLit, TopKLit, BatchTopKLit, ReLULit)
+    name: _lit_class(family) for name, family in FAMILIES.items()
 }
 
 
 def lit_class_for(config) -> type[SAELitModule]:
     """The LightningModule class for a family config (instance or class)."""
     return LIT_CLASSES[config.architecture]
+
+
+def __getattr__(name: str) -> type[SAELitModule]:
+    for cls in LIT_CLASSES.values():
+        if cls.__name__ == name:
+            return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

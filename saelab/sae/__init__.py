@@ -1,33 +1,47 @@
-"""SAE maths as plain torch modules: no Lightning, no Hydra, so an exported SAE runs anywhere."""
+"""SAE families as plain torch modules: no Lightning, no Hydra, so an exported SAE runs anywhere.
+
+Each family module holds its inference SAE, its training config and objective, and registers
+itself (registry.py); importing them here is the one line that makes a family known.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
+from . import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (each registers its family)
 from .base import SAE, SAEConfig, SAEOutput
-from .gated import GatedConfig, GatedSAE
-from .jumprelu import JumpReLUConfig, JumpReLUSAE
-from .relu import ReLUConfig, ReLUSAE
-from .topk import BatchTopKConfig, BatchTopKSAE, TopKConfig, TopKSAE
+from .batchtopk import BatchTopKConfig, BatchTopKSAE, BatchTopKTrainConfig
+from .gated import GatedConfig, GatedSAE, GatedTrainConfig
+from .jumprelu import JumpReLUConfig, JumpReLUSAE, JumpReLUTrainConfig
+from .objective import Objective, Step, Sync
+from .registry import FAMILIES, Family, family
+from .relu import ReLUConfig, ReLUSAE, ReLUTrainConfig
+from .topk import TopKConfig, TopKSAE, TopKTrainConfig
+from .train_config import TrainConfig
 
-# Stable architecture strings (written into exports) -> SAE class.
-SAE_CLASSES: dict[str, type[SAE]] = {
-    cls.config_class.architecture: cls
-    for cls in (JumpReLUSAE, GatedSAE, TopKSAE, BatchTopKSAE, ReLUSAE)
-}
+# Stable architecture strings (written into exports) -> inference SAE class.
+SAE_CLASSES: dict[str, type[SAE]] = {name: f.sae for name, f in FAMILIES.items()}
 
 
 def build_sae(architecture: str, **config) -> SAE:
-    """Build an SAE from its architecture string and config fields."""
-    if architecture not in SAE_CLASSES:
-        raise ValueError(
-            f"Unknown SAE architecture {architecture!r}; known: {', '.join(SAE_CLASSES)}."
-        )
-    cls = SAE_CLASSES[architecture]
+    """An inference SAE from its architecture string and config fields (the shape)."""
+    cls = family(architecture).sae
     return cls(cls.config_class(**config))
+
+
+def build_training(architecture: str, **config) -> tuple[SAE, Objective]:
+    """The SAE and its training objective from ``sae.*`` keys (any not given take the family's
+    defaults, the same as ``python train.py sae=<architecture>``)."""
+    fam = family(architecture)
+    train_config = fam.train_config(**config)
+    sae = fam.sae(fam.sae_config(train_config))
+    objective = fam.objective(train_config)
+    objective.init_sae(sae)
+    return sae, objective
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
@@ -45,13 +59,11 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
         fields = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
         if "k" in cfg:
             fields["k"] = cfg["k"]
-    sae = build_sae(architecture, **fields)
+    known = {f.name for f in dataclasses.fields(family(architecture).sae.config_class)}
+    sae = build_sae(architecture, **{k: v for k, v in fields.items() if k in known})
     if "threshold" in tensors and hasattr(sae, "log_threshold"):
         tensors["log_threshold"] = tensors.pop("threshold").log()
     missing, unexpected = sae.load_state_dict(tensors, strict=False)
-    missing = [
-        k for k in missing if k not in sae.training_state
-    ]  # exports leave training state out
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match a {architecture} SAE: missing tensors {missing}, "
@@ -61,20 +73,33 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE
 
 
 __all__ = [
+    "FAMILIES",
     "SAE",
     "SAE_CLASSES",
     "BatchTopKConfig",
     "BatchTopKSAE",
+    "BatchTopKTrainConfig",
+    "Family",
     "GatedConfig",
     "GatedSAE",
+    "GatedTrainConfig",
     "JumpReLUConfig",
     "JumpReLUSAE",
+    "JumpReLUTrainConfig",
+    "Objective",
     "ReLUConfig",
     "ReLUSAE",
+    "ReLUTrainConfig",
     "SAEConfig",
     "SAEOutput",
+    "Step",
+    "Sync",
     "TopKConfig",
     "TopKSAE",
+    "TopKTrainConfig",
+    "TrainConfig",
     "build_sae",
+    "build_training",
+    "family",
     "load_sae",
 ]

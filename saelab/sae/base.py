@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -32,11 +33,13 @@ class SAEConfig:
     architecture: ClassVar[str] = "base"
 
     def __post_init__(self) -> None:
+        # Each key is checked before anything is derived from it, so a bad value is named as
+        # typed (expansion_factor=0 must not surface as d_sae=0 or a division by zero).
+        require_positive_int(self, "d_in")
         if self.d_sae is None:
+            require_positive_int(self, "expansion_factor")
             self.d_sae = self.d_in * self.expansion_factor
-        _require(self, "d_in", self.d_in > 0, "a positive integer")
-        _require(self, "d_sae", self.d_sae > 0, "a positive integer")
-        _require(self, "expansion_factor", self.expansion_factor > 0, "a positive integer")
+        require_positive_int(self, "d_sae")
 
     def to_dict(self) -> dict:
         return {"architecture": self.architecture, **dataclasses.asdict(self)}
@@ -48,6 +51,12 @@ def _require(cfg: object, key: str, ok: bool, allowed: str) -> None:
         raise ValueError(
             f"{type(cfg).__name__}.{key}={getattr(cfg, key)!r} is invalid: it must be {allowed}."
         )
+
+
+def require_positive_int(cfg: object, key: str) -> None:
+    value = getattr(cfg, key)
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value > 0
+    _require(cfg, key, ok, "a positive integer")
 
 
 def require_choice(cfg: object, key: str, choices: tuple[str, ...]) -> None:
@@ -93,12 +102,13 @@ def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
 
 
 class SAE(nn.Module):
-    """Base class. A family overrides ``encode``, ``forward`` and, when it has extra
-    parameters that live in activation units, ``_input_scaled_parameters``."""
+    """Base class of the inference SAEs: parameters, ``encode``/``decode``, the normalisation fold
+    and the decoder constraint; what an exported SAE needs and nothing else. How a family TRAINS
+    (its losses, estimators and training state) is its ``Objective`` (objective.py), which the
+    forward runs when the trainer passes one. A family overrides ``encode`` and, when it has
+    parameters in activation units, ``_input_scaled_parameters``."""
 
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
-    unit_norm_decoder: ClassVar[bool] = True
-    """Whether training keeps decoder rows at unit norm (docs/maths.md §0); ReLU-April and RI-L1 don't."""
     has_b_enc: ClassVar[bool] = True
     """Gated replaces b_enc by its gate and magnitude biases."""
 
@@ -116,10 +126,6 @@ class SAE(nn.Module):
         if self.has_b_enc:
             self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
-        # L0 / d_sae of the last forward on a CPU. Families whose L0 depends on the data pick
-        # their dense or sparse path with it (sparse.use_sparse; the two compute the same
-        # function, tests/sae/test_fast_step.py). None until a forward has run.
-        self._density: float | None = None
 
     # --- the maths ------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -131,16 +137,24 @@ class SAE(nn.Module):
     def decode(self, f: Tensor) -> Tensor:
         return affine(f, self.W_dec, self.b_dec)
 
-    def forward(
-        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
-    ) -> SAEOutput:
-        """``sparsity_scale`` multiplies the family's sparsity coefficient (the trainer's warm-up);
-        ``dead_mask`` [d_sae] marks latents the trainer counts as dead (used by AuxK)."""
-        raise NotImplementedError
+    def forward(self, x: Tensor, objective=None, **step) -> SAEOutput:
+        """Without ``objective``: the reconstruction (``encode`` then ``decode``) and its squared
+        error. With one (training): ``objective.loss(self, x, **step)``, the family's training
+        loss. It runs inside this forward so that a sharded SAE (FSDP2) has its parameters
+        gathered, and its gradients reduced, around it."""
+        if objective is not None:
+            return objective.loss(self, x, **step)
+        f = self.encode(x)
+        x_hat = self.decode(f)
+        x2, f2 = x.reshape(-1, self.d_in), f.reshape(-1, self.d_sae)
+        losses = {"mse": reconstruction_loss(x2, x_hat.reshape(-1, self.d_in))}
+        return SAEOutput(x_hat, f, losses, {"l0": (f2 != 0).sum() / f2.shape[0]})
 
-    def _note_density(self, x: Tensor, l0: Tensor) -> None:
-        if x.device.type == "cpu":  # reading a number is free on a CPU; GPUs never go sparse
-            self._density = float(l0.detach()) / self.d_sae
+    # --- what an export is ------------------------------------------------------------------
+    def export_form(self) -> SAE:
+        """The SAE an export writes: itself, or the inference-equivalent SAE of another family
+        (BatchTopK is saved as the JumpReLU SAE it is at inference)."""
+        return self
 
     # --- constraint (docs/maths.md §0) ------------------------------------------------------------
     @torch.no_grad()
@@ -160,9 +174,6 @@ class SAE(nn.Module):
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     # --- normalisation fold (docs/maths.md §0) -----------------------------------------------------
-    training_state: tuple[str, ...] = ()
-    """Buffers that only training uses (kept in checkpoints, left out of exported SAE files)."""
-
     def _input_scaled_parameters(self) -> tuple[str, ...]:
         """Names of parameters/buffers measured in activation units (biases, thresholds)."""
         return ("b_enc", "b_dec")

@@ -1,4 +1,4 @@
-"""Gated SAE with weight sharing (Rajamanoharan et al. 2024, arXiv 2404.16014).
+"""Gated SAE with weight sharing (Rajamanoharan et al. 2024, arXiv 2404.16014), docs/maths.md §2.
 
     x~      = x - b_dec
     pi_gate = x~ @ W_enc + b_gate                        (W_enc is the paper's W_gate)
@@ -21,32 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (
-    SAE,
-    SAEConfig,
-    SAEOutput,
-    affine,
-    reconstruction_loss,
-    require_choice,
-    require_nonnegative,
-)
+from .base import SAE, SAEConfig, affine, reconstruction_loss, require_choice
 from .fused import GatedActivation
-from .sparse import above, decode_selected, encode_selected, use_sparse
+from .objective import Encoded, Objective, Step
+from .registry import Family, register
+from .sparse import above, decode_selected, encode_selected
+from .train_config import TrainConfig, check
 
 
 @dataclass
 class GatedConfig(SAEConfig):
-    l1_coefficient: float = 1.0
-    """lambda on the gate path's L1 (under unit-mean-squared-norm scaling)."""
-    variant: str = "standard"
-    """'standard': unit-norm decoder; 'ri_l1': L1 weighted by decoder norms, no norm constraint."""
-
     architecture = "gated"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        require_nonnegative(self, "l1_coefficient")
-        require_choice(self, "variant", ("standard", "ri_l1"))
 
 
 class GatedSAE(SAE):
@@ -55,14 +40,9 @@ class GatedSAE(SAE):
 
     def __init__(self, cfg: GatedConfig):
         super().__init__(cfg)
-        self.cfg: GatedConfig = cfg
         self.b_gate = nn.Parameter(torch.zeros(self.d_sae))
         self.b_mag = nn.Parameter(torch.zeros(self.d_sae))
         self.r_mag = nn.Parameter(torch.zeros(self.d_sae))
-
-    @property
-    def unit_norm_decoder(self) -> bool:  # type: ignore[override]
-        return self.cfg.variant == "standard"
 
     @property
     def b_enc(self) -> Tensor:
@@ -75,66 +55,85 @@ class GatedSAE(SAE):
         bias = -(self.b_dec @ self.W_enc)
         return torch.addmm(bias, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + bias
 
-    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = self.shared_product(x)
-        pi_gate = z + self.b_gate
-        # (x~ @ W) * exp(r) == x~ @ (W * exp(r)): scale the [B, M] product, not the weight.
-        pi_mag = z * self.r_mag.exp() + self.b_mag
-        return pi_gate, pi_mag
-
     def encode(self, x: Tensor) -> Tensor:
-        pi_gate, pi_mag = self._paths(x)
+        z = self.shared_product(x)
+        pi_gate, pi_mag = z + self.b_gate, z * self.r_mag.exp() + self.b_mag
+        # (x~ @ W) * exp(r) == x~ @ (W * exp(r)): scale the [B, M] product, not the weight.
         return (pi_gate > 0).to(pi_mag.dtype) * F.relu(pi_mag)
-
-    def forward(
-        self, x: Tensor, sparsity_scale: float = 1.0, dead_mask: Tensor | None = None
-    ) -> SAEOutput:
-        x2 = x.reshape(-1, self.d_in)
-        n = x2.shape[0]
-        ri_l1 = self.cfg.variant == "ri_l1"
-        # RI-L1 trains the decoder through both terms; the standard aux term freezes it.
-        W_aux, b_aux = (
-            (self.W_dec, self.b_dec) if ri_l1 else (self.W_dec.detach(), self.b_dec.detach())
-        )
-        if use_sparse(x.device, self._density):
-            f, x_hat, gate_sum, aux_hat, l0 = self._sparse_paths(x2, W_aux, b_aux, ri_l1)
-        else:
-            # One product shared by both paths, and one fused pass for f, ReLU(pi_gate), the L1
-            # column sums and the L0 count (fused.GatedActivation; tested against the plain maths).
-            f, gate_acts, gate_sums, fired = GatedActivation.apply(
-                self.shared_product(x2), self.b_gate, self.r_mag.exp(), self.b_mag
-            )
-            x_hat = self.decode(f)
-            gate_sum = gate_sums @ W_aux.norm(dim=1) if ri_l1 else gate_sums.sum()
-            aux_hat = affine(gate_acts, W_aux, b_aux)
-            l0 = fired / n
-        self._note_density(x, l0)
-        losses = {
-            "mse": reconstruction_loss(x2, x_hat),
-            "l1": self.cfg.l1_coefficient * sparsity_scale * gate_sum / n,
-            "aux": reconstruction_loss(x2, aux_hat),
-        }
-        lead = x.shape[:-1]
-        return SAEOutput(
-            x_hat.view(*lead, self.d_in), f.view(*lead, self.d_sae), losses, {"l0": l0}
-        )
-
-    def _sparse_paths(self, x: Tensor, W_aux: Tensor, b_aux: Tensor, ri_l1: bool):
-        """Few open gates: both paths on the entries with pi_gate > 0 only (sparse.py). There
-        H(pi_gate) = 1 and ReLU(pi_gate) = pi_gate; everywhere else f and the gate are 0."""
-        with torch.no_grad():
-            z = self.shared_product(x)
-            sel = above(z, -self.b_gate)  # pi_gate = z + b_gate > 0
-        cols = sel.cols
-        z_sel = encode_selected(sel, x, self.W_enc, -(self.b_dec @ self.W_enc))
-        gate = F.relu(z_sel + self.b_gate[cols])
-        acts = F.relu(z_sel * self.r_mag.exp()[cols] + self.b_mag[cols])
-        gate_sum = (gate * W_aux.norm(dim=1)[cols]).sum() if ri_l1 else gate.sum()
-        x_hat = decode_selected(sel, acts, self.W_dec) + self.b_dec
-        aux_hat = decode_selected(sel, gate, W_aux) + b_aux
-        shape = z.shape
-        del z
-        return sel.dense(acts, shape), x_hat, gate_sum, aux_hat, (acts > 0).sum() / x.shape[0]
 
     def _input_scaled_parameters(self) -> tuple[str, ...]:
         return ("b_gate", "b_mag", "b_dec")
+
+
+@dataclass
+class GatedTrainConfig(TrainConfig, GatedConfig):
+    l1_coefficient: float = 1.0
+    """lambda on the gate path's L1 (under unit-mean-squared-norm scaling)."""
+    variant: str = "standard"
+    """'standard': unit-norm decoder; 'ri_l1': L1 weighted by decoder norms, no norm constraint."""
+    sparsity_warmup_steps: int | None = 2000
+
+    def default_lr(self) -> float:
+        return 5e-5  # public trainers' default
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self, "l1_coefficient", self.l1_coefficient >= 0, "a number >= 0")
+        require_choice(self, "variant", ("standard", "ri_l1"))
+
+
+class GatedObjective(Objective):
+    def __init__(self, cfg: GatedTrainConfig):
+        super().__init__(cfg)
+        self.ri_l1 = cfg.variant == "ri_l1"
+        self.unit_norm_decoder = not self.ri_l1
+
+    def _aux_decoder(self, sae: GatedSAE) -> tuple[Tensor, Tensor]:
+        # RI-L1 trains the decoder through both terms; the standard aux term freezes it.
+        return (sae.W_dec, sae.b_dec) if self.ri_l1 else (sae.W_dec.detach(), sae.b_dec.detach())
+
+    def _terms(self, x: Tensor, gate_sum: Tensor, aux_hat: Tensor, step: Step) -> dict:
+        n = x.shape[0]
+        return {
+            "l1": self.cfg.l1_coefficient * step.sparsity_scale * gate_sum / n,
+            "aux": reconstruction_loss(x, aux_hat),
+        }
+
+    def encode_dense(self, sae: GatedSAE, x: Tensor, step: Step) -> Encoded:
+        W_aux, b_aux = self._aux_decoder(sae)
+        # One product shared by both paths, and one fused pass for f, ReLU(pi_gate), the L1
+        # column sums and the L0 count (fused.GatedActivation; tested against the plain maths).
+        f, gate_acts, gate_sums, fired = GatedActivation.apply(
+            sae.shared_product(x), sae.b_gate, sae.r_mag.exp(), sae.b_mag
+        )
+        gate_sum = gate_sums @ W_aux.norm(dim=1) if self.ri_l1 else gate_sums.sum()
+        aux_hat = affine(gate_acts, W_aux, b_aux)
+        return Encoded(fired / x.shape[0], self._terms(x, gate_sum, aux_hat, step), f=f)
+
+    def encode_sparse(self, sae: GatedSAE, x: Tensor, step: Step) -> Encoded:
+        """Few open gates: both paths on the entries with pi_gate > 0 only (sparse.py). There
+        H(pi_gate) = 1 and ReLU(pi_gate) = pi_gate; everywhere else f and the gate are 0."""
+        W_aux, b_aux = self._aux_decoder(sae)
+        with torch.no_grad():
+            z = sae.shared_product(x)
+            sel = above(z, -sae.b_gate)  # pi_gate = z + b_gate > 0
+        del z
+        cols = sel.cols
+        z_sel = encode_selected(sel, x, sae.W_enc, -(sae.b_dec @ sae.W_enc))
+        gate = F.relu(z_sel + sae.b_gate[cols])
+        acts = F.relu(z_sel * sae.r_mag.exp()[cols] + sae.b_mag[cols])
+        gate_sum = (gate * W_aux.norm(dim=1)[cols]).sum() if self.ri_l1 else gate.sum()
+        aux_hat = decode_selected(sel, gate, W_aux) + b_aux
+        l0 = (acts > 0).sum() / x.shape[0]
+        return Encoded(l0, self._terms(x, gate_sum, aux_hat, step), sel=sel, acts=acts)
+
+
+FAMILY = register(
+    Family(
+        name="gated",
+        sae=GatedSAE,
+        train_config=GatedTrainConfig,
+        objective=GatedObjective,
+        sparsity_knobs=("l1_coefficient",),
+    )
+)

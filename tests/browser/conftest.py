@@ -61,7 +61,7 @@ def detector_sae(
     directions with thresholds spread so that some fire often (> 10%), some rarely, and the
     last one never (threshold 1e6)."""
     g = torch.Generator().manual_seed(0)
-    sae = JumpReLUSAE(JumpReLUConfig(d_in=model.config.hidden_size, d_sae=d_sae, aux_k=1))
+    sae = JumpReLUSAE(JumpReLUConfig(d_in=model.config.hidden_size, d_sae=d_sae))
     W = torch.randn(sae.d_in, d_sae, generator=g)
     W = W / W.norm(dim=0)
     theta = torch.linspace(0.5, 6.0, d_sae)

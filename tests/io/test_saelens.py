@@ -20,7 +20,7 @@ def test_round_trip_gives_identical_encodings(arch, tmp_path):
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
     if arch == "batchtopk":
-        sae.update_threshold(torch.tensor(0.3))
+        sae.threshold.fill_(0.3)
     save_sae(sae, tmp_path / "sae")
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["architecture"] == arch and cfg["d_in"] == 16 and cfg["d_sae"] == 64

@@ -10,16 +10,24 @@ import pytest
 import torch
 
 from saelab.runner import build
-from tests.conftest import TINY_RUN, compose_config, make_sae
+from saelab.sae import Step
+from tests.conftest import TINY_RUN, compose_config, make_training
+
+
+def _warming_up(path: str, warmup: str):
+    """A JumpReLU asked for L0 = 6, at the first step of a run in its threshold warm-up, on the
+    dense or the sparse path."""
+    sae, objective = make_training(
+        "jumprelu", d_in=16, d_sae=64, target_l0=6, threshold_warmup=warmup
+    )
+    return sae, objective, Step(index=0, total=100, sparse=path == "sparse")
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_quantile_reset_gives_the_batch_the_requested_l0(path):
-    sae = make_sae("jumprelu", d_in=16, d_sae=64).train()
-    if path == "sparse":
-        sae._density = 0.0  # as if the last step had been sparse (saelab/sae/sparse.py)
+    sae, objective, step = _warming_up(path, "per_latent")
     x = torch.randn(4000, 16) * 2 + 0.5
-    out = sae(x, quantile_l0=6)
+    out = sae(x, objective=objective, step=step)
     # 4000 * 6 / 64 = 375 tokens above each latent's quantile: L0 = 64 * 375 / 4000 = 6.
     assert out.metrics["l0"].item() == pytest.approx(6.0, abs=1e-9)
     fired = (out.feature_acts != 0).sum(0)
@@ -33,13 +41,11 @@ def test_quantile_reset_gives_the_batch_the_requested_l0(path):
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
 def test_pooled_reset_gives_the_batch_the_requested_l0_with_one_threshold(path):
-    sae = make_sae("jumprelu", d_in=16, d_sae=64).train()
-    if path == "sparse":
-        sae._density = 0.0
+    sae, objective, step = _warming_up(path, "pooled")
     x = torch.randn(4000, 16) * 2 + 0.5
     x[:, 0] *= 4  # latents now differ in scale: a pooled threshold lets their rates differ
-    out = sae(x, quantile_l0=6, pooled_quantile=True)
-    theta = sae.warmup_threshold
+    out = sae(x, objective=objective, step=step)
+    theta = objective.warmup_threshold
     assert torch.all(theta == theta[0]), "one threshold for every latent"
     # The 4000 * 6 largest pre-activations of the batch fire: L0 = 6.
     assert out.metrics["l0"].item() == pytest.approx(6.0, abs=1e-9)

@@ -17,6 +17,10 @@ from tests.conftest import FAMILIES, TINY_RUN, compose_config
 
 def _fit(cfg, steps=6):
     datamodule, module = build(cfg)
+    return _fit_module(datamodule, module, steps)
+
+
+def _fit_module(datamodule, module, steps=6):
     trainer = pl.Trainer(
         max_steps=steps,
         logger=False,
@@ -35,11 +39,12 @@ def test_decoder_constraint_after_steps(arch, tmp_path):
     overrides = [f"sae={family}", *TINY_RUN, "sae.lr=1e-2"] + (
         [f"sae.variant={variant}"] if variant else []
     )
-    datamodule, module = _fit(compose_config(overrides, tmp_path))
-    init = build(compose_config(overrides, tmp_path))[1].sae
-    assert not torch.allclose(module.sae.W_dec, init.W_dec), "training must move the decoder"
+    datamodule, module = build(compose_config(overrides, tmp_path))
+    init = module.sae.W_dec.detach().clone()
+    _fit_module(datamodule, module)
+    assert not torch.allclose(module.sae.W_dec, init), "training must move the decoder"
     norms = module.sae.W_dec.norm(dim=1)
-    if module.sae.unit_norm_decoder:
+    if module.objective.unit_norm_decoder:
         torch.testing.assert_close(norms, torch.ones_like(norms))
     else:
         assert (norms - 1).abs().max() > 1e-3, "ReLU / RI-L1 decoders are free to change norm"

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, make_sae
+from saelab.sae.batchtopk import update_threshold
+from tests.conftest import FAMILIES, make_sae, make_training, train_loss
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_shapes_and_gradients(arch):
-    sae = make_sae(arch)
+    sae, objective = make_training(arch)
     x = torch.randn(32, 16)
-    out = sae(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+    out = train_loss(sae, objective, x, dead_mask=torch.zeros(64, dtype=torch.bool))
     assert out.x_hat.shape == (32, 16) and out.feature_acts.shape == (32, 64)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)
     out.loss.backward()
@@ -36,7 +37,7 @@ def test_encode_decode_match_forward(arch):
     sae = make_sae(arch).eval()
     x = torch.randn(32, 16) * 3
     if arch == "batchtopk":
-        sae.update_threshold(torch.tensor(0.5))
+        sae.threshold.fill_(0.5)
     out = sae(x)
     f = sae.encode(x)
     torch.testing.assert_close(f, out.feature_acts)
@@ -46,18 +47,21 @@ def test_encode_decode_match_forward(arch):
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_reconstruction_loss_is_summed_over_dims(arch):
-    sae = make_sae(arch)
+    sae, objective = make_training(arch)
     x = torch.randn(8, 16)
-    out = sae(x)
+    out = train_loss(sae, objective, x)
     expected = ((x - out.x_hat) ** 2).sum(1).mean()
     torch.testing.assert_close(out.losses["mse"], expected)
 
 
 @pytest.mark.parametrize("arch", ["jumprelu", "gated", "relu"])
 def test_sparsity_scale_weights_only_the_penalty(arch):
-    sae = make_sae(arch)
+    # A fixed lambda: the target-L0 controller would move between the two calls.
+    knobs = {"target_l0": None, "threshold_warmup_fraction": 0} if arch == "jumprelu" else {}
+    sae, objective = make_training(arch, **knobs)
     x = torch.randn(8, 16) * 3
-    full, half = sae(x, sparsity_scale=1.0), sae(x, sparsity_scale=0.5)
+    full = train_loss(sae, objective, x, sparsity_scale=1.0)
+    half = train_loss(sae, objective, x, sparsity_scale=0.5)
     penalty = {"jumprelu": "l0", "gated": "l1", "relu": "l1"}[arch]
     assert full.losses[penalty] > 0
     torch.testing.assert_close(half.losses[penalty], 0.5 * full.losses[penalty])
@@ -77,15 +81,15 @@ def test_topk_keeps_exactly_k_largest():
 
 
 def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
-    sae = make_sae("batchtopk", k=3).train()
+    sae, objective = make_training("batchtopk", k=3)
     x = torch.randn(10, 16) * 3
-    out = sae(x)
+    out = train_loss(sae, objective, x)
     assert int((out.feature_acts != 0).sum()) == 3 * 10
     smallest = out.feature_acts[out.feature_acts > 0].min()
     torch.testing.assert_close(out.metrics["min_selected_act"], smallest)
-    sae.update_threshold(smallest)
+    objective.after_step(sae, out)
     torch.testing.assert_close(sae.threshold, smallest)  # first value is taken as is
-    sae.update_threshold(smallest + 1)
+    update_threshold(sae, smallest + 1, ema=0.999)
     torch.testing.assert_close(sae.threshold, smallest + (1 - 0.999))  # then an EMA
     sae.eval()
     z = sae.pre_acts(x)
@@ -99,13 +103,13 @@ def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
 def test_auxk_engages_only_when_latents_are_dead(arch, extra):
     from saelab.sae.auxk import auxk_loss
 
-    sae = make_sae(arch, aux_k=8, **extra)
+    sae, objective = make_training(arch, aux_k=8, **extra)
     x = torch.randn(32, 16)
-    none_dead = sae(x, dead_mask=torch.zeros(64, dtype=torch.bool))
+    none_dead = train_loss(sae, objective, x, dead_mask=torch.zeros(64, dtype=torch.bool))
     assert none_dead.losses["auxk"] == 0
     dead = torch.zeros(64, dtype=torch.bool)
     dead[:4] = True
-    some_dead = sae(x, dead_mask=dead)
+    some_dead = train_loss(sae, objective, x, dead_mask=dead)
     assert some_dead.losses["auxk"] > 0
     some_dead.losses["auxk"].backward()
     grad_rows = sae.W_enc.grad.abs().sum(0) != 0
@@ -118,38 +122,42 @@ def test_auxk_engages_only_when_latents_are_dead(arch, extra):
     f_aux = torch.zeros_like(z).scatter(1, i, torch.relu(v))
     expected = ((e - f_aux @ sae.W_dec.detach()) ** 2).sum() / ((e - e.mean(0)) ** 2).sum()
     torch.testing.assert_close(raw, expected)
-    torch.testing.assert_close(some_dead.losses["auxk"], sae.cfg.aux_coefficient * 0.5 * expected)
+    torch.testing.assert_close(
+        some_dead.losses["auxk"], objective.cfg.aux_coefficient * 0.5 * expected
+    )
 
 
-def test_jumprelu_has_no_auxk_by_default():
-    sae = make_sae("jumprelu")
-    assert "auxk" not in sae(torch.randn(8, 16), dead_mask=torch.ones(64, dtype=torch.bool)).losses
+def test_jumprelu_auxk_is_off_with_a_zero_coefficient():
+    sae, objective = make_training("jumprelu", aux_coefficient=0.0)
+    dead = torch.ones(64, dtype=torch.bool)
+    assert "auxk" not in train_loss(sae, objective, torch.randn(8, 16), dead_mask=dead).losses
 
 
 def test_gated_aux_term_does_not_train_the_decoder():
-    sae = make_sae("gated")
+    sae, objective = make_training("gated")
     x = torch.randn(16, 16) * 3
-    sae(x).losses["aux"].backward()
+    train_loss(sae, objective, x).losses["aux"].backward()
     assert sae.W_dec.grad is None or torch.all(sae.W_dec.grad == 0)
     assert sae.W_enc.grad.abs().sum() > 0
 
 
 def test_gated_ri_l1_penalty_is_weighted_by_decoder_norms():
-    sae = make_sae("gated", variant="ri_l1", l1_coefficient=1.0)
-    assert not sae.unit_norm_decoder
+    sae, objective = make_training("gated", variant="ri_l1", l1_coefficient=1.0)
+    assert not objective.unit_norm_decoder
     x = torch.randn(16, 16) * 3
-    before = sae(x).losses["l1"]
+    before = train_loss(sae, objective, x).losses["l1"]
     with torch.no_grad():
         sae.W_dec.mul_(2.0)
-    torch.testing.assert_close(sae(x).losses["l1"], 2 * before)
+    torch.testing.assert_close(train_loss(sae, objective, x).losses["l1"], 2 * before)
 
 
 def test_relu_penalty_uses_decoder_norms_and_no_constraint():
-    sae = make_sae("relu", l1_coefficient=1.0)
-    assert not sae.unit_norm_decoder
+    sae, objective = make_training("relu", l1_coefficient=1.0)
+    assert not objective.unit_norm_decoder
     x = torch.randn(16, 16) * 3
     f = sae.encode(x)
-    torch.testing.assert_close(sae(x).losses["l1"], (f * sae.W_dec.norm(dim=1)).sum(1).mean())
+    expected = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
+    torch.testing.assert_close(train_loss(sae, objective, x).losses["l1"], expected)
 
 
 def test_geometric_median_resists_outliers():
@@ -174,7 +182,7 @@ def test_geometric_median_resists_outliers():
 )
 def test_config_errors_name_key_and_allowed_values(arch, bad, message):
     with pytest.raises(ValueError, match=message):
-        make_sae(arch, **bad)
+        make_training(arch, **bad)
 
 
 def test_unknown_architecture():
@@ -193,7 +201,7 @@ def test_batchtopk_exports_as_an_equivalent_jumprelu():
             p.add_(0.1 * torch.randn_like(p))
     with pytest.raises(ValueError, match="no positive inference threshold"):
         sae.to_jumprelu()
-    sae.update_threshold(torch.tensor(0.3))
+    sae.threshold.fill_(0.3)
     sae.eval()
     jump = sae.to_jumprelu().eval()
     assert isinstance(jump, JumpReLUSAE)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from saelab.sae import sparse
+from saelab.sae import Step, sparse
 from saelab.sae.auxk import auxk_loss
 from saelab.sae.jumprelu import JumpReLUFunction, StepFunction
-from tests.conftest import FAMILIES, make_sae
+from tests.conftest import FAMILIES, make_training
 
 SPARSE_CASES = set(FAMILIES) | {"jumprelu-triangle", "gated-ri_l1"}  # not the Gaussian STE kernel
 
@@ -37,18 +37,20 @@ def _check_path(request, case, path):
     )
 
 
-def _force(sae, path):
-    if path == "sparse":
-        sae._density = 0.0  # as if the last step had been sparse
+def _step(sae, objective, x, path, dead) -> Step:
+    """The step as the trainer builds it, as if the last step's density had been low (sparse)
+    or unknown (dense); the family then decides (TopK from its config, Gaussian JumpReLU never)."""
+    density = 0.0 if path == "sparse" else None
+    return Step(dead_mask=dead, sparse=objective.wants_sparse(sae, x.device, density))
 
 
 def _mse(x, x_hat):
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
-def reference_forward(sae, x, dead):
+def reference_forward(sae, cfg, x, dead):
     """(x_hat, feature_acts, losses) by the plain maths, with sparsity_scale 1."""
-    cfg, arch = sae.cfg, sae.cfg.architecture
+    arch = cfg.architecture
     if arch == "jumprelu":
         z = x @ sae.W_enc + sae.b_enc
         theta = sae.threshold
@@ -108,28 +110,29 @@ def _make(case, **kw):
         "jumprelu-triangle": {"kernel": "triangle"},
         "jumprelu-auxk-gaussian": {"aux_coefficient": 0.5, "aux_k": 8, "kernel": "gaussian"},
     }.get(case, {})
-    if arch == "jumprelu":  # a window wide enough to catch many pre-activations
-        extra = {"threshold_init": 0.3, "bandwidth": 0.5, **extra}
+    if arch == "jumprelu":  # a fixed lambda, a window wide enough to catch many pre-activations
+        fixed = {"target_l0": None, "threshold_warmup_fraction": 0, "aux_k": 8}
+        extra = {**fixed, "threshold_init": 0.3, "bandwidth": 0.5, **extra}
     if "topk" in arch:
         extra = {"aux_k": 8, **extra}
-    sae = make_sae(arch, **extra, **kw)
+    sae, objective = make_training(arch, **extra, **kw)
     with torch.no_grad():  # away from the symmetric init: biases, scales, decoder norms
         for p in sae.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    return sae
+    return sae, objective
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_step_matches_plain_maths(case, path, request):
-    sae = _make(case).double()
-    _force(sae, path)
+    sae, objective = _make(case)
+    sae = sae.double()
     x = torch.randn(48, 16, dtype=torch.float64) * 2
     dead = torch.zeros(64, dtype=torch.bool)
     dead[torch.randperm(64)[:12]] = True
-    out = sae(x, dead_mask=dead)
+    out = sae(x, objective=objective, step=_step(sae, objective, x, path, dead))
     grads = torch.autograd.grad(out.loss, list(sae.parameters()))
     _check_path(request, case, path)
-    x_hat, f, losses = reference_forward(sae, x, dead)
+    x_hat, f, losses = reference_forward(sae, objective.cfg, x, dead)
     ref_grads = torch.autograd.grad(sum(losses.values()), list(sae.parameters()))
     tol = {"rtol": 1e-9, "atol": 1e-10}
     torch.testing.assert_close(out.x_hat, x_hat, **tol)
@@ -147,16 +150,15 @@ def test_step_matches_plain_maths(case, path, request):
 @pytest.mark.parametrize("case", CASES)
 def test_bf16_autocast_keeps_float32_parameters_and_the_function(case, path):
     """What Lightning's precision=bf16-mixed does on a CPU: torch.autocast around the step."""
-    sae = _make(case, d_in=32, d_sae=128)
-    _force(sae, path)
+    sae, objective = _make(case, d_in=32, d_sae=128)
     x = torch.randn(256, 32) * 2
     dead = torch.zeros(128, dtype=torch.bool)
     dead[:20] = True
-    ref = sae(x, dead_mask=dead)
+    step = _step(sae, objective, x, path, dead)
+    ref = sae(x, objective=objective, step=step)
     ref_grads = torch.autograd.grad(ref.loss, list(sae.parameters()))
-    _force(sae, path)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sae(x, dead_mask=dead)
+        out = sae(x, objective=objective, step=step)
     grads = torch.autograd.grad(out.loss, list(sae.parameters()))
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, ref.loss, rtol=0.05, atol=0.05)
@@ -171,11 +173,11 @@ def test_bf16_autocast_keeps_float32_parameters_and_the_function(case, path):
 def test_bf16_threshold_moves_like_float32():
     """The thresholds stay float32 through a bf16-autocast Adam step: a step of lr moves
     log(theta) by ~lr (in bf16, 1e-3 + 1e-5 rounds back to 1e-3)."""
-    sae = _make("jumprelu", d_in=32, d_sae=128)
+    sae, objective = _make("jumprelu", d_in=32, d_sae=128)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-5, betas=(0.0, 0.999))
     before = sae.log_threshold.detach().clone()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = sae(torch.randn(256, 32) * 2)
+        out = sae(torch.randn(256, 32) * 2, objective=objective)
     out.loss.backward()
     opt.step()
     moved = sae.log_threshold.detach() - before

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from saelab.sae import JumpReLUSAE
-from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUFunction, StepFunction
+from saelab.sae.jumprelu import JumpReLUFunction, StepFunction
+from tests.conftest import make_training, train_loss
 
 # Written out independently of saelab.sae.kernels, so a wrong kernel there fails here.
 REFERENCE_KERNELS = {
@@ -52,22 +52,30 @@ def test_pseudo_gradients_match_formulas(kernel):
     torch.testing.assert_close(gt, (g * -(1 / eps) * K).sum(0))
 
 
-def _one_latent_sae(theta: float, lam: float, eps: float, kernel: str, **kw) -> JumpReLUSAE:
-    """d_in = d_sae = 1 with identity weights: z = x and x_hat = JumpReLU(x)."""
-    cfg = JumpReLUConfig(
-        d_in=1,
-        d_sae=1,
-        l0_coefficient=lam,
-        bandwidth=eps,
-        kernel=kernel,
-        threshold_init=theta,
-        **kw,
-    )
-    sae = JumpReLUSAE(cfg).double()
-    with torch.no_grad():
-        sae.W_enc.fill_(1.0)
-        sae.W_dec.fill_(1.0)
-    return sae
+class _OneLatent:
+    """d_in = d_sae = 1 with identity weights: z = x and x_hat = JumpReLU(x); calling it runs the
+    training loss."""
+
+    def __init__(self, theta: float, lam: float, eps: float, kernel: str, **kw):
+        kw = {"target_l0": None, "threshold_warmup_fraction": 0, "aux_coefficient": 0, **kw}
+        sae, objective = make_training(
+            "jumprelu", d_in=1, d_sae=1, l0_coefficient=lam, bandwidth=eps, kernel=kernel,
+            threshold_init=theta, **kw,
+        )  # fmt: skip
+        self.sae, self.objective = sae.double(), objective.double()
+        with torch.no_grad():
+            self.sae.W_enc.fill_(1.0)
+            self.sae.W_dec.fill_(1.0)
+
+    def __call__(self, x):
+        return train_loss(self.sae, self.objective, x)
+
+    def __getattr__(self, name):
+        return getattr(self.sae, name)
+
+
+def _one_latent_sae(theta: float, lam: float, eps: float, kernel: str, **kw) -> _OneLatent:
+    return _OneLatent(theta, lam, eps, kernel, **kw)
 
 
 def _expected_loss(theta: float, lam: float, mu: float, sigma: float) -> float:
@@ -137,15 +145,20 @@ def test_dual_target_l0_multiplier_is_a_pi_controller():
     # lambda = lambda_I + kp * e on this batch, with lambda_I starting at l0_coefficient...
     assert out.losses["l0"].item() == pytest.approx((0.2 + 0.3 * error) * l0, rel=1e-6)
     # ... then lambda_I += lr * e.
-    assert sae.l0_integral.item() == pytest.approx(0.2 + 0.05 * error, rel=1e-6)
+    assert sae.objective.l0_integral.item() == pytest.approx(0.2 + 0.05 * error, rel=1e-6)
     out.losses["l0"].backward()
     assert sae.log_threshold.grad.item() < 0, "a positive multiplier raises theta"
     l0_2 = sae(x).metrics["l0"].item()
-    assert sae.l0_integral.item() == pytest.approx(0.2 + 0.05 * (error + l0_2 / 0.1 - 1), rel=1e-6)
-    before = (sae.l0_integral.item(), sae.l0_multiplier.item())
-    sae.eval()
+    state = sae.objective
+    assert state.l0_integral.item() == pytest.approx(
+        0.2 + 0.05 * (error + l0_2 / 0.1 - 1), rel=1e-6
+    )
+    before = (state.l0_integral.item(), state.l0_multiplier.item())
+    state.eval()
     out = sae(x)
-    assert (sae.l0_integral.item(), sae.l0_multiplier.item()) == before, "evaluation moves nothing"
+    assert (state.l0_integral.item(), state.l0_multiplier.item()) == before, (
+        "evaluation moves nothing"
+    )
     torch.testing.assert_close(out.losses["l0"].item(), before[1] * out.metrics["l0"].item())
 
 
@@ -157,7 +170,7 @@ def _train_threshold(method: str, target: float, steps: int = 1500) -> float:
     sae = _one_latent_sae(
         0.5, 0.5, 0.1, "rectangle", target_l0=target, target_l0_method=method, target_l0_lr=0.02
     )
-    opt = torch.optim.Adam([sae.log_threshold], lr=0.01)
+    opt = torch.optim.Adam([sae.sae.log_threshold], lr=0.01)
     for _ in range(steps):
         opt.zero_grad()
         sae(torch.randn(1024, 1, dtype=torch.float64) + 0.5).loss.backward()
@@ -174,11 +187,9 @@ def test_dual_target_reaches_the_requested_l0_where_the_quadratic_penalty_settle
 
 
 def test_quantile_threshold_init_gives_the_requested_starting_l0():
-    from tests.conftest import make_sae
-
-    sae = make_sae("jumprelu", d_in=16, d_sae=64)
+    sae, objective = make_training("jumprelu", d_in=16, d_sae=64, threshold_init_l0=6)
     sample = torch.randn(8000, 16) * 2 + 0.5
-    sae.init_threshold_from_data(sample, l0=6)
+    objective.init_from_data(sae, sample)
     fresh = torch.randn(20_000, 16) * 2 + 0.5  # new draws from the same distribution
     l0 = (sae.encode(fresh) != 0).sum(1).float().mean().item()
     assert l0 == pytest.approx(6, rel=0.05)

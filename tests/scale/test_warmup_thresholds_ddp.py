@@ -8,23 +8,25 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from saelab.sae import build_sae
+from saelab.lit.sync import DistributedSync
+from saelab.sae import build_training
 
 
-def _batch() -> tuple[torch.nn.Module, torch.Tensor]:
+def _batch():
     torch.manual_seed(0)
-    sae = build_sae("jumprelu", d_in=8, d_sae=32)
+    sae, objective = build_training("jumprelu", d_in=8, d_sae=32)
     x = torch.randn(512, 8) * torch.linspace(0.5, 3, 8)
-    return sae, sae.pre_acts(x).detach()
+    return objective, sae.pre_acts(x).detach()
 
 
 def _rank(rank: int, world: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
-        sae, z = _batch()
+        objective, z = _batch()
+        objective.sync = DistributedSync()  # the trainer's channel between ranks
         half = z.chunk(world)[rank]
         got = {
-            mode: sae.quantile_thresholds(half, 5, pooled=mode == "pooled")
+            mode: objective.quantile_thresholds(half, 5, pooled=mode == "pooled")
             for mode in ("pooled", "per_latent")
         }
         if rank == 0:
@@ -37,13 +39,13 @@ def test_ranks_get_the_thresholds_of_the_whole_batch(tmp_path):
     out = tmp_path / "ranks.pt"
     mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
     got = torch.load(out, weights_only=True)
-    sae, z = _batch()
+    objective, z = _batch()
     for mode in ("pooled", "per_latent"):
-        whole = sae.quantile_thresholds(z, 5, pooled=mode == "pooled")
+        whole = objective.quantile_thresholds(z, 5, pooled=mode == "pooled")
         assert torch.equal(got[mode], whole), mode
         # and it is the quantile: L0 on the whole batch is exactly 5
         assert (z > whole).float().sum(1).mean().item() == 5.0
-    halves = [sae.quantile_thresholds(h, 5, pooled=True) for h in z.chunk(2)]
+    halves = [objective.quantile_thresholds(h, 5, pooled=True) for h in z.chunk(2)]
     assert not torch.equal((halves[0] + halves[1]) / 2, got["pooled"]), (
         "averaging halves is not the same"
     )
