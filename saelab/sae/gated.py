@@ -60,6 +60,15 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(self.d_sae))
         self.r_mag = nn.Parameter(torch.zeros(self.d_sae))
 
+    def saelens_cfg(self) -> dict:
+        """SAELens's name for this family and the cfg.json fields its loader needs
+        (docs/interop.md)."""
+        return {"architecture": "gated", "apply_b_dec_to_input": True}
+
+    def export_form(self) -> SAE:
+        """The SAE written to disk by ``saelab.io.save_sae`` (this one)."""
+        return self
+
     @property
     def unit_norm_decoder(self) -> bool:  # type: ignore[override]
         return self.cfg.variant == "standard"

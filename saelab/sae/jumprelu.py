@@ -229,6 +229,15 @@ class JumpReLUSAE(SAE):
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
 
+    def saelens_cfg(self) -> dict:
+        """SAELens's name for this family and the cfg.json fields its loader needs
+        (docs/interop.md)."""
+        return {"architecture": "jumprelu", "apply_b_dec_to_input": False}
+
+    def export_form(self) -> SAE:
+        """The SAE written to disk by ``saelab.io.save_sae`` (this one)."""
+        return self
+
     @property
     def bandwidth(self) -> float | Tensor:
         """The STE bandwidth eps: a float, or a per-latent [d_sae] tensor (the fused estimator

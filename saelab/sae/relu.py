@@ -42,6 +42,15 @@ class ReLUSAE(SAE):
         super().__init__(cfg)
         self.cfg: ReLUConfig = cfg
 
+    def saelens_cfg(self) -> dict:
+        """SAELens's name for this family and the cfg.json fields its loader needs
+        (docs/interop.md)."""
+        return {"architecture": "standard", "apply_b_dec_to_input": False}
+
+    def export_form(self) -> SAE:
+        """The SAE written to disk by ``saelab.io.save_sae`` (this one)."""
+        return self
+
     def encode(self, x: Tensor) -> Tensor:
         return F.relu(self.pre_acts(x))
 

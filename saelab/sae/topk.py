@@ -97,6 +97,20 @@ class TopKSAE(SAE):
         super().__init__(cfg)
         self.cfg: TopKConfig = cfg
 
+    def saelens_cfg(self) -> dict:
+        """SAELens's name for this family and the cfg.json fields its loader needs
+        (docs/interop.md): ``k`` at the top level (SAELens defaults it to 100 otherwise)."""
+        return {
+            "architecture": "topk",
+            "k": self.cfg.k,
+            "apply_b_dec_to_input": True,
+            "rescale_acts_by_decoder_norm": False,
+        }
+
+    def export_form(self) -> SAE:
+        """The SAE written to disk by ``saelab.io.save_sae`` (this one)."""
+        return self
+
     def encoder_bias(self) -> Tensor:
         """b_enc - b_dec @ W_enc: the pre-encoder bias folded into the encoder's."""
         return self.b_enc - self.b_dec @ self.W_enc
@@ -163,6 +177,15 @@ class BatchTopKSAE(TopKSAE):
         self.cfg: BatchTopKConfig = cfg
         # One global threshold for inference; negative means "not estimated yet".
         self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def saelens_cfg(self) -> dict:
+        """Written as the JumpReLU SAE it is at inference (``export_form``)."""
+        return {"architecture": "jumprelu", "apply_b_dec_to_input": False}
+
+    def export_form(self):
+        """The JumpReLU SAE with the global threshold (``to_jumprelu``): SAELens has no
+        inference-time BatchTopK, and the two encode identically."""
+        return self.to_jumprelu()
 
     def batch_select(self, z: Tensor) -> Tensor:
         """Keep the k * B largest ReLU activations of the whole [B, M] batch."""
