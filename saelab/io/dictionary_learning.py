@@ -7,7 +7,11 @@ dictionary class names the layout; each is translated into the saelab family it 
 
     class                    tensors                                               saelab family
     AutoEncoder              encoder.{weight [M, n], bias}, decoder.weight [n, M],  relu (bias is a
-                             bias [n] (subtracted before the encoder, added back)   pre-encoder bias)
+                             bias [n] (subtracted before the encoder, added back)   pre-encoder bias;
+                                                                                    decoder norms
+                                                                                    moved into the
+                                                                                    encoder, as its
+                                                                                    loader does)
     AutoEncoderNew           encoder.{weight, bias}, decoder.{weight, bias}         relu
     GatedAutoEncoder         encoder.weight, decoder.weight, decoder_bias, r_mag,   gated
                              gate_bias, mag_bias
@@ -127,7 +131,7 @@ def _translate(dict_class: str, state: dict, trainer: dict, where: str):
             "W_dec": s["decoder.weight"].T.contiguous(),
             "b_dec": s["bias"],
         }
-        return "relu", _shape(t), t
+        return "relu", _shape(t), _unit_decoder(t)
     if dict_class == "AutoEncoderNew":
         t = {
             "W_enc": s["encoder.weight"].T.contiguous(),
@@ -165,6 +169,14 @@ def _translate(dict_class: str, state: dict, trainer: dict, where: str):
     # MatryoshkaBatchTopKSAE: every group active (as saved), so it is a BatchTopK at inference.
     t = {n: s[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec")}
     return "jumprelu", _shape(t), _global_threshold(t, s["threshold"], where)
+
+
+def _unit_decoder(t: dict) -> dict:
+    """The package's loader (AutoEncoder.from_pretrained, normalize_decoder=True) moves each
+    decoder row's norm into the encoder: rows of unit norm, features scaled by the norms, the
+    same reconstruction. saelab loads it the same way, so features match the package's."""
+    n = t["W_dec"].norm(dim=1)
+    return {**t, "W_enc": t["W_enc"] * n, "b_enc": t["b_enc"] * n, "W_dec": t["W_dec"] / n[:, None]}
 
 
 def _global_threshold(t: dict, threshold: torch.Tensor, where: str) -> dict:

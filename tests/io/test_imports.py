@@ -175,8 +175,13 @@ def dl_case(dict_class: str):
     if dict_class == "AutoEncoder":
         s = {"bias": rand(N), "encoder.weight": linear(M, N), "encoder.bias": rand(M, scale=0.2)}
         s["decoder.weight"] = linear(N, M)
-        enc = lambda x: F.relu(F.linear(x - s["bias"], s["encoder.weight"], s["encoder.bias"]))  # noqa: E731
-        dec = lambda f: F.linear(f, s["decoder.weight"]) + s["bias"]  # noqa: E731
+        # Its loader (from_pretrained, normalize_decoder=True) divides decoder columns by their
+        # norms and multiplies the encoder rows and bias by them.
+        norms = s["decoder.weight"].norm(dim=0)
+        enc = lambda x: F.relu(  # noqa: E731
+            F.linear(x - s["bias"], s["encoder.weight"] * norms[:, None], s["encoder.bias"] * norms)
+        )
+        dec = lambda f: F.linear(f, s["decoder.weight"] / norms) + s["bias"]  # noqa: E731
     elif dict_class == "AutoEncoderNew":
         s = {"encoder.weight": linear(M, N), "encoder.bias": rand(M, scale=0.2)}
         s.update({"decoder.weight": linear(N, M), "decoder.bias": rand(N)})
