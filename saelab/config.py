@@ -5,8 +5,10 @@ are checked by each dataclass's ``__post_init__`` when the config is turned into
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from saelab.data.activations import ActivationsDataConfig
+from saelab.data.files import FilesDataConfig, data_width
 from saelab.data.synthetic import SyntheticDataConfig
 from saelab.lm.config import ModelConfig
 from saelab.lm.sites import SiteConfig
@@ -14,7 +16,11 @@ from saelab.sae import FAMILIES
 
 SCHEMAS = {
     "sae": {f"{name}_schema": family.train_config for name, family in FAMILIES.items()},
-    "data": {"synthetic_schema": SyntheticDataConfig, "activations_schema": ActivationsDataConfig},
+    "data": {
+        "synthetic_schema": SyntheticDataConfig,
+        "activations_schema": ActivationsDataConfig,
+        "files_schema": FilesDataConfig,
+    },
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},
 }
@@ -25,3 +31,6 @@ def register_configs() -> None:
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)
+    # data=files reads d_in from the files' headers, so ${data.d_in} (and sae.d_in) resolve
+    # before the config becomes objects, with nothing for the user to restate.
+    OmegaConf.register_new_resolver("saelab.data_width", data_width, replace=True)

@@ -170,6 +170,13 @@ def _key(member: str, name: str) -> str:
     return f"{member}/{name}" if member else name
 
 
+def _export_metadata(data_cfg) -> dict:
+    """What the data source knows about where the SAE reads (model_name, hook_name, hook_layer),
+    for the export's cfg.json: SAELens and SAEBench read it."""
+    describe = getattr(data_cfg, "export_metadata", None)
+    return describe() if describe is not None else {}
+
+
 def _write_outputs(
     cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metrics: dict, resolved
 ) -> None:
@@ -192,6 +199,7 @@ def _write_outputs(
                 for k, v in metrics.items()
                 if not name or k.startswith(f"{name}/") or k in ("steps", "train_tokens")
             }
-            save_sae(sae, output_dir / "sae" / name, metadata={"metrics": member_metrics})
+            metadata = {"metrics": member_metrics, **_export_metadata(data_cfg)}
+            save_sae(sae, output_dir / "sae" / name, metadata=metadata)
     write_json(output_dir / "metrics.json", metrics)
     write_json(output_dir / "config.json", resolved)

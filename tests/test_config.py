@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
@@ -31,6 +32,9 @@ def test_every_family_has_a_config():
 def test_sae_and_data_options_compose_and_build(sae, data, tmp_path):
     # TINY_RUN shrinks the synthetic data; other sources keep their own (lazy) defaults.
     overrides = TINY_RUN if data == "synthetic" else ["trainer=debug", "sae.expansion_factor=4"]
+    if data == "files":  # the one source that needs the user's data: 8,192 rows of width 24
+        np.save(tmp_path / "acts.npy", np.ones((8192, 24), np.float32))
+        overrides = [*overrides, f"data.path={tmp_path / 'acts.npy'}"]
     cfg = compose_config([*overrides, f"sae={sae}", f"data={data}"], tmp_path)
     assert cfg.data.get("_target_") is None and OmegaConf.get_type(
         cfg.data

@@ -41,7 +41,7 @@ def test_train_py_multirun_sweeps_families(tmp_path):
     runs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / "metrics.json").exists())
     assert len(runs) == 2
     archs = {json.loads((r / "sae" / "cfg.json").read_text())["architecture"] for r in runs}
-    assert archs == {"jumprelu", "relu"}
+    assert archs == {"jumprelu", "standard"}  # SAELens's names: ReLU is its "standard" SAE
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from saelab.data.cache_build import CacheBuilder, LMSource
 from saelab.data.shards import check_dtype
 from saelab.lm.config import ModelConfig
 from saelab.lm.corpus import CorpusConfig
-from saelab.lm.sites import check_site
+from saelab.lm.sites import TRANSFORMER_LENS_HOOKS, check_site
 
 
 @dataclass
@@ -108,6 +108,17 @@ class ActivationsDataConfig:
 
     def build(self) -> ActivationDataModule:
         return ActivationDataModule(self)
+
+    def export_metadata(self) -> dict:
+        """Where an SAE trained on these activations reads, for its export's cfg.json."""
+        return {
+            "model_name": self.model.name_or_path,
+            "hook_name": TRANSFORMER_LENS_HOOKS[self.site].format(layer=self.layer),
+            "hook_layer": self.layer,
+            "site": self.site,
+            "context_size": self.context_length or self.model.context_length,
+            "prepend_bos": self.model.prepend_bos,
+        }
 
 
 class ActivationDataModule(ActivationSource):

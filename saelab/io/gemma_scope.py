@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .record import SAEFile, as_float, check_tensors
+
 KEYS = ("W_enc", "W_dec", "b_enc", "b_dec", "threshold")
 
 
@@ -49,10 +51,9 @@ def save_gemma_scope_npz(sae, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_gemma_scope_npz(path: str | os.PathLike):
-    """A :class:`saelab.sae.JumpReLUSAE` from a Gemma Scope ``params.npz``."""
-    from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUSAE
-
+def load_gemma_scope_npz(path: str | os.PathLike) -> SAEFile:
+    """The record of a Gemma Scope ``params.npz`` (a JumpReLU SAE); ``saelab.sae.load_sae(path)``
+    builds the SAE from it."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -62,27 +63,16 @@ def load_gemma_scope_npz(path: str | os.PathLike):
     missing = [k for k in KEYS if k not in arrays]
     if missing:
         raise ValueError(f"{path} lacks {missing}: a Gemma Scope params.npz has {list(KEYS)}.")
-    d_in, d_sae = arrays["W_enc"].shape
-    expected = {
-        "W_enc": (d_in, d_sae),
-        "W_dec": (d_sae, d_in),
-        "b_enc": (d_sae,),
-        "b_dec": (d_in,),
-        "threshold": (d_sae,),
-    }
-    for key, shape in expected.items():
-        if arrays[key].shape != shape:
-            raise ValueError(
-                f"{path}: {key} has shape {arrays[key].shape}, expected {shape} (from W_enc)."
-            )
-    if not (arrays["threshold"] > 0).all():
-        raise ValueError(f"{path}: every threshold must be > 0 (JumpReLU theta).")
-    sae = JumpReLUSAE(JumpReLUConfig(d_in=int(d_in), d_sae=int(d_sae)))
-    state = {
-        k: torch.from_numpy(np.ascontiguousarray(arrays[k])).float()
-        for k in KEYS
-        if k != "threshold"
-    }
-    state["log_threshold"] = torch.from_numpy(arrays["threshold"]).float().log()
-    sae.load_state_dict(state)
-    return sae
+    extra = sorted(set(arrays) - set(KEYS))
+    if extra:
+        raise ValueError(f"{path} holds unexpected arrays {extra}; Gemma Scope has {list(KEYS)}.")
+    for key, array in arrays.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"{path}: {key} has dtype {array.dtype}, expected floats.")
+    tensors = as_float({k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
+    check_tensors(tensors, str(path))
+    if tensors["threshold"].dim() != 1:
+        raise ValueError(f"{path}: threshold must hold one theta per latent.")
+    d_in, d_sae = tensors["W_enc"].shape
+    config = {"d_in": int(d_in), "d_sae": int(d_sae)}
+    return SAEFile("jumprelu", config, tensors, "Gemma Scope params.npz", str(path))

@@ -27,6 +27,14 @@ import torch
 from torch import Tensor, nn
 
 SITES = ("resid", "mlp", "attn")
+# The same sites in TransformerLens's hook names, which SAELens and SAEBench read from an SAE's
+# cfg.json (``hook_name``): the block output, the MLP output as added to the residual (after
+# Gemma 2's post-MLP norm there too) and the per-head attention outputs before W_O.
+TRANSFORMER_LENS_HOOKS = {
+    "resid": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "attn": "blocks.{layer}.attn.hook_z",
+}
 
 
 class SitePoint(NamedTuple):

@@ -6,17 +6,12 @@ itself (registry.py); importing them here is the one line that makes a family kn
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
-import torch
-
 from . import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (each registers its family)
 from .base import SAE, SAEConfig, SAEOutput
 from .batchtopk import BatchTopKConfig, BatchTopKSAE, BatchTopKTrainConfig
 from .gated import GatedConfig, GatedSAE, GatedTrainConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, JumpReLUTrainConfig
+from .loading import load_sae
 from .objective import Objective, Step, Sync
 from .registry import FAMILIES, Family, family
 from .relu import ReLUConfig, ReLUSAE, ReLUTrainConfig
@@ -42,34 +37,6 @@ def build_training(architecture: str, **config) -> tuple[SAE, Objective]:
     objective = fam.objective(train_config)
     objective.init_sae(sae)
     return sae, objective
-
-
-def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> SAE:
-    """Load an SAE: a folder written by ``saelab.io.save_sae`` (SAELens layout) or a Gemma
-    Scope ``params.npz`` file."""
-    from saelab.io.gemma_scope import load_gemma_scope_npz
-    from saelab.io.saelens import load_saelens_folder
-
-    if Path(path).suffix == ".npz":
-        return load_gemma_scope_npz(path).to(device)
-    cfg, tensors = load_saelens_folder(Path(path))
-    fields = dict(cfg.get("saelab_config") or {})
-    architecture = fields.pop("architecture", cfg.get("architecture"))
-    if not fields:
-        fields = {"d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
-        if "k" in cfg:
-            fields["k"] = cfg["k"]
-    known = {f.name for f in dataclasses.fields(family(architecture).sae.config_class)}
-    sae = build_sae(architecture, **{k: v for k, v in fields.items() if k in known})
-    if "threshold" in tensors and hasattr(sae, "log_threshold"):
-        tensors["log_threshold"] = tensors.pop("threshold").log()
-    missing, unexpected = sae.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"{path} does not match a {architecture} SAE: missing tensors {missing}, "
-            f"unexpected tensors {unexpected}"
-        )
-    return sae.to(device)
 
 
 __all__ = [

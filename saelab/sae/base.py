@@ -111,6 +111,11 @@ class SAE(nn.Module):
     config_class: ClassVar[type[SAEConfig]] = SAEConfig
     has_b_enc: ClassVar[bool] = True
     """Gated replaces b_enc by its gate and magnitude biases."""
+    saelens_architecture: ClassVar[str]
+    """SAELens's name for this family (docs/interop.md)."""
+    apply_b_dec_to_input: ClassVar[bool] = False
+    """Whether encode reads x - b_dec (SAELens's flag of the same name, which defaults to true,
+    so exports always state it)."""
 
     def __init__(self, cfg: SAEConfig):
         super().__init__()
@@ -155,6 +160,13 @@ class SAE(nn.Module):
         """The SAE an export writes: itself, or the inference-equivalent SAE of another family
         (BatchTopK is saved as the JumpReLU SAE it is at inference)."""
         return self
+
+    def saelens_cfg(self) -> dict:
+        """The cfg.json fields SAELens's loader needs for this family (``saelab.io.save_sae``)."""
+        return {
+            "architecture": self.saelens_architecture,
+            "apply_b_dec_to_input": self.apply_b_dec_to_input,
+        }
 
     # --- constraint (docs/maths.md §0) ------------------------------------------------------------
     @torch.no_grad()

@@ -37,6 +37,8 @@ class GatedConfig(SAEConfig):
 class GatedSAE(SAE):
     config_class = GatedConfig
     has_b_enc = False
+    saelens_architecture = "gated"
+    apply_b_dec_to_input = True
 
     def __init__(self, cfg: GatedConfig):
         super().__init__(cfg)

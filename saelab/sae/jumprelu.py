@@ -100,6 +100,7 @@ class JumpReLUConfig(SAEConfig):
 
 class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
+    saelens_architecture = "jumprelu"
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)

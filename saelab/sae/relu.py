@@ -31,6 +31,7 @@ class ReLUConfig(SAEConfig):
 
 class ReLUSAE(SAE):
     config_class = ReLUConfig
+    saelens_architecture = "standard"
 
     def encode(self, x: Tensor) -> Tensor:
         return F.relu(self.pre_acts(x))

@@ -43,10 +43,16 @@ class TopKConfig(SAEConfig):
 
 class TopKSAE(SAE):
     config_class = TopKConfig
+    saelens_architecture = "topk"
+    apply_b_dec_to_input = True
 
     def __init__(self, cfg: TopKConfig):
         super().__init__(cfg)
         self.cfg: TopKConfig = cfg
+
+    def saelens_cfg(self) -> dict:
+        # k at the top level (SAELens defaults it to 100), activations not rescaled by decoder norms.
+        return {**super().saelens_cfg(), "k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def encoder_bias(self) -> Tensor:
         """b_enc - b_dec @ W_enc: the pre-encoder bias folded into the encoder's."""

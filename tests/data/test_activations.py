@@ -93,6 +93,13 @@ def test_train_on_activations_end_to_end_then_reuse_the_cache(tmp_path):
     assert metrics["steps"] == 20 and np.isfinite(metrics["val/fvu"])
     exported = json.loads((tmp_path / "run1" / "sae" / "cfg.json").read_text())
     assert exported["d_in"] == 128
+    # Where it reads, in the names SAELens and SAEBench use (threaded through by the runner).
+    meta = exported["metadata"]
+    assert (meta["model_name"], meta["hook_name"], meta["hook_layer"]) == (
+        "tiny-gemma-2",
+        "blocks.1.hook_resid_post",
+        1,
+    )
     evaluation = json.loads(
         (tmp_path / "run1" / "eval.json").read_text()
     )  # end-of-run splicing eval

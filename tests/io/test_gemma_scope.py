@@ -30,7 +30,10 @@ def test_npz_round_trip_and_the_gemma_scope_encoder(tmp_path):
     z = x @ p["W_enc"] + p["b_enc"]
     gemma_scope_f = (z > p["threshold"]) * torch.relu(z)  # the format's documented encoder
     torch.testing.assert_close(sae.encode(x), gemma_scope_f)
-    for loaded in (load_gemma_scope_npz(path), load_sae(path)):
+    record = load_gemma_scope_npz(path)  # the plain record: saelab's names, theta itself
+    assert record.architecture == "jumprelu" and record.config == {"d_in": 16, "d_sae": 64}
+    torch.testing.assert_close(record.tensors["threshold"], p["threshold"])
+    for loaded in (load_sae(path), load_sae(tmp_path)):  # the file, or a folder holding it
         assert isinstance(loaded, JumpReLUSAE)
         torch.testing.assert_close(loaded.encode(x), sae.encode(x))
         torch.testing.assert_close(loaded.decode(loaded.encode(x)), sae.decode(sae.encode(x)))
@@ -52,3 +55,16 @@ def test_bad_npz_files_are_refused(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(ValueError, match="not a readable"):
         load_gemma_scope_npz(truncated)
+    nan = tmp_path / "nan.npz"
+    save_gemma_scope_npz(_trained_like_jumprelu(), nan)
+    with np.load(nan) as npz:
+        arrays = dict(npz)
+    arrays["b_enc"][5] = np.nan
+    np.savez(nan, **arrays)
+    with pytest.raises(ValueError, match="b_enc holds 1 non-finite"):
+        load_sae(nan)
+    arrays["b_enc"][5] = 0
+    arrays["threshold"][0] = 0.0
+    np.savez(nan, **arrays)
+    with pytest.raises(ValueError, match="every threshold must be > 0"):
+        load_sae(nan)

@@ -1,0 +1,78 @@
+"""data=files resumes exactly: kill -9 a train.py run on a folder of activation shards, rerun
+the same command, and end with the weights and Adam state of a run never interrupted (bitwise;
+one thread per process). The run spans several epochs, so the per-epoch reshuffle is resumed too."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from saelab.lit.checkpointing import find_checkpoint
+from tests.scale.helpers import checkpoint, start_train_py, train_py
+
+STEPS = 240
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("acts")
+    rng = np.random.default_rng(0)
+    mix = rng.standard_normal((16, 16))
+    for i in range(3):  # 3 x 2,000 rows: 44 batches of 128 per epoch after the held-out rows
+        np.save(folder / f"part{i}.npy", (rng.standard_normal((2000, 16)) @ mix).astype("float32"))
+    return folder
+
+
+def args(shards, run, every: int) -> list[str]:
+    return [
+        "data=files",
+        f"data.path={shards}",
+        "data.batch_size=128",
+        "data.block_size=32",
+        "data.val_tokens=256",
+        "sae=topk",
+        "sae.k=4",
+        "sae.expansion_factor=4",
+        "sae.normalization_tokens=1024",
+        "logger=none",
+        f"trainer.max_steps={STEPS}",
+        "trainer.val_check_interval=80",
+        "trainer.limit_val_batches=2",
+        "+trainer.enable_progress_bar=false",
+        f"checkpoint_every_n_steps={every}",
+        f"hydra.run.dir={run}",
+    ]
+
+
+def state(run) -> dict[str, torch.Tensor]:
+    ckpt = checkpoint(run)
+    assert ckpt["global_step"] == STEPS
+    adam = ckpt["optimizer_states"][0]["state"]
+    return {
+        **ckpt["state_dict"],
+        **{f"adam.{i}.{k}": v for i, s in adam.items() for k, v in s.items()},
+    }
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_on_activation_files_ends_with_identical_weights(tmp_path, shards):
+    train_py(args(shards, tmp_path / "whole", STEPS))
+    run = tmp_path / "killed"
+    proc = start_train_py(args(shards, run, 20))
+    deadline = time.time() + 300
+    while find_checkpoint(run) is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed:\n" + err[-3000:]
+    assert 0 < checkpoint(run)["global_step"] < STEPS
+    rerun = train_py(args(shards, run, 20))
+    assert "resuming from" in rerun.stderr + rerun.stdout
+    whole, resumed = state(tmp_path / "whole"), state(run)
+    assert whole.keys() == resumed.keys()
+    for key, value in whole.items():
+        assert torch.equal(value, resumed[key]), key
