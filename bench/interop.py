@@ -17,6 +17,7 @@ weights and is saved with SparseCoder.save_to_disk.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata as md
 import json
 import sys
@@ -30,7 +31,7 @@ warnings.filterwarnings("ignore")
 torch.manual_seed(0)
 
 from saelab.io import save_sae  # noqa: E402
-from saelab.sae import build_sae, load_sae  # noqa: E402
+from saelab.sae import FAMILIES, BatchTopKSAE, build_sae, load_sae  # noqa: E402
 
 D_IN, D_SAE, K = 64, 256, 16
 MIX = torch.randn(D_IN, D_IN) / D_IN**0.5
@@ -81,8 +82,9 @@ def saelab_to_saelens(root: Path) -> None:
     from sae_lens import SAE
 
     meta = {"model_name": "gpt2", "hook_name": "blocks.6.hook_resid_post", "hook_layer": 6}
-    for family in ("relu", "gated", "jumprelu", "topk", "batchtopk"):
-        sae = build_sae(family, d_in=D_IN, d_sae=D_SAE, **({"k": K} if "topk" in family else {}))
+    for family in FAMILIES:
+        fields = {f.name for f in dataclasses.fields(FAMILIES[family].sae.config_class)}
+        sae = build_sae(family, d_in=D_IN, d_sae=D_SAE, **({"k": K} if "k" in fields else {}))
         sae.eval()
         with torch.no_grad():
             for p in sae.parameters():
@@ -93,10 +95,10 @@ def saelab_to_saelens(root: Path) -> None:
                 sae.b_gate.sub_(0.5)
             if family == "relu":
                 sae.b_enc.sub_(1.0)
-        if sae.unit_norm_decoder:  # as training keeps them
+        if FAMILIES[family].objective.unit_norm_decoder:  # as training keeps them
             sae.normalize_decoder()
-        if family == "batchtopk":
-            sae.update_threshold(torch.tensor(0.8))
+        if isinstance(sae, BatchTopKSAE):  # its inference threshold, estimated in training
+            sae.threshold.fill_(0.8)
         folder = save_sae(sae, root / f"saelab-{family}", metadata=meta)
         theirs = SAE.load_from_disk(str(folder))
         assert theirs.cfg.metadata.hook_name == meta["hook_name"]

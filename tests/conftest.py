@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -14,18 +15,38 @@ FAMILIES = sorted(SAE_CLASSES)
 TINY = "tiny-gemma-2"
 
 
+def _small_k(architecture: str, kw: dict) -> dict:
+    # Families that keep k latents per token (TopK, BatchTopK, Matryoshka): a k that fits 64.
+    if "k" in {f.name for f in dataclasses.fields(SAE_CLASSES[architecture].config_class)}:
+        kw.setdefault("k", 4)
+    return kw
+
+
 def make_sae(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
     """An inference SAE (shape keys, and k for the TopK families)."""
-    if "topk" in architecture:
-        kw.setdefault("k", 4)
-    return build_sae(architecture, d_in=d_in, d_sae=d_sae, **kw)
+    return build_sae(architecture, d_in=d_in, d_sae=d_sae, **_small_k(architecture, kw))
 
 
 def make_training(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
     """(SAE, objective) from ``sae.*`` keys, the family's defaults for the rest."""
-    if "topk" in architecture:
-        kw.setdefault("k", 4)
-    return build_training(architecture, d_in=d_in, d_sae=d_sae, **kw)
+    return build_training(architecture, d_in=d_in, d_sae=d_sae, **_small_k(architecture, kw))
+
+
+def exported_architecture(family: str) -> str:
+    """What a family's export is: the BatchTopK families (one global threshold at inference)
+    are saved as the JumpReLU SAE they equal."""
+    from saelab.sae import BatchTopKSAE
+
+    return "jumprelu" if issubclass(SAE_CLASSES[family], BatchTopKSAE) else family
+
+
+def set_inference_threshold(sae, value: float) -> None:
+    """Families that use one global threshold at inference (BatchTopK's, estimated in
+    training) get ``value``; the others need nothing."""
+    from saelab.sae import BatchTopKSAE
+
+    if isinstance(sae, BatchTopKSAE):
+        sae.threshold.fill_(value)
 
 
 def train_loss(sae, objective, x, **step):

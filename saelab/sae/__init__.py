@@ -6,7 +6,7 @@ itself (registry.py); importing them here is the one line that makes a family kn
 
 from __future__ import annotations
 
-from . import batchtopk, gated, jumprelu, relu, topk  # noqa: F401  (each registers its family)
+from . import batchtopk, gated, jumprelu, matryoshka, relu, topk  # noqa: F401  (each registers its family)
 from .base import SAE, SAEConfig, SAEOutput
 from .batchtopk import BatchTopKConfig, BatchTopKSAE, BatchTopKTrainConfig
 from .gated import GatedConfig, GatedSAE, GatedTrainConfig

@@ -171,8 +171,9 @@ class SAE(nn.Module):
     # --- constraint (docs/maths.md §0) ------------------------------------------------------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
-        """Drop from each decoder row's gradient its component along the row, so a unit-norm
-        row only rotates (the step then changes its norm only to second order)."""
+        """Drop from each decoder row's gradient its component along the row, so the gradient
+        only rotates a unit-norm row (Adam rescales coordinates, so its step is not exactly
+        tangent: the renormalisation after the step keeps rows at unit norm)."""
         if self.W_dec.grad is None:
             return
         W, G = self.W_dec, self.W_dec.grad

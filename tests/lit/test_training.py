@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from saelab.runner import build, train
 from saelab.sae import load_sae
-from tests.conftest import FAMILIES, TINY_RUN, compose_config
+from tests.conftest import FAMILIES, TINY_RUN, compose_config, exported_architecture
 
 
 def _fit(cfg, steps=6):
@@ -115,7 +115,7 @@ def test_run_writes_tensorboard_checkpoint_and_export(arch, tmp_path):
     )
     sae = load_sae(tmp_path / "sae")
     # BatchTopK runs at inference with its global threshold, so it exports as JumpReLU (docs/maths.md §3).
-    assert sae.cfg.architecture == {"batchtopk": "jumprelu"}.get(arch, arch)
+    assert sae.cfg.architecture == exported_architecture(arch)
 
 
 def test_dead_latents_are_tracked_over_a_token_window(tmp_path):

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from saelab.sae.batchtopk import update_threshold
-from tests.conftest import FAMILIES, make_sae, make_training, train_loss
+from tests.conftest import (
+    FAMILIES,
+    make_sae,
+    make_training,
+    set_inference_threshold,
+    train_loss,
+)
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -36,8 +42,7 @@ def test_init(arch):
 def test_encode_decode_match_forward(arch):
     sae = make_sae(arch).eval()
     x = torch.randn(32, 16) * 3
-    if arch == "batchtopk":
-        sae.threshold.fill_(0.5)
+    set_inference_threshold(sae, 0.5)
     out = sae(x)
     f = sae.encode(x)
     torch.testing.assert_close(f, out.feature_acts)

@@ -63,7 +63,7 @@ def reference_forward(sae, cfg, x, dead):
                 x, x_hat, z, dead, sae.W_dec, cfg.aux_k
             )
         return x_hat, f, losses
-    if arch in ("topk", "batchtopk"):
+    if arch in ("topk", "batchtopk", "matryoshka"):
         z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
         if arch == "topk":
             v, i = z.topk(cfg.k, dim=-1)
@@ -73,10 +73,11 @@ def reference_forward(sae, cfg, x, dead):
             v, i = flat.topk(cfg.k * z.shape[0])
             f = torch.zeros_like(flat).scatter(0, i, v).view_as(z)
         x_hat = f @ sae.W_dec + sae.b_dec
-        losses = {
-            "mse": _mse(x, x_hat),
-            "auxk": cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k),
-        }
+        losses = {"mse": _mse(x, x_hat)}
+        if arch == "matryoshka":  # every proper prefix of the dictionary reconstructs x too
+            ends = [round(fraction * sae.d_sae) for fraction in cfg.prefix_fractions][:-1]
+            losses["prefix_mse"] = sum(_mse(x, f[:, :m] @ sae.W_dec[:m] + sae.b_dec) for m in ends)
+        losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)
         return x_hat, f, losses
     if arch == "gated":
         x_c = x - sae.b_dec
@@ -94,6 +95,7 @@ def reference_forward(sae, cfg, x, dead):
             "aux": _mse(x, gate @ W_dec + b_dec),
         }
         return x_hat, f, losses
+    assert arch == "relu", f"no plain-maths reference for the {arch!r} family: write one here"
     f = F.relu(x @ sae.W_enc + sae.b_enc)
     x_hat = f @ sae.W_dec + sae.b_dec
     penalty = (f * sae.W_dec.norm(dim=1)).sum(-1).mean()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.conftest import FAMILIES, make_sae
+from tests.conftest import FAMILIES, make_sae, set_inference_threshold
 
 
 def _perturb(sae):
@@ -23,8 +23,7 @@ def test_fold_gives_identical_outputs_on_raw_activations(arch):
     scale = 7.3
     sae = make_sae(arch).eval()
     _perturb(sae)
-    if arch == "batchtopk":
-        sae.threshold.fill_(0.4)
+    set_inference_threshold(sae, 0.4)
     raw = torch.randn(64, 16) * scale + 2.0
     f_norm = sae.encode(raw / scale)
     x_hat_norm = sae.decode(f_norm)

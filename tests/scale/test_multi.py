@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from saelab.lit import MultiSAELit
 from saelab.runner import build, train
 from saelab.sae import load_sae
-from tests.conftest import FAMILIES, TINY_RUN, compose_config
+from tests.conftest import FAMILIES, TINY_RUN, compose_config, exported_architecture
 
 from .helpers import checkpoint
 
@@ -51,7 +51,7 @@ def test_every_family_trained_together_equals_each_trained_alone(tmp_path):
         )
         assert metrics[f"{family}/val/fvu"] == alone["val/fvu"]
         exported = load_sae(tmp_path / "multi" / "sae" / family)  # each member in its own folder
-        assert exported.cfg.architecture == {"batchtopk": "jumprelu"}.get(family, family)
+        assert exported.cfg.architecture == exported_architecture(family)
     groups = checkpoint(tmp_path / "multi")["optimizer_states"][0]["param_groups"]
     assert len(groups) == len(FAMILIES) and groups[FAMILIES.index("relu")]["initial_lr"] == 1e-3
 
