@@ -60,11 +60,6 @@ class ScanResult:
         return self.fires.double() / max(self.tokens, 1)
 
 
-def hist_bin_edges() -> Tensor:
-    """The N_BINS + 1 bin edges in activation units."""
-    return torch.logspace(HIST_LOG10_MIN, HIST_LOG10_MAX, N_BINS + 1, dtype=torch.float64)
-
-
 class LatentScanner:
     """Accumulates statistics batch by batch; ``update`` takes one LM batch's activations."""
 

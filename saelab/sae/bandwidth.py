@@ -1,4 +1,4 @@
-"""Data-driven bandwidths for the JumpReLU straight-through estimators (issue 9).
+"""Data-driven bandwidths for the JumpReLU straight-through estimators (docs/maths.md §8.5).
 
 Why a KDE rule applies. The STE's threshold gradient, averaged over a batch of n tokens, is
 -(1/n) sum_b (1/eps) K((z_b - theta)/eps): a kernel density estimate of p_i(theta_i), the

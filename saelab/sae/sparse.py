@@ -6,8 +6,7 @@ product, so only the encoder's forward product is dense.
 Why: with k latents per token out of d_sae, a dense step spends four of its five large matrix
 products (decode forward, its two gradients, the encoder's weight gradient) multiplying zeros.
 Gathering k decoder rows per token costs B*k*d_in instead of B*d_sae*d_in: at k = 32,
-d_sae = 8192 that is 256 times less arithmetic, and measured on a CPU the decoder's forward and
-backward together take 100 ms instead of 1.9 s (bench/train_step.py, docs/speed.md).
+d_sae = 8192 that is 256 times less arithmetic (measured: docs/speed.md).
 
 The values are the same as the dense path's (tests/sae/test_sparse.py compares outputs and
 gradients); only the order of floating-point sums differs. The families take this path where it
@@ -30,11 +29,9 @@ from .fused import compute_dtype
 from .kernels import KERNELS
 
 SPARSE_MAX_DENSITY = 0.04
-"""Largest fraction of active latents (L0 / d_sae) for which a family takes the sparse path.
-Measured on the benchmark CPU (1 thread, batch 4096, d_in 512, d_sae 8192; forward + backward,
-dense / sparse seconds): JumpReLU at L0/d_sae 0.8% 2.7 / 0.9, 2% 3.2 / 1.7, 3.9% 3.7 / 2.8,
-7.8% 2.5 / 2.7; ReLU at 0.8% 2.4 / 0.8, 2.5% 3.5 / 2.0, 4.9% 3.0 / 2.8; Gated at 0.8% 4.4 / 1.2,
-4.9% 3.3 / 2.5; TopK at 3.1% 4.2 / 2.2, 6.2% 4.1 / 3.6, 12.5% 4.3 / 5.7 (docs/speed.md)."""
+"""Largest fraction of active latents (L0 / d_sae) for which a family takes the sparse path:
+below it the sparse step was measured faster than the dense one for every family on a CPU
+(the crossing points are in docs/speed.md)."""
 
 
 def use_sparse(device: torch.device, density: float | None) -> bool:
