@@ -36,6 +36,13 @@ LONG = [
     f"trainer.max_steps={STEPS}",
     "trainer.val_check_interval=200",
 ]
+# The dense regime (L0 near half of 64 latents) and the main job's sparse one (L0 8 of 256
+# latents, 3%: below sparse.SPARSE_MAX_DENSITY, so CPU steps take the sparse path once the first
+# step has measured the density; a resume must take the path the uninterrupted run took).
+REGIMES = {
+    "dense": LONG,
+    "sparse": [*LONG, "sae.expansion_factor=16", "sae.target_l0=8"],
+}
 
 
 def _state(run) -> dict[str, torch.Tensor]:
@@ -59,19 +66,32 @@ def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
         )
 
 
+_UNINTERRUPTED: dict[str, dict[str, torch.Tensor]] = {}
+
+
+def uninterrupted_state(regime: str, tmp_path_factory) -> dict[str, torch.Tensor]:
+    if regime not in _UNINTERRUPTED:
+        run = tmp_path_factory.mktemp(f"uninterrupted-{regime}")
+        train_py([*REGIMES[regime], "checkpoint_every_n_steps=100", f"hydra.run.dir={run}"])
+        _UNINTERRUPTED[regime] = _state(run)
+    return _UNINTERRUPTED[regime]
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    run = tmp_path_factory.mktemp("uninterrupted")
-    train_py([*LONG, "checkpoint_every_n_steps=100", f"hydra.run.dir={run}"])
-    return _state(run)
+    return uninterrupted_state("dense", tmp_path_factory)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("regime", sorted(REGIMES))
 def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weights(
-    tmp_path, uninterrupted
+    tmp_path, tmp_path_factory, regime
 ):
+    expected = uninterrupted_state(regime, tmp_path_factory)
+    density = float(expected["density"])
+    assert (density <= 0.04) == (regime == "sparse"), f"the run is not in the {regime} regime"
     run = tmp_path / "run"
-    args = [*LONG, "checkpoint_every_n_steps=50", f"hydra.run.dir={run}"]
+    args = [*REGIMES[regime], "checkpoint_every_n_steps=50", f"hydra.run.dir={run}"]
     proc = start_train_py(args)
     deadline = time.time() + 300
     while find_checkpoint(run) is None and proc.poll() is None and time.time() < deadline:
@@ -86,7 +106,7 @@ def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weight
 
     rerun = train_py(args)  # the same command: the folder has a checkpoint, so it resumes
     assert "resuming from" in rerun.stderr + rerun.stdout
-    _assert_same(_state(run), uninterrupted)
+    _assert_same(_state(run), expected)
 
 
 @pytest.mark.slow
