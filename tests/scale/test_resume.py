@@ -17,6 +17,7 @@ import time
 import pytest
 import torch
 
+from saelab.lit.checkpoint_files import CheckpointError
 from saelab.lit.checkpointing import (
     AtomicCheckpointIO,
     capture_rng,
@@ -194,9 +195,15 @@ def test_checkpoints_are_written_atomically_and_loaded_weights_only(tmp_path):
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "step": 1}, path)
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "step": 2}, path)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temp file left
+    # No temp file left; the one before kept as previous.ckpt; their digests on record.
+    names = sorted(p.name for p in path.parent.iterdir())
+    assert names == ["digests.json", "last.ckpt", "previous.ckpt"]
     assert io.load_checkpoint(path)["step"] == 2
-    torch.save({"evil": compose_config}, path)  # anything but tensors and containers is refused
+    assert io.load_checkpoint(path.with_name("previous.ckpt"))["step"] == 1
+    torch.save({"evil": compose_config}, path)  # not the bytes that were written: refused
+    with pytest.raises(CheckpointError, match="checksum"):
+        io.load_checkpoint(path)
+    (path.parent / "digests.json").unlink()  # unverifiable; still, only tensors and containers
     with pytest.raises(Exception, match="[Ww]eights only"):
         io.load_checkpoint(path)
 
