@@ -143,10 +143,19 @@ class HashingWriter:
 
     def __init__(self, f: IO[bytes], h=None):
         self.f, self.h = f, h or hashlib.blake2b(digest_size=16)
+        self.error: OSError | None = None  # the OS's reason if a write failed
 
     def write(self, data) -> int:
         self.h.update(data)
-        return self.f.write(data)
+        try:
+            n = self.f.write(data)
+            if n is not None and n < memoryview(data).nbytes:
+                self.f.flush()  # a short write: flushing raises the OS's reason (disk full)
+            return n
+        except OSError as error:
+            # Kept because torch.save reports a failed write as its own RuntimeError.
+            self.error = error
+            raise
 
     def flush(self) -> None:
         self.f.flush()

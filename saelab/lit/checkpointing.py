@@ -92,6 +92,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
+        writer = None
         try:
             with open(tmp, "wb") as f:
                 writer = HashingWriter(f)
@@ -101,7 +102,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException as error:
             tmp.unlink(missing_ok=True)
             if isinstance(error, (OSError, RuntimeError)):
-                raise write_error(path, error) from error
+                raise write_error(path, (writer and writer.error) or error) from error
             raise
         commit(tmp, path, writer.hexdigest(), checkpoint.get("global_step"))
 
