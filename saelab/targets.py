@@ -68,9 +68,9 @@ def remote_code(name_or_path: str) -> list[str]:
     for name in ("config.json", "tokenizer_config.json"):
         try:
             auto_map = json.loads((folder / name).read_text()).get("auto_map") or {}
-        except (OSError, ValueError, AttributeError):
+            found += [f"{name} auto_map {key} -> {value}" for key, value in auto_map.items()]
+        except (OSError, ValueError, AttributeError):  # absent or not a mapping: nothing to list
             continue
-        found += [f"{name} auto_map {key} -> {value}" for key, value in auto_map.items()]
     found += [str(p) for p in sorted(folder.rglob("*.py"))]
     return found
 

@@ -47,8 +47,8 @@ def test_the_same_finished_run_again_is_a_no_op(tmp_path):
 
 
 def test_overwrite_true_starts_the_run_over(tmp_path):
-    train(compose_config(RUN, tmp_path))
-    shutil.rmtree(tmp_path / "checkpoints")
+    train(compose_config(RUN, tmp_path))  # finished, with its final checkpoint
+    # Another seed: without overwrite this would be a refused resume (another config).
     metrics = train(compose_config([*RUN, "seed=1", "overwrite=true"], tmp_path))
     assert metrics["steps"] == 4
     assert checkpoint_step(find_checkpoint(tmp_path)) == 4
