@@ -83,8 +83,6 @@ def step_ms(cache_dir: str, steps: int, off: bool) -> float:
         [
             f"trainer.max_steps={steps}",
             "logger=none",
-            "trainer.enable_progress_bar=false",
-            "trainer.enable_model_summary=false",
             "trainer.val_check_interval=100000",
             f"data.cache_dir={cache_dir}",
         ],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -116,9 +115,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         # Everything saelab puts in a checkpoint is tensors and plain containers: never unpickle code.
         try:
             checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise
-        except Exception as error:  # truncated or garbled: torch names no file
+        except Exception as error:  # truncated, garbled or not weights-only: torch names no file
             raise CheckpointError(
                 f"cannot load the checkpoint {path}: {type(error).__name__}: {error}"
             ) from error
