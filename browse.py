@@ -7,7 +7,8 @@
 Scans held-out text (the corpus's validation split) with the SAE at its site and writes, per
 latent, density, an activation histogram, top-activating contexts (shaded by the latent's
 activation) and, for resid and mlp sites, the output tokens its decoder direction promotes and
-suppresses. Open <out>/index.html in a browser. See docs/browser.md.
+suppresses. Open <out>/index.html in a browser. See docs/browser.md. A model's own code
+(auto_map) runs only with --trust-remote-code, never because a run folder's config.json asks.
 """
 
 from __future__ import annotations

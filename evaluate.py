@@ -3,6 +3,9 @@
     python evaluate.py outputs/<date>/<time>              # a run folder of train.py
     python evaluate.py path/to/sae --site mlp --layer 20  # an SAE folder or Gemma Scope .npz
 
+A model's own code (auto_map) runs only with --trust-remote-code, never because a run folder's
+config.json asks for it.
+
 Reports L0, FVU, dead / dense fractions, relative reconstruction bias, and, with the
 reconstruction spliced into the model at the site, delta LM loss, CE loss recovered and KL.
 """
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from saelab.evaluation import evaluate_on_validation
+from saelab.evaluation import evaluate_on_validation, strict
 from saelab.sae import load_sae
 from saelab.targets import add_target_arguments, target_from_args
 
@@ -35,7 +38,7 @@ def main() -> None:
         output_dir=target.home,
         extra={"sae": str(target.sae_path)},
     )
-    print(json.dumps(results, indent=2))
+    print(json.dumps(strict(results), indent=2))
     print(f"written: {target.home / 'eval.json'} and {target.home / 'feature_density.png'}")
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from saelab.fileio import write_json
+from saelab.fileio import finite_or_null, write_json
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
 from saelab.lm.sites import SitePoint, capture
 from saelab.lm.splice import next_token_loss, spliced_losses
@@ -125,6 +125,11 @@ def _evaluate(
     return results, dens
 
 
+def strict(results: dict) -> dict:
+    """The results with undefined numbers (NaN/inf) as null plus the reason: strict JSON."""
+    return finite_or_null(results, "undefined on the evaluated tokens (e.g. a zero denominator)")
+
+
 def evaluate_on_validation(
     sae: nn.Module,
     data_cfg,
@@ -167,7 +172,7 @@ def evaluate_on_validation(
     }
     if output_dir is not None:
         output_dir = Path(output_dir)
-        write_json(output_dir / "eval.json", results)
+        write_json(output_dir / "eval.json", strict(results))
         save_density_histogram(
             density,
             output_dir / "feature_density.png",

@@ -20,7 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from saelab.data.activations import ActivationsDataConfig
 from saelab.evaluation import evaluate_on_validation
-from saelab.fileio import write_json
+from saelab.fileio import finite_or_null, write_json
 from saelab.io import save_sae
 from saelab.launch import SameRunFolder, launch_scope
 from saelab.lit import (
@@ -32,7 +32,9 @@ from saelab.lit import (
     lit_class_for,
     resume_checkpoint,
 )
-from saelab.lit.checkpointing import CHECKPOINT
+from saelab.lit.checkpointing import CHECKPOINT, checkpoint_step
+from saelab.lit.guards import NonFiniteGuard
+from saelab.run_checks import check_run_config, check_run_folder, clear_run_folder
 
 # Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
 # computed: Lightning's advice to add sync_dist=True to them does not apply.
@@ -42,6 +44,7 @@ warnings.filterwarnings("ignore", message=r".*when logging on epoch level in dis
 def build(cfg: DictConfig):
     """(datamodule, LightningModule) from a composed config; every value is validated here,
     before any work starts. With ``multi.saes`` set, the module trains all of them at once."""
+    check_run_config(cfg)
     data_cfg = _to_object(cfg, "data")
     members = multi_configs(cfg)
     if members:
@@ -93,6 +96,8 @@ def _callbacks(
     cfg: DictConfig, output_dir: Path, logger, stopper: StopOnSignal
 ) -> list[pl.Callback]:
     callbacks: list[pl.Callback] = [
+        # First, so a NaN stops the step before anything saves it (ModelCheckpoint runs last).
+        NonFiniteGuard(output_dir / CHECKPOINT),
         ModelCheckpoint(
             dirpath=output_dir / CHECKPOINT.parent,
             every_n_train_steps=cfg.checkpoint_every_n_steps,
@@ -130,7 +135,17 @@ def _train(cfg: DictConfig) -> dict[str, float]:
             "with -m: to resume a sweep, rerun it with the same hydra.sweep.dir (every job "
             "continues from the checkpoint in its own folder)"
         )
+    if cfg.get("overwrite"):
+        clear_run_folder(output_dir)
     ckpt_path = resume_checkpoint(output_dir, resolved, explicit=bool(cfg.get("resume")))
+    finished = check_run_folder(
+        output_dir,
+        checkpoint_step(ckpt_path) if ckpt_path else None,
+        cfg.trainer.max_steps,
+        overwrite=bool(cfg.get("overwrite")),
+    )
+    if finished is not None:  # this very run is already complete: nothing is rewritten
+        return finished
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     stopper = StopOnSignal(output_dir / CHECKPOINT)
     trainer: pl.Trainer = instantiate(
@@ -166,6 +181,12 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def _finite(metrics: dict) -> dict:
+    # Training's numbers were checked by NonFiniteGuard; what can still be undefined here is a
+    # metric of the finished SAE (a ratio over a zero denominator): null, with the reason.
+    return finite_or_null(metrics, "undefined on the validation data (e.g. a zero denominator)")
+
+
 def _key(member: str, name: str) -> str:
     return f"{member}/{name}" if member else name
 
@@ -199,7 +220,7 @@ def _write_outputs(
                 for k, v in metrics.items()
                 if not name or k.startswith(f"{name}/") or k in ("steps", "train_tokens")
             }
-            metadata = {"metrics": member_metrics, **_export_metadata(data_cfg)}
+            metadata = {"metrics": _finite(member_metrics), **_export_metadata(data_cfg)}
             save_sae(sae, output_dir / "sae" / name, metadata=metadata)
-    write_json(output_dir / "metrics.json", metrics)
+    write_json(output_dir / "metrics.json", _finite(metrics))
     write_json(output_dir / "config.json", resolved)

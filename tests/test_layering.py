@@ -5,7 +5,8 @@
     data    activation sources and the cache  -> lm, fileio
     lm      language models, sites, text      -> fileio
     sae     the SAE families                  -> io's formats only when loading, never at import
-    io, metrics, fileio                       -> nothing of saelab
+    io      SAE file formats                  -> fileio
+    metrics, fileio                           -> nothing of saelab
 
 Each import runs in a fresh interpreter, so what one test imported cannot hide another's.
 """
@@ -20,7 +21,7 @@ import pytest
 
 ALLOWED = {
     "saelab.fileio": set(),
-    "saelab.io": {"io"},
+    "saelab.io": {"io", "fileio"},
     "saelab.metrics": set(),
     "saelab.sae": {"sae"},
     "saelab.lm": {"lm", "fileio"},

@@ -86,13 +86,16 @@ class ActivationLoader(BatchStream):
             out = out.pin_memory()
         dst = out.numpy()
         b = self.block_size
+        pieces = []
         for i, block in enumerate(
             epoch_order[g * self.blocks_per_batch : (g + 1) * self.blocks_per_batch]
         ):
-            shard, start = self.blocks[block]
+            shard, start = (int(v) for v in self.blocks[block])
             shards.decode_into(
                 dst[i * b : (i + 1) * b],
-                self.cache.shard(int(shard))[start : start + b],
+                self.cache.rows_of(shard, start, start + b),  # checksummed on first read
                 self.cache.dtype,
             )
+            pieces.append((shard, start, b))
+        self.cache.check_finite(dst, pieces)  # a NaN batch names its shard, never trains
         return out

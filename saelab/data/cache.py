@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 VERIFIED = "verified.json"
 ENV_CACHE_DIR = "SAELAB_CACHE_DIR"
 VERIFY_MODES = ("first", "always", "never")
+CHUNK_BYTES = 1 << 20  # the unit of the read-time check: a CRC-32 per ~1 MiB of rows
 log = logging.getLogger(__name__)
 
 
@@ -115,9 +116,14 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
 class ActivationCache:
     """A complete cache, read through memory maps (never loaded whole: caches can exceed RAM).
 
-    Opening checks that the manifest matches ``spec`` and every shard's size and shape; the
-    full blake2b check runs on first open (``verify="first"``, remembered in verified.json),
-    on every open (``"always"``) or never (``"never"``).
+    Opening checks that the manifest matches ``spec`` and every shard's size and shape. The
+    full check (blake2b of every byte, against the manifest) runs on the first open
+    (``verify="first"``, remembered in verified.json), on every open (``"always"``) or never
+    (``"never"``). The full check also records a CRC-32 per chunk of rows, and with ``first`` or
+    ``always`` every chunk is checked against it the first time this process reads it
+    (``rows``): a byte changed after the full check is caught before it is trained on, at the
+    cost of one CRC pass over what is read (docs/activation-cache.md, bench/verify.py). Every
+    batch is also checked for NaN/inf (``check_finite``), whatever the mode.
     """
 
     def __init__(self, folder: Path, spec: CacheSpec | None = None, verify: str = "first"):
@@ -139,6 +145,11 @@ class ActivationCache:
         self.rows = [int(s["rows"]) for s in manifest["shards"]]
         self.offsets = np.concatenate([[0], np.cumsum(self.rows)]).astype(np.int64)
         self._maps: dict[int, np.ndarray] = {}
+        self.chunk_rows = max(
+            1, CHUNK_BYTES // (self.d_in * np.dtype(shards.STORAGE_DTYPES[self.dtype]).itemsize)
+        )
+        self._crc: list[list[int]] | None = None  # per shard, per chunk; None: no read checks
+        self._checked: set[tuple[int, int]] = set()  # (shard, chunk) verified in this process
         self._verify(verify)
 
     def _check_spec(self, spec: CacheSpec) -> None:
@@ -155,30 +166,110 @@ class ActivationCache:
             )
 
     def _verify(self, mode: str) -> None:
-        marker = self.folder / VERIFIED
         manifest_digest = shards.digest(self.folder / MANIFEST)
-        checksum = mode == "always" or (
-            mode == "first" and not self._marked(marker, manifest_digest)
-        )
+        record = self._record(manifest_digest)
         for entry in self.manifest["shards"]:
             path = self.folder / entry["file"]
-            problem = shards.problem(path, entry, self.d_in, self.dtype, checksum)
+            problem = shards.problem(path, entry, self.d_in, self.dtype, checksum=False)
             if problem:
                 raise CacheError(
                     f"corrupt activation cache: {path}: {problem}. {_fix(self.folder)}"
                 )
-        if checksum:
-            try:
-                write_json(marker, {"manifest_blake2b": manifest_digest})
-            except OSError:  # a read-only shared cache: verify again next time, harmless
-                pass
+        if mode == "always" or (mode == "first" and record is None):
+            record = self._full_check(manifest_digest)
+        if mode != "never" and record is not None:
+            self.chunk_rows = int(record["chunk_rows"])
+            self._crc = [record["chunk_crc32"][e["file"]] for e in self.manifest["shards"]]
 
-    @staticmethod
-    def _marked(marker: Path, manifest_digest: str) -> bool:
+    def _full_check(self, manifest_digest: str) -> dict[str, Any]:
+        """Every byte of every shard against the manifest's blake2b; returns (and records in
+        verified.json) the per-chunk CRC-32s that later reads are checked against."""
+        crcs = {}
+        for entry in self.manifest["shards"]:
+            path = self.folder / entry["file"]
+            digest, crcs[entry["file"]] = shards.checksums(path, self.chunk_rows)
+            if digest != entry["blake2b"]:
+                raise CacheError(
+                    f"corrupt activation cache: {path}: its blake2b checksum does not match the "
+                    f"manifest (the bytes are corrupted). {_fix(self.folder)}"
+                )
+        record = {
+            "manifest_blake2b": manifest_digest,
+            "chunk_rows": self.chunk_rows,
+            "chunk_crc32": crcs,
+        }
         try:
-            return json.loads(marker.read_text()).get("manifest_blake2b") == manifest_digest
-        except (OSError, json.JSONDecodeError):
-            return False
+            write_json(self.folder / VERIFIED, record)
+        except OSError:  # a read-only shared cache: verify again next time, harmless
+            pass
+        return record
+
+    def _record(self, manifest_digest: str) -> dict[str, Any] | None:
+        """verified.json if it belongs to this manifest and covers every shard, else None."""
+        try:
+            record = json.loads((self.folder / VERIFIED).read_text())
+            files = {e["file"] for e in self.manifest["shards"]}
+            if (
+                record.get("manifest_blake2b") == manifest_digest
+                and int(record["chunk_rows"]) > 0
+                and set(record["chunk_crc32"]) >= files
+            ):
+                return record
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+        return None
+
+    # --- verified reads ------------------------------------------------------------------
+    def rows_of(self, index: int, lo: int, hi: int) -> np.ndarray:
+        """Rows ``[lo, hi)`` of shard ``index`` (a memory-map slice, storage dtype), after
+        checking the CRC-32 of every chunk they touch that this process has not read yet."""
+        array = self.shard(index)
+        if self._crc is not None and hi > lo:
+            r = self.chunk_rows
+            for chunk in range(lo // r, (hi - 1) // r + 1):
+                if (index, chunk) not in self._checked:
+                    self._check_chunk(index, chunk)
+        return array[lo:hi]
+
+    def _check_chunk(self, index: int, chunk: int) -> None:
+        crc = shards.chunk_crc32(self.shard(index), chunk, self.chunk_rows)
+        if crc != self._crc[index][chunk]:
+            entry = self.manifest["shards"][index]
+            path = self.folder / entry["file"]
+            # A wrong record must not condemn a good shard: the manifest's digest decides.
+            if shards.digest(path) == entry["blake2b"]:
+                self._crc[index] = shards.checksums(path, self.chunk_rows)[1]
+                self._checked.add((index, chunk))
+                return
+            lo = chunk * self.chunk_rows
+            hi = min(lo + self.chunk_rows, self.rows[index])
+            raise CacheError(
+                f"corrupt activation cache: {path}: rows {lo}..{hi - 1} do not "
+                f"match their checksum (the file changed after it was verified). {_fix(self.folder)}"
+            )
+        self._checked.add((index, chunk))
+
+    def check_finite(self, out: np.ndarray, pieces: list[tuple[int, int, int]]) -> None:
+        """Raise a CacheError naming the shard and rows if ``out`` (float32, filled from
+        ``pieces`` = (shard, first row, row count) in order) holds NaN/inf. One reduction when
+        all is well: a sum is non-finite whenever an entry is (overflowing finite values only
+        cost a second, exact look)."""
+        if np.isfinite(out.sum()):
+            return
+        at = 0
+        for index, lo, n in pieces:
+            bad = np.flatnonzero(~np.isfinite(out[at : at + n]).all(axis=1))
+            if len(bad):
+                path = self.folder / self.manifest["shards"][index]["file"]
+                rows = ", ".join(str(lo + int(i)) for i in bad[:5])
+                raise CacheError(
+                    f"non-finite activations (NaN/inf) in the activation cache: {path}, row(s) "
+                    f"{rows}{' ...' if len(bad) > 5 else ''} of {self.folder}. The build never "
+                    "stores NaN/inf, so the file changed after it was built (with "
+                    "data.verify_checksums=never nothing compares it with its checksum). "
+                    f"{_fix(self.folder)}"
+                )
+            at += n
 
     # --- reading ------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -204,15 +295,17 @@ class ActivationCache:
         start, stop = max(0, start), min(stop, len(self))
         out = np.empty((max(0, stop - start), self.d_in), dtype=np.float32)
         first = int(np.searchsorted(self.offsets, start, side="right")) - 1
-        pos, index = start, first
+        pos, index, pieces = start, first, []
         while pos < stop:
             lo, hi = (
                 pos - self.offsets[index],
                 min(stop, self.offsets[index + 1]) - self.offsets[index],
             )
             shards.decode_into(
-                out[pos - start : pos - start + hi - lo], self.shard(index)[lo:hi], self.dtype
+                out[pos - start : pos - start + hi - lo], self.rows_of(index, lo, hi), self.dtype
             )
+            pieces.append((index, int(lo), int(hi - lo)))
             pos += hi - lo
             index += 1
+        self.check_finite(out, pieces)
         return torch.from_numpy(out)

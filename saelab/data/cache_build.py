@@ -128,13 +128,45 @@ class _ShardWriter:
         self.fill, self.sum_sq = 0, 0.0
 
 
+def _read_json(path: Path) -> dict | None:
+    """A build record (shard sidecar, build.json), or None when it is unreadable or not a
+    record: such a file was damaged after it was written atomically, and is rebuilt."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (path.name.startswith("shard_") and not _is_entry(data)):
+        return None
+    return data
+
+
+def _is_entry(data: dict) -> bool:
+    return (
+        isinstance(data.get("file"), str)
+        and isinstance(data.get("rows"), int)
+        and isinstance(data.get("bytes"), int)
+        and isinstance(data.get("blake2b"), str)
+        and isinstance(data.get("sum_sq_norm"), (int, float))
+    )
+
+
 def _completed(folder: Path, spec: CacheSpec, d_in: int) -> list[dict]:
     """Verified shards from an interrupted build; removes temp files and anything after them."""
     for tmp in folder.glob("*.tmp"):
         tmp.unlink()
     done: list[dict] = []
     while (sidecar := folder / f"shard_{len(done):05d}.json").is_file():
-        entry = json.loads(sidecar.read_text())
+        entry = _read_json(sidecar)
+        # Written atomically, so an unreadable record was damaged later: redo it from there
+        # (the pass is deterministic, so the shards come out byte-identical).
+        if entry is None or entry["file"] != sidecar.with_suffix(".npy").name:
+            log.warning(
+                "discarding %s and the shards after it from an interrupted build: %s is not a "
+                "valid shard record; they are recomputed",
+                sidecar.with_suffix(".npy").name,
+                sidecar,
+            )
+            break
         problem = shards.problem(folder / entry["file"], entry, d_in, spec.dtype, checksum=True)
         if problem:
             log.warning("discarding %s from an interrupted build: %s", entry["file"], problem)
@@ -225,9 +257,11 @@ class CacheBuilder:
                 "d_in": d_in,
                 "lm_batch_size": self.source.lm_batch_size,
             }
-            previous = (
-                json.loads((folder / BUILD).read_text()) if (folder / BUILD).is_file() else None
-            )
+            previous = _read_json(folder / BUILD) if (folder / BUILD).is_file() else None
+            if previous is None and (folder / BUILD).is_file():
+                log.warning(
+                    "%s is not a valid build record: building this cache over", folder / BUILD
+                )
             if previous != build:  # first attempt, or another batching: start this cache over
                 for path in folder.glob("shard_*"):
                     path.unlink()

@@ -13,6 +13,7 @@ file, never a partial file under a final name.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saelab.fileio import atomic_file, file_digest
+from saelab.fileio import HashingWriter, atomic_file, file_digest
 
 STORAGE_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
@@ -61,24 +62,13 @@ def decode(stored: np.ndarray, dtype: str) -> Tensor:
     return torch.from_numpy(out)
 
 
-class _HashingFile:
-    """A write-only file wrapper that hashes what passes through (one pass: write + checksum)."""
-
-    def __init__(self, f, h):
-        self.f, self.h = f, h
-
-    def write(self, data) -> int:
-        self.h.update(data)
-        return self.f.write(data)
-
-
 def write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
     """Atomically write ``array`` as .npy; returns {file, rows, bytes, blake2b}."""
     path = Path(path)
     h = hashlib.blake2b(digest_size=16)
     with atomic_file(path) as f:
         np.lib.format.write_array(
-            _HashingFile(f, h), np.ascontiguousarray(array), allow_pickle=False
+            HashingWriter(f, h), np.ascontiguousarray(array), allow_pickle=False
         )
     return {
         "file": path.name,
@@ -90,6 +80,26 @@ def write_array(path: Path, array: np.ndarray) -> dict[str, Any]:
 
 def digest(path: Path) -> str:
     return file_digest(path)
+
+
+def checksums(path: Path, chunk_rows: int) -> tuple[str, list[int]]:
+    """One read of a shard file: the blake2b of all its bytes, and the CRC-32 of each chunk of
+    ``chunk_rows`` rows of its data (what ``chunk_crc32`` recomputes on a read)."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.itemsize
+    h, crcs = hashlib.blake2b(digest_size=16), []
+    with open(path, "rb") as f:
+        h.update(f.read(array.offset))
+        while data := f.read(chunk_rows * row_bytes):
+            h.update(data)
+            crcs.append(zlib.crc32(data))
+    return h.hexdigest(), crcs
+
+
+def chunk_crc32(array: np.ndarray, chunk: int, chunk_rows: int) -> int:
+    """CRC-32 of rows ``[chunk * chunk_rows, (chunk + 1) * chunk_rows)`` of a (memory-mapped)
+    shard: the bytes as stored, so any flipped bit shows, whatever the dtype."""
+    return zlib.crc32(np.ascontiguousarray(array[chunk * chunk_rows : (chunk + 1) * chunk_rows]))
 
 
 def problem(path: Path, entry: dict[str, Any], d_in: int, dtype: str, checksum: bool) -> str | None:

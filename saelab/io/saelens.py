@@ -31,6 +31,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from saelab.fileio import fsync_path, write_json
+
 from .record import (
     SAEFile,
     as_float,
@@ -123,10 +125,13 @@ def save_sae(sae, folder: str | os.PathLike, metadata: dict | None = None) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
-        (tmp / CFG_NAME).write_text(json.dumps(cfg, indent=2))
+        fsync_path(tmp / WEIGHTS_NAME)
+        write_json(tmp / CFG_NAME, cfg)  # strict: a NaN in the metadata is refused, by key
+        fsync_path(tmp)  # both files on disk before the folder takes its name
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
+        fsync_path(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

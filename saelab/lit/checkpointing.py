@@ -2,7 +2,8 @@
 
 - ``AtomicCheckpointIO`` writes ``<name>.tmp``, fsyncs, renames it over the final name and
   fsyncs the folder: a kill at any moment leaves the previous complete checkpoint or the new
-  one, never a truncated file under the final name. Loads with ``weights_only=True``.
+  one, never a truncated file under the final name. Every checkpoint is checksummed and the
+  previous one kept (``checkpoint_files.py``). Loads with ``weights_only=True``.
 - ``RunState`` adds to every checkpoint what Lightning does not keep: the run's resolved config
   (so a resume with different settings is refused, naming the keys) and the RNG states.
 - ``resume_checkpoint`` decides where a run starts: the checkpoint of ``resume=<run folder>``,
@@ -15,6 +16,7 @@ in Lightning's own checkpoint; together with these, a resumed run continues bit 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -24,16 +26,28 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 
-from saelab.fileio import atomic_file
+from saelab.fileio import HashingWriter, write_error
+
+from .checkpoint_files import (
+    LAST,
+    METADATA,
+    OK,
+    UNCHECKED,
+    CheckpointError,
+    commit,
+    find_verified,
+    non_finite_tensors,
+    verify,
+)
 
 log = logging.getLogger(__name__)
-CHECKPOINT = Path("checkpoints") / "last.ckpt"
-METADATA = "meta.pt"  # Lightning's name for the non-tensor part of a sharded (folder) checkpoint
+CHECKPOINT = Path("checkpoints") / LAST
 
 # Keys a resumed run may change: where and how it runs, not what it computes. Anything else
 # (the SAE, the data, the seed, precision, clipping, ...) must match the checkpoint.
 MAY_DIFFER = (
     "resume",
+    "overwrite",
     "output_dir",
     "checkpoint_every_n_steps",
     "eval_tokens",
@@ -60,19 +74,57 @@ MAY_DIFFER = (
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes ``<name>.tmp`` while hashing it, fsyncs, then commits it (``checkpoint_files``:
+    digest recorded, the current one kept as ``previous.ckpt``, the new one renamed in).
+    Refuses to write weights or optimiser states holding NaN/inf, and to load a checkpoint
+    whose checksum does not match (or that holds NaN/inf)."""
+
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path, storage_options: Any = None
     ) -> None:
         path = Path(path)
+        bad = non_finite_tensors(checkpoint)
+        if bad:
+            raise FloatingPointError(
+                f"refusing to write {path}: {', '.join(bad[:5])} hold NaN/inf. Training "
+                "diverged; the last good checkpoint is kept (lower sae.lr, check the data)"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_file(path) as f:
-            torch.save(checkpoint, f)
+        tmp = path.with_name(path.name + ".tmp")
+        writer = None
+        try:
+            with open(tmp, "wb") as f:
+                writer = HashingWriter(f)
+                torch.save(checkpoint, writer)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException as error:
+            tmp.unlink(missing_ok=True)
+            if isinstance(error, (OSError, RuntimeError)):
+                raise write_error(path, (writer and writer.error) or error) from error
+            raise
+        commit(tmp, path, writer.hexdigest(), checkpoint.get("global_step"))
 
     def load_checkpoint(
         self, path, map_location: Any = None, weights_only: bool | None = None
     ) -> dict[str, Any]:
+        path = Path(path)
+        status = verify(path)
+        if status not in (OK, UNCHECKED):
+            raise CheckpointError(f"cannot load the checkpoint {path}: {status}")
         # Everything saelab puts in a checkpoint is tensors and plain containers: never unpickle code.
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        try:
+            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=True)
+        except Exception as error:  # truncated, garbled or not weights-only: torch names no file
+            raise CheckpointError(
+                f"cannot load the checkpoint {path}: {type(error).__name__}: {error}"
+            ) from error
+        bad = non_finite_tensors(checkpoint)
+        if bad:
+            raise CheckpointError(
+                f"the checkpoint {path} holds NaN/inf in {', '.join(bad[:5])}: it is corrupt"
+            )
+        return checkpoint
 
 
 # --- RNG states in plain types (so they load with weights_only=True) ------------------------
@@ -123,21 +175,26 @@ class RunState(pl.Callback):
 
 # --- where a run starts --------------------------------------------------------------------
 def find_checkpoint(run_dir: Path) -> Path | None:
-    """The run folder's latest complete checkpoint: a file, or a folder (trainer=fsdp); a
-    sharded checkpoint interrupted while being swapped in is still complete as ``.old``."""
-    path = Path(run_dir) / CHECKPOINT
-    for candidate in (path, path.with_name(path.name + ".old")):
-        if candidate.is_file() or (candidate / METADATA).is_file():
-            return candidate
-    return None
+    """The run folder's newest checkpoint that verifies (``checkpoint_files.find_verified``):
+    ``last.ckpt``, else ``previous.ckpt`` with a warning; a file, or a folder (trainer=fsdp).
+    None when there is none; a ``CheckpointError`` naming the files when all are corrupt."""
+    return find_verified(Path(run_dir) / CHECKPOINT)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The global step a checkpoint was saved at (reads only its metadata)."""
+    return _metadata(path).get("global_step")
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    meta = path / METADATA if path.is_dir() else path
+    # mmap: read only the small metadata, not every tensor, even for a huge SAE.
+    return torch.load(meta, map_location="cpu", weights_only=True, mmap=path.is_file())
 
 
 def checkpoint_config(path: Path) -> dict[str, Any] | None:
     """The config a checkpoint was trained with (None for checkpoints from older saelab)."""
-    meta = path / METADATA if path.is_dir() else path
-    # mmap: read only the small metadata, not every tensor, even for a huge SAE.
-    checkpoint = torch.load(meta, map_location="cpu", weights_only=True, mmap=path.is_file())
-    return checkpoint.get("callbacks", {}).get(RunState.__qualname__, {}).get("config")
+    return _metadata(path).get("callbacks", {}).get(RunState.__qualname__, {}).get("config")
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -24,6 +24,8 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import Tensor, nn
 
+from .checkpoint_files import commit, digest_of, non_finite_tensors
+
 try:  # DTensor and FSDP2 are public from torch 2.4 (saelab's minimum); keep imports lazy-safe
     from torch.distributed.fsdp import FSDPModule, fully_shard
     from torch.distributed.tensor import DTensor, distribute_tensor
@@ -33,8 +35,9 @@ except ImportError:  # pragma: no cover - torch built without distributed suppor
 
 class SAEShardingStrategy(ModelParallelStrategy):
     """``ModelParallelStrategy`` with every device in ONE data-parallel (sharding) group, since
-    an SAE has no layers to split across a tensor-parallel group, and atomic sharded checkpoints:
-    written to ``<name>.tmp`` by all ranks, then swapped in by rank 0."""
+    an SAE has no layers to split across a tensor-parallel group, and atomic, checksummed sharded
+    checkpoints: written to ``<name>.tmp`` by all ranks, then swapped in by rank 0 (the
+    current one kept as the previous)."""
 
     def __init__(self, save_distributed_checkpoint: bool = True, **kwargs: Any):
         super().__init__(
@@ -53,19 +56,23 @@ class SAEShardingStrategy(ModelParallelStrategy):
         if not self._save_distributed_checkpoint:
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path = Path(self.broadcast(str(filepath)))
-        tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+        bad = non_finite_tensors(checkpoint)  # this rank's shards; every rank must agree
+        if self.reduce_boolean_decision(bool(bad), all=False):
+            raise FloatingPointError(
+                f"refusing to write {path}: the weights or optimiser states hold NaN/inf "
+                f"({', '.join(bad[:5]) or 'on another rank'}). Training diverged; the last good "
+                "checkpoint is kept (lower sae.lr, check the data)"
+            )
+        tmp = path.with_name(path.name + ".tmp")
         if self.global_rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
         self.barrier("saelab-ckpt-tmp")
         super().save_checkpoint(checkpoint, tmp, storage_options)
         self.barrier("saelab-ckpt-written")
         if self.global_rank == 0:
-            # A crash between the two renames leaves <name>.old, which resume also accepts.
-            if path.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
+            # Hashed once complete (every rank's shard is in the folder), recorded, then
+            # swapped in with the current one kept as the previous (checkpoint_files.py).
+            commit(tmp, path, digest_of(tmp), checkpoint.get("global_step"))
         self.barrier("saelab-ckpt-swapped")
 
 

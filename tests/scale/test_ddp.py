@@ -7,6 +7,7 @@ rank 0 writes the outputs, and a Hydra multirun launches each job's ranks into t
 from __future__ import annotations
 
 import json
+import shutil
 
 import lightning.pytorch as pl
 import pytest
@@ -64,9 +65,13 @@ def test_fsdp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, o
     _compare_with_one_process(run, one_process, tmp_path)
     ckpt = run / "checkpoints" / "last.ckpt"
     assert ckpt.is_dir() and len(list(ckpt.glob("*.distcp"))) == 2  # one shard file per rank
-    # The same command again finds the sharded checkpoint, restores it (already at max_steps)
-    # and exports the very same weights: the shards were saved and loaded faithfully.
+    assert (run / "checkpoints" / "digests.json").is_file()  # checksummed like file checkpoints
+    # Without its exports, the same command finds the sharded checkpoint, verifies it, restores
+    # it (already at max_steps) and exports the very same weights: the shards were saved and
+    # loaded faithfully. (With its exports in place, the finished run is left alone.)
     before = exported(run / "sae")
+    shutil.rmtree(run / "sae")
+    (run / "metrics.json").unlink()
     rerun = train_py(
         [*RUN, "data.batch_size=128", "trainer=fsdp", "trainer.devices=2", f"hydra.run.dir={run}"]
     )
