@@ -21,6 +21,7 @@ defaults take about half an hour on one modern CPU core.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
@@ -256,9 +257,14 @@ def ensure_tiny_llama(out: str | Path = TINY_LLAMA_DIR) -> Path:
     out = Path(out).expanduser()
     if (out / "pretrain_report.json").is_file():
         return out
-    partial = out.with_name(out.name + ".partial")
-    main([*TINY_LLAMA_ARGS, "--out", str(partial)])
-    partial.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: a second process waits on the lock, then finds the model built.
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "pretrain_report.json").is_file():
+            partial = out.with_name(out.name + ".partial")
+            main([*TINY_LLAMA_ARGS, "--out", str(partial)])
+            partial.rename(out)
     return out
 
 
