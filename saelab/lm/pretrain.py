@@ -8,7 +8,7 @@ The same machinery builds saelab's second test-bed LM, `tiny-llama` (Llama layou
 prose from Debian packages; saelab/lm/tiny_llama.py, saelab/lm/prose.py), not shipped:
 
     python -m saelab.lm.pretrain --arch llama --corpus english-prose --precision 32-true \
-        --tokens 2000000 --out ~/.cache/saelab/models/tiny-llama --seed 0
+        --tokens 1000000 --out ~/.cache/saelab/models/tiny-llama --seed 0
 
 Steps: train the BPE tokenizer on the train split -> pack the train split into <bos>-led
 rows -> train with Lightning (AdamW, warm-up + cosine, bf16 autocast) -> save bf16
@@ -245,7 +245,7 @@ TINY_LLAMA_ARGS = [
     "--precision",
     "32-true",
     "--tokens",
-    "2000000",
+    "1000000",
     "--seed",
     "0",
 ]
