@@ -31,6 +31,12 @@ from saelab.sae import SAE
 from . import schedules, sharding
 
 
+def clip_token_norms(x: Tensor, clip: float) -> Tensor:
+    """Rows of x [B, d] with norm above ``clip`` x the batch's median row norm, scaled down to it."""
+    norms = x.norm(dim=-1, keepdim=True)
+    return x * (clip * norms.median() / norms.clamp_min(1e-12)).clamp(max=1.0)
+
+
 class SAELitModule(pl.LightningModule):
     """Subclasses set ``sae_class`` and ``config_class`` (the family's flat Hydra schema)."""
 
@@ -167,6 +173,8 @@ class SAELitModule(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = self.normalize(batch)
+        if self.cfg.token_norm_clip is not None:
+            x = clip_token_norms(x, self.cfg.token_norm_clip)
         scale = self.sparsity_scale()
         dead = self.dead_mask()
         out = self.sae(x, sparsity_scale=scale, dead_mask=dead, **self.sae_kwargs())

@@ -38,11 +38,20 @@ class TrainConfig:
     """Train on x / s with s fixed so that E||x/s||^2 = 1 (docs/maths.md §0); s is folded in at export."""
     normalization_tokens: int = 1_000_000
     """Tokens read at the start of training to estimate s."""
+    token_norm_clip: float | None = None
+    """Prototype (bench/robustness.py): in training only, a token whose norm exceeds this
+    multiple of its batch's median token norm is scaled down to that norm (input and target
+    alike), so a few massive-activation tokens cannot dominate the squared error. None = off."""
 
     def __post_init__(self) -> None:
         parent = getattr(super(), "__post_init__", None)
         if parent is not None:
             parent()
+        if self.token_norm_clip is not None and not self.token_norm_clip > 0:
+            raise ValueError(
+                f"{type(self).__name__}.token_norm_clip={self.token_norm_clip!r} is invalid: it "
+                "must be > 0 (a multiple of the batch's median token norm) or null."
+            )
         for key in ("lr", "adam_eps", "normalization_tokens", "dead_tokens_window"):
             if not getattr(self, key) > 0:
                 raise ValueError(
