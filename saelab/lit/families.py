@@ -52,6 +52,13 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     often as the data makes them. 'per_latent': each latent at its own quantile, all firing
     equally often (as ``threshold_init_l0``). Measured in bench/jumprelu_budget.py: pooled
     reconstructs better and leaves fewer dead latents."""
+    dead_threshold_reinit: bool = False
+    """Prototype (bench/robustness.py): before each training step, every dead latent (silent for
+    the dead window) gets the threshold at which it fires on a fraction target_l0 / d_sae of this
+    batch's tokens (its own quantile, as the per-latent warm-up sets it), so a latent whose
+    threshold ran above all its pre-activations gets the reconstruction's gradient again rather
+    than waiting for AuxK to lift its pre-activations. Single process only (the quantile is this
+    rank's batch)."""
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -83,6 +90,24 @@ class JumpReLULit(SAELitModule):
             self.sae.init_threshold_from_data(
                 x[: self.threshold_init_tokens], self.cfg.threshold_init_l0
             )
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        if self.cfg.dead_threshold_reinit:
+            self.reinit_dead_thresholds(self.normalize(batch))
+        return super().training_step(batch, batch_idx)
+
+    @torch.no_grad()
+    def reinit_dead_thresholds(self, x: Tensor) -> None:
+        """Dead latents' thresholds := their (1 - L0 / d_sae) quantile of pre-activations on x."""
+        dead = torch.nonzero(self.dead_mask()).squeeze(1)
+        if dead.numel() == 0:
+            return
+        sae = self.sae
+        z = x @ sae.W_enc[:, dead] + sae.b_enc[dead]  # only the dead latents' columns
+        l0 = self.cfg.target_l0 or self.cfg.threshold_init_l0 or 1.0
+        m = x.shape[0] - round(x.shape[0] * (1 - l0 / sae.d_sae))  # rows each should fire on
+        theta = z.topk(min(m + 1, x.shape[0]), dim=0).values[-1].float().clamp_min(1e-6)
+        sae.log_threshold[dead] = theta.log()
 
     def sae_kwargs(self) -> dict:
         frac = self.cfg.threshold_warmup_fraction

@@ -1,0 +1,57 @@
+"""The prototype remedies measured by bench/robustness.py (all off by default)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saelab.lit.base import clip_token_norms
+from saelab.lit.families import JumpReLULit, JumpReLUTrainConfig, TopKTrainConfig
+
+
+def _jumprelu(**kw) -> JumpReLULit:
+    return JumpReLULit(d_in=16, d_sae=64, target_l0=4, dead_tokens_window=100, **kw)
+
+
+def test_dead_threshold_reinit_makes_a_dead_latent_fire_at_the_target_rate():
+    lit = _jumprelu(dead_threshold_reinit=True)
+    x = torch.randn(2048, 16)
+    with torch.no_grad():
+        lit.sae.log_threshold[:8] = torch.log(torch.tensor(1e3))  # above every pre-activation
+    lit.tokens_since_fired[:8] = 100  # silent for the whole dead window: dead
+    before = lit.sae.log_threshold.detach().clone()
+    fires = lambda: (lit.sae.pre_acts(x) > lit.sae.threshold).float().mean(0)  # noqa: E731
+    assert fires()[:8].max() == 0
+    lit.reinit_dead_thresholds(x)
+    rate = fires()
+    # Each dead latent now fires on target_l0 / d_sae = 1/16 of the batch; the rest are untouched.
+    torch.testing.assert_close(rate[:8], torch.full((8,), 4 / 64), atol=1 / 2048, rtol=0)
+    torch.testing.assert_close(lit.sae.log_threshold[8:], before[8:])
+
+
+def test_dead_threshold_reinit_leaves_live_latents_alone():
+    lit = _jumprelu(dead_threshold_reinit=True)
+    before = lit.sae.log_threshold.detach().clone()
+    lit.reinit_dead_thresholds(torch.randn(256, 16))  # nothing is dead yet
+    torch.testing.assert_close(lit.sae.log_threshold, before, rtol=0, atol=0)
+
+
+def test_token_norm_clip_scales_only_the_massive_rows():
+    x = torch.randn(101, 8)
+    x[0] *= 1000.0
+    clipped = clip_token_norms(x, 3.0)
+    median = x.norm(dim=1).median()
+    assert clipped[0].norm().item() == pytest.approx(3.0 * median.item(), rel=1e-5)
+    torch.testing.assert_close(
+        torch.nn.functional.cosine_similarity(clipped[0], x[0], dim=0), torch.tensor(1.0)
+    )
+    small = x.norm(dim=1) <= 3.0 * median
+    torch.testing.assert_close(clipped[small], x[small], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_token_norm_clip_must_be_positive(value):
+    with pytest.raises(ValueError, match="token_norm_clip"):
+        TopKTrainConfig(d_in=16, d_sae=64, token_norm_clip=value)
+    with pytest.raises(ValueError, match="token_norm_clip"):
+        JumpReLUTrainConfig(d_in=16, d_sae=64, token_norm_clip=value)
