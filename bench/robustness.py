@@ -26,8 +26,9 @@ decoder row has cosine > 0.9).
         --variant per_latent=sae.threshold_warmup=per_latent          # a JumpReLU variant
     python bench/robustness.py --table                                # print the table, run nothing
 
-A variant's overrides may use {L0}, {STEPS} and {TOKENS} (the run's target L0, steps and
-training tokens). Every finished run is appended to bench/robustness_results.jsonl (--results)
+A variant's overrides may use {L0}, {STEPS}, {TOKENS}, {WIDTH} and {BATCH} (the run's target L0,
+steps, training tokens, latents and batch), or an expression of them, e.g.
+`sae.dead_tokens_window={int(100 * WIDTH / L0)}`. Every finished run is appended to bench/robustness_results.jsonl (--results)
 and skipped when already there, so a stopped matrix resumes where it stopped. Rows print as runs
 finish; the table of every selected result (old and new) prints at the end.
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -148,12 +150,18 @@ def overrides_for(
 ) -> tuple[list[str], int]:
     _, _, l0, cell_overrides = CELLS[cell]
     steps = max(1, round(tokens / BATCH))
-    fill = {"{L0}": str(l0), "{STEPS}": str(steps), "{TOKENS}": str(steps * BATCH)}
+    names = {"L0": l0, "STEPS": steps, "TOKENS": steps * BATCH, "WIDTH": WIDTH, "BATCH": BATCH}
 
     def sub(o: str) -> str:
-        for k, v in fill.items():
-            o = o.replace(k, v)
-        return o
+        # {expression} in names above, e.g. {L0} or {int(100 * WIDTH / L0)}: the user's own
+        # command line, evaluated with nothing but these names, int and round.
+        return re.sub(
+            r"\{([^{}]+)\}",
+            lambda m: str(
+                eval(m.group(1), {"__builtins__": {}, "int": int, "round": round}, names)
+            ),
+            o,
+        )
 
     overrides = [
         *SHARED,
