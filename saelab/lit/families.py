@@ -52,13 +52,16 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     often as the data makes them. 'per_latent': each latent at its own quantile, all firing
     equally often (as ``threshold_init_l0``). Measured in bench/jumprelu_budget.py: pooled
     reconstructs better and leaves fewer dead latents."""
-    dead_threshold_reinit: bool = False
-    """Prototype (bench/robustness.py): before each training step, every dead latent (silent for
-    the dead window) gets the threshold at which it fires on a fraction target_l0 / d_sae of this
-    batch's tokens (its own quantile, as the per-latent warm-up sets it), so a latent whose
-    threshold ran above all its pre-activations gets the reconstruction's gradient again rather
-    than waiting for AuxK to lift its pre-activations. Single process only (the quantile is this
-    rank's batch)."""
+    dead_reinit: str = "off"
+    """Prototype (bench/robustness.py): before each training step, re-initialise every dead
+    latent (silent for the dead window) from the batch, so it fires on a fraction
+    target_l0 / d_sae of the batch's tokens (those its encoder row scores highest), as the
+    per-latent warm-up would set it. 'threshold': its threshold := its own quantile q_i of this
+    batch's pre-activations (floored at 1e-6, so a latent whose pre-activations are all negative
+    stays silent). 'bias': b_enc_i += tau - q_i and theta_i := tau, with tau the median threshold
+    of the live latents: it fires on those tokens whatever the sign of its pre-activations, with
+    values like a live latent's. 'off': neither (the default). Single process only (the quantile
+    is this rank's batch)."""
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -68,6 +71,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
             self, "threshold_warmup_fraction", 0 <= self.threshold_warmup_fraction <= 1, "in [0, 1]"
         )
         require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
+        require_choice(self, "dead_reinit", ("off", "threshold", "bias"))
         if (
             self.threshold_warmup_fraction > 0
             and self.target_l0 is None
@@ -92,22 +96,29 @@ class JumpReLULit(SAELitModule):
             )
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        if self.cfg.dead_threshold_reinit:
-            self.reinit_dead_thresholds(self.normalize(batch))
+        if self.cfg.dead_reinit != "off":
+            self.reinit_dead(self.normalize(batch))
         return super().training_step(batch, batch_idx)
 
     @torch.no_grad()
-    def reinit_dead_thresholds(self, x: Tensor) -> None:
-        """Dead latents' thresholds := their (1 - L0 / d_sae) quantile of pre-activations on x."""
-        dead = torch.nonzero(self.dead_mask()).squeeze(1)
+    def reinit_dead(self, x: Tensor) -> None:
+        """Dead latents re-initialised on x as ``dead_reinit`` says."""
+        dead_mask = self.dead_mask()
+        dead = torch.nonzero(dead_mask).squeeze(1)
         if dead.numel() == 0:
             return
         sae = self.sae
         z = x @ sae.W_enc[:, dead] + sae.b_enc[dead]  # only the dead latents' columns
         l0 = self.cfg.target_l0 or self.cfg.threshold_init_l0 or 1.0
         m = x.shape[0] - round(x.shape[0] * (1 - l0 / sae.d_sae))  # rows each should fire on
-        theta = z.topk(min(m + 1, x.shape[0]), dim=0).values[-1].float().clamp_min(1e-6)
-        sae.log_threshold[dead] = theta.log()
+        q = z.topk(min(m + 1, x.shape[0]), dim=0).values[-1].float()
+        if self.cfg.dead_reinit == "threshold":
+            sae.log_threshold[dead] = q.clamp_min(1e-6).log()
+            return
+        live = sae.log_threshold[~dead_mask]
+        tau = live.exp().median() if live.numel() else q.clamp_min(1e-6).median()
+        sae.b_enc[dead] += (tau - q).to(sae.b_enc.dtype)
+        sae.log_threshold[dead] = tau.log()
 
     def sae_kwargs(self) -> dict:
         frac = self.cfg.threshold_warmup_fraction
