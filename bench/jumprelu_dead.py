@@ -76,7 +76,9 @@ class DeadLatentProbe(pl.Callback):
         unreachable = theta > zmax
         eps = sae.bandwidth if isinstance(sae.bandwidth, float) else sae.bandwidth
         gap = ((theta - zmax) / eps)[dead]
+        sae.eval()  # in training mode the forward would also step the L0 controller
         x_hat = sae(x).x_hat
+        sae.train()
         norms = x.pow(2).sum(1)
         top = norms.topk(max(1, len(norms) // 100)).indices
         err = (x - x_hat).pow(2).sum(1)
