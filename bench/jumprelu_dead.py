@@ -1,7 +1,8 @@
 """Why do JumpReLU latents die? Trains one run of a bench/robustness.py cell and prints a timeline
 of the dead-latent diagnostics, probed every 5% of the run on the current training batch:
 
-    step, frac    progress; `warm` marks steps inside the threshold warm-up
+    step, frac    progress; `w` marks steps inside the threshold warm-up
+    lambda        the L0 controller's multiplier (JumpReLU's target-L0 mode)
     L0            the batch's L0 (JumpReLU's target-L0 controller aims at the cell's L0)
     dead          latents silent for the dead window (what AuxK treats as dead; window in tokens)
     silent        latents that did not fire on this batch
@@ -39,6 +40,7 @@ import torch  # noqa: E402
 
 COLUMNS = [
     "step",
+    "lambda",
     "frac",
     "L0",
     "dead",
@@ -91,6 +93,7 @@ class DeadLatentProbe(pl.Callback):
         self.rows.append(
             [
                 f"{step}{'w' if warm else ''}",
+                f"{float(getattr(sae, 'l0_multiplier', float('nan'))):.3f}",
                 f"{step / total:.2f}",
                 f"{float((z > theta).float().sum(1).mean()):.1f}",
                 frac(dead),
@@ -122,7 +125,7 @@ def main(argv=None) -> None:
     parser.add_argument("--family", default="jumprelu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.cell.startswith("llama"):
         from saelab.lm.pretrain import ensure_tiny_llama
 
