@@ -63,6 +63,11 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     values like a live latent's. 'off': neither (the default). Single process only (the quantile
     is this rank's batch)."""
 
+    b_dec_init: str = "zeros"
+    """Prototype (bench/robustness.py): 'geometric_median' starts b_dec at the geometric median of
+    the first 10,000 normalised tokens, as TopK does, so no latent has to learn the data's offset
+    (a latent that does fires on every token: a dense latent); 'zeros' (the default) as before."""
+
     def __post_init__(self) -> None:
         if self.lr is None:
             self.lr = width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
@@ -72,6 +77,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         )
         require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
         require_choice(self, "dead_reinit", ("off", "threshold", "bias"))
+        require_choice(self, "b_dec_init", ("zeros", "geometric_median"))
         if (
             self.threshold_warmup_fraction > 0
             and self.target_l0 is None
@@ -90,6 +96,9 @@ class JumpReLULit(SAELitModule):
     threshold_init_tokens = 16_384
 
     def init_from_data(self, x: Tensor) -> None:
+        if self.cfg.b_dec_init == "geometric_median":  # as TopK does (Gao et al. A.1)
+            with torch.no_grad():
+                self.sae.b_dec.copy_(geometric_median(x[:10_000]))
         if self.cfg.threshold_init_l0 is not None:
             self.sae.init_threshold_from_data(
                 x[: self.threshold_init_tokens], self.cfg.threshold_init_l0

@@ -78,3 +78,13 @@ def test_token_norm_clip_must_be_positive(value):
         TopKTrainConfig(d_in=16, d_sae=64, token_norm_clip=value)
     with pytest.raises(ValueError, match="token_norm_clip"):
         JumpReLUTrainConfig(d_in=16, d_sae=64, token_norm_clip=value)
+
+
+def test_b_dec_init_geometric_median_centres_the_decoder_bias():
+    x = torch.randn(4096, 16) + 3.0  # data offset from the origin
+    lit = _jumprelu(b_dec_init="geometric_median")
+    lit.init_from_data(x)
+    torch.testing.assert_close(lit.sae.b_dec, torch.full((16,), 3.0), atol=0.1, rtol=0)
+    plain = _jumprelu()
+    plain.init_from_data(x)
+    assert plain.sae.b_dec.abs().max() == 0  # the default keeps zeros
