@@ -141,6 +141,11 @@ def commit() -> str:
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
+# The commit this process started at: the code it runs (saelab is imported once, at the first
+# run), even if the checkout moves while a long matrix runs.
+START_COMMIT = commit()
+
+
 def run_key(cell: str, family: str, variant: str, tokens: int, seed: int) -> str:
     return f"{cell}|{family}|{variant}|{tokens}|{seed}"
 
@@ -219,7 +224,7 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> d
         "s": seconds,
         "dense_10pct": m.get("eval/dense_10pct_fraction", m.get("val/dense_10pct_fraction")),
         "overrides": overrides,
-        "commit": commit(),
+        "commit": START_COMMIT,
     }
 
 
