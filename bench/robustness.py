@@ -33,7 +33,7 @@ and skipped when already there, so a stopped matrix resumes where it stopped. Ro
 finish; the table of every selected result (old and new) prints at the end.
 
 Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. tiny-llama is
-built (pretrained, about 35 min on one core) by saelab.lm.pretrain.ensure_tiny_llama the first
+built (pretrained, about 16 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
 time a cell needs it.
 """
 

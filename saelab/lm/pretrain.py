@@ -252,7 +252,7 @@ TINY_LLAMA_ARGS = [
 
 
 def ensure_tiny_llama(out: str | Path = TINY_LLAMA_DIR) -> Path:
-    """The tiny-llama folder, pretrained first (about 35 minutes on one core) if it is missing.
+    """The tiny-llama folder, pretrained first (about 16 minutes on a free core) if it is missing.
     Built in ``<out>.partial`` and renamed when complete, so a stopped build never looks done."""
     out = Path(out).expanduser()
     if (out / "pretrain_report.json").is_file():
