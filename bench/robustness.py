@@ -59,7 +59,8 @@ BATCH = 1024
 LM_L0 = 32
 EVAL_TOKENS = 8192
 LM_TRAIN_TOKENS = 1_048_576
-PROSE = "~/.cache/saelab/corpora/english-prose"
+# Expanded here: Hydra's override grammar does not accept a bare "~".
+PROSE = str(Path("~/.cache/saelab/corpora/english-prose").expanduser())
 RESULTS = ROOT / "bench" / "robustness_results.jsonl"
 
 SHARED = [
