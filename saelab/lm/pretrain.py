@@ -4,6 +4,12 @@ One command rebuilds the shipped model (tokenizer, weights, report):
 
     python -m saelab.lm.pretrain --out saelab/lm/assets/tiny-gemma-2 --seed 0
 
+The same machinery builds saelab's second test-bed LM, `tiny-llama` (Llama layout, English
+prose from Debian packages; saelab/lm/tiny_llama.py, saelab/lm/prose.py), not shipped:
+
+    python -m saelab.lm.pretrain --arch llama --corpus english-prose --precision 32-true \
+        --tokens 1000000 --out ~/.cache/saelab/models/tiny-llama --seed 0
+
 Steps: train the BPE tokenizer on the train split -> pack the train split into <bos>-led
 rows -> train with Lightning (AdamW, warm-up + cosine, bf16 autocast) -> save bf16
 safetensors -> reload the SAVED folder through `load_model` and score it on the validation
@@ -15,6 +21,7 @@ defaults take about half an hour on one modern CPU core.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import platform
@@ -29,10 +36,22 @@ import torch
 import transformers
 from torch.utils.data import DataLoader, TensorDataset
 
-from saelab.lm import corpus, heldout
+from saelab.lm import corpus, heldout, prose
 from saelab.lm.load import load_model
 from saelab.lm.tiny_gemma import build_tiny_gemma2
+from saelab.lm.tiny_llama import build_tiny_llama
 from saelab.lm.tokenizer import VOCAB_SIZE, save_hf_tokenizer, train_tokenizer
+
+# --arch: the model builder (each takes vocab size and the pad, bos and eos ids) and its name.
+ARCHS = {"gemma2": (build_tiny_gemma2, "tiny-gemma-2"), "llama": (build_tiny_llama, "tiny-llama")}
+# --corpus names besides any saelab.lm.corpus source (a .txt/.jsonl file or folder).
+ENGLISH_PROSE = "english-prose"
+
+
+def corpus_source(name: str) -> str:
+    """A saelab.lm.corpus source for --corpus: "english-prose" is built (once) from Debian
+    packages into its cache folder; anything else is passed through."""
+    return str(prose.ensure()) if name == ENGLISH_PROSE else name
 
 
 class CausalLMPretraining(pl.LightningModule):
@@ -105,13 +124,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.1)
     p.add_argument("--warmup-steps", type=int, default=50)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="gemma2", help="model layout")
+    p.add_argument(
+        "--corpus",
+        default=corpus.STDLIB,
+        help=f"text: {corpus.STDLIB!r}, {ENGLISH_PROSE!r} (Debian packages, saelab/lm/prose.py) "
+        "or a .txt/.jsonl file or folder",
+    )
+    p.add_argument(
+        "--precision",
+        default="bf16-mixed",
+        help="Lightning precision of the training steps (32-true is faster on some CPUs)",
+    )
     return p.parse_args(argv)
 
 
 def prepare_data(args, out: Path):
     """Tokenizer trained and saved; train/validation packed into <bos>-led rows."""
-    train_docs = list(corpus.iter_documents(corpus.STDLIB, "train"))
-    val_docs = list(corpus.iter_documents(corpus.STDLIB, "validation"))
+    source = corpus_source(args.corpus)
+    train_docs = list(corpus.iter_documents(source, "train"))
+    val_docs = list(corpus.iter_documents(source, "validation"))
     tok = train_tokenizer(train_docs, VOCAB_SIZE)
     save_hf_tokenizer(tok, out, model_max_length=1024)
     ids = {t: tok.token_to_id(t) for t in ("<pad>", "<bos>", "<eos>")}
@@ -120,14 +152,15 @@ def prepare_data(args, out: Path):
         for docs in (train_docs, val_docs)
     )
     print(
-        f"corpus: {len(train_docs)} train / {len(val_docs)} validation files; "
+        f"corpus: {len(train_docs)} train / {len(val_docs)} validation documents; "
         f"{train.size:,} / {val.size:,} tokens packed"
     )
     return tok, ids, train, val
 
 
 def train(args, tok, ids, train_rows: np.ndarray):
-    model = build_tiny_gemma2(tok.get_vocab_size(), ids["<pad>"], ids["<bos>"], ids["<eos>"])
+    builder, _ = ARCHS[args.arch]
+    model = builder(tok.get_vocab_size(), ids["<pad>"], ids["<bos>"], ids["<eos>"])
     steps = max(1, args.tokens // (args.batch_size * args.context))
     lit = CausalLMPretraining(model, args.lr, args.weight_decay, args.warmup_steps, steps)
     loader = DataLoader(
@@ -141,7 +174,7 @@ def train(args, tok, ids, train_rows: np.ndarray):
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=1,
-        precision="bf16-mixed",
+        precision=args.precision,
         max_steps=steps,
         gradient_clip_val=1.0,
         logger=False,
@@ -188,7 +221,8 @@ def main(argv=None) -> dict:
         "parameters": sum(p.numel() for p in shipped.parameters()),
         "train_seconds": round(seconds, 1),
         "tokens_per_second": round(tokens_seen / seconds, 1),
-        "corpus_fingerprint": corpus.fingerprint(corpus.STDLIB),
+        "model_name": ARCHS[args.arch][1],
+        "corpus_fingerprint": corpus.fingerprint(corpus_source(args.corpus)),
         "args": vars(args),
         "versions": {
             "python": platform.python_version(),
@@ -202,11 +236,43 @@ def main(argv=None) -> dict:
     return report
 
 
+TINY_LLAMA_DIR = Path("~/.cache/saelab/models/tiny-llama")
+TINY_LLAMA_ARGS = [
+    "--arch",
+    "llama",
+    "--corpus",
+    ENGLISH_PROSE,
+    "--precision",
+    "32-true",
+    "--tokens",
+    "1000000",
+    "--seed",
+    "0",
+]
+
+
+def ensure_tiny_llama(out: str | Path = TINY_LLAMA_DIR) -> Path:
+    """The tiny-llama folder, pretrained first (about 16 minutes on a free core) if it is missing.
+    Built in ``<out>.partial`` and renamed when complete, so a stopped build never looks done."""
+    out = Path(out).expanduser()
+    if (out / "pretrain_report.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # One builder at a time: a second process waits on the lock, then finds the model built.
+    with open(out.with_name(out.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "pretrain_report.json").is_file():
+            partial = out.with_name(out.name + ".partial")
+            main([*TINY_LLAMA_ARGS, "--out", str(partial)])
+            partial.rename(out)
+    return out
+
+
 def format_table(r: dict) -> str:
     rows = [
         ("tokens seen", f"{r['tokens_seen']:,}"),
         ("train loss (last 5% of steps)", f"{r['train_loss']:.3f}"),
-        ("held-out loss, tiny-gemma-2", f"{r['heldout_loss']:.3f}"),
+        (f"held-out loss, {r.get('model_name', 'tiny-gemma-2')}", f"{r['heldout_loss']:.3f}"),
         ("held-out loss, unigram (add-1)", f"{r['unigram_heldout_loss']:.3f}"),
         (f"held-out loss, bigram (alpha={r['bigram_alpha']:g})", f"{r['bigram_heldout_loss']:.3f}"),
     ]

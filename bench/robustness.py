@@ -1,0 +1,358 @@
+"""The robustness matrix: JumpReLU (saelab's default recipe), TopK and BatchTopK at matched width,
+tokens and L0 on cells the JumpReLU recipe was NOT chosen on, printed as one table.
+
+Cells (every one has a fixed half, `tune` or `heldout`, decided here and never by results):
+
+    tiny-gemma-2 (26 x 128 Gemma 2, Python source)  resid, mlp, attn at layer 6 (tune) / 18 (heldout)
+    tiny-llama (8 x 256 Llama, English prose)       resid L2 + mlp L5 (tune) / resid L5 + mlp L2 (heldout)
+    synthetic, power law + co-firing + log-normal   plc (tune) / plc-b (heldout, other law and seed)
+    ... the same with massive-activation tokens     out (tune) / out-b (heldout)
+    ... saelab's default synthetic problem          iid (tune) / iid-b (heldout, wider, noisy)
+
+Every run: width 1,024, batch 1,024, the budget's tokens (1M = 977 steps), L0 target 32 on LM
+cells and the true L0 on synthetic ones (JumpReLU `sae.target_l0`, TopK/BatchTopK `sae.k`). All
+three families train with JumpReLU's optimiser settings: Adam lr 3e-3 (JumpReLU's default at
+1,024 latents, scaled 1/sqrt(width) elsewhere), beta1 0.9, beta2 0.999; TopK/BatchTopK keep
+their Adam eps 6.25e-10 and AuxK (aux_k = d_in/2, 1/32). LM cells cache 1,048,576 training
+tokens (3M tokens = 3 passes) and report the end-of-run evaluation with the SAE spliced into the
+LM on 8,192 held-out tokens (FVU, L0, dead = never fired there, delta LM loss); synthetic cells
+report validation on 65,536 tokens (FVU, L0, dead, MMCS, recovered = true features whose best
+decoder row has cosine > 0.9).
+
+    OMP_NUM_THREADS=1 python bench/robustness.py                      # the matrix, 1M and 3M tokens
+    python bench/robustness.py --half tune --budgets 3e6             # the tune half at 3M only
+    python bench/robustness.py --long                                # synthetic cells at 30M tokens
+    python bench/robustness.py --families jumprelu --half tune \\
+        --variant per_latent=sae.threshold_warmup=per_latent          # a JumpReLU variant
+    python bench/robustness.py --table                                # print the table, run nothing
+
+A variant's overrides may use {L0}, {STEPS}, {TOKENS}, {WIDTH} and {BATCH} (the run's target L0,
+steps, training tokens, latents and batch), or an expression of them, e.g.
+`sae.dead_tokens_window={int(100 * WIDTH / L0)}`. Every finished run is appended to bench/robustness_results.jsonl (--results)
+and skipped when already there, so a stopped matrix resumes where it stopped. Rows print as runs
+finish; the table of every selected result (old and new) prints at the end.
+
+Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. tiny-llama is
+built (pretrained, about 16 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
+time a cell needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WIDTH = 1024
+BATCH = 1024
+LM_L0 = 32
+EVAL_TOKENS = 8192
+LM_TRAIN_TOKENS = 1_048_576
+# Expanded here: Hydra's override grammar does not accept a bare "~".
+PROSE = str(Path("~/.cache/saelab/corpora/english-prose").expanduser())
+RESULTS = ROOT / "bench" / "robustness_results.jsonl"
+
+SHARED = [
+    "logger=none",
+    "++trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+    "export=false",
+    "checkpoint_every_n_steps=100000000",
+    f"sae.d_sae={WIDTH}",
+    f"data.batch_size={BATCH}",
+]
+LM = ["data.progress=false", f"data.train_tokens={LM_TRAIN_TOKENS}", f"eval_tokens={EVAL_TOKENS}"]
+TINY_GEMMA = [*LM, "model=tiny-gemma-2"]
+TINY_LLAMA = [*LM, "model=tiny-llama", f"data.corpus.source={PROSE}"]
+SYNTHETIC = ["sae.normalization_tokens=200000"]
+PLC = [*SYNTHETIC, "data=synthetic_lm_like"]
+# The held-out power-law data: another exponent, cluster size, co-firing, tail and seed.
+PLC_B = [
+    *PLC,
+    "data.zipf_exponent=0.7",
+    "data.cluster_size=2",
+    "data.cofire_prob=0.7",
+    "data.lognormal_sigma=1.0",
+    "data.seed=101",
+]
+OUTLIERS = ["data.outlier_fraction=0.01", "data.outlier_scale=10", "data.outlier_dims=4"]
+OUTLIERS_B = ["data.outlier_fraction=0.005", "data.outlier_scale=30", "data.outlier_dims=2"]
+
+# name -> (half, kind, target L0, overrides). The halves are balanced across kinds: each site of
+# each LM and each synthetic family has one tune and one held-out cell.
+CELLS: dict[str, tuple[str, str, int, list[str]]] = {
+    "gemma-resid-L6": ("tune", "lm", LM_L0, [*TINY_GEMMA, "site=resid", "layer=6"]),
+    "gemma-mlp-L6": ("tune", "lm", LM_L0, [*TINY_GEMMA, "site=mlp", "layer=6"]),
+    "gemma-attn-L6": ("tune", "lm", LM_L0, [*TINY_GEMMA, "site=attn", "layer=6"]),
+    "gemma-resid-L18": ("heldout", "lm", LM_L0, [*TINY_GEMMA, "site=resid", "layer=18"]),
+    "gemma-mlp-L18": ("heldout", "lm", LM_L0, [*TINY_GEMMA, "site=mlp", "layer=18"]),
+    "gemma-attn-L18": ("heldout", "lm", LM_L0, [*TINY_GEMMA, "site=attn", "layer=18"]),
+    "llama-resid-L2": ("tune", "lm", LM_L0, [*TINY_LLAMA, "site=resid", "layer=2"]),
+    "llama-mlp-L5": ("tune", "lm", LM_L0, [*TINY_LLAMA, "site=mlp", "layer=5"]),
+    "llama-resid-L5": ("heldout", "lm", LM_L0, [*TINY_LLAMA, "site=resid", "layer=5"]),
+    "llama-mlp-L2": ("heldout", "lm", LM_L0, [*TINY_LLAMA, "site=mlp", "layer=2"]),
+    "syn-plc": ("tune", "synthetic", 13, PLC),
+    "syn-out": ("tune", "synthetic", 13, [*PLC, *OUTLIERS]),
+    "syn-iid": ("tune", "synthetic", 8, [*SYNTHETIC, "data=synthetic"]),
+    "syn-plc-b": ("heldout", "synthetic", 13, PLC_B),
+    "syn-out-b": ("heldout", "synthetic", 13, [*PLC_B, *OUTLIERS_B]),
+    "syn-iid-b": (
+        "heldout",
+        "synthetic",
+        10,
+        [
+            *SYNTHETIC,
+            "data=synthetic",
+            "data.n_features=768",
+            "data.mean_l0=10",
+            "data.noise_std=0.02",
+            "data.seed=101",
+        ],
+    ),
+}
+# JumpReLU's optimiser settings for every family (lr null = 3e-3 at 1,024 latents for JumpReLU).
+OPTIMISER = ["sae.lr=3e-3", "sae.adam_beta1=0.9"]
+FAMILIES = {
+    "jumprelu": ["sae=jumprelu", "sae.target_l0={L0}"],
+    "topk": ["sae=topk", "sae.k={L0}", *OPTIMISER],
+    "batchtopk": ["sae=batchtopk", "sae.k={L0}", *OPTIMISER],
+}
+COLUMNS = ["cell", "half", "tokens", "family", "seed", "L0", "FVU", "dead", "dLM", "recov", "MMCS"]
+COLUMNS += ["s"]
+
+
+def commit() -> str:
+    """Short hash of the checked-out commit, '+' if the tree has uncommitted changes."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    )
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
+
+
+# The commit this process started at: the code it runs (saelab is imported once, at the first
+# run), even if the checkout moves while a long matrix runs.
+START_COMMIT = commit()
+
+
+def run_key(cell: str, family: str, variant: str, tokens: int, seed: int) -> str:
+    return f"{cell}|{family}|{variant}|{tokens}|{seed}"
+
+
+def overrides_for(
+    cell: str, family: str, variant: list[str], tokens: int, seed: int
+) -> tuple[list[str], int]:
+    _, _, l0, cell_overrides = CELLS[cell]
+    steps = max(1, round(tokens / BATCH))
+    names = {"L0": l0, "STEPS": steps, "TOKENS": steps * BATCH, "WIDTH": WIDTH, "BATCH": BATCH}
+
+    def sub(o: str) -> str:
+        # {expression} in names above, e.g. {L0} or {int(100 * WIDTH / L0)}: the user's own
+        # command line, evaluated with nothing but these names, int and round.
+        return re.sub(
+            r"\{([^{}]+)\}",
+            lambda m: str(
+                eval(m.group(1), {"__builtins__": {}, "int": int, "round": round}, names)
+            ),
+            o,
+        )
+
+    overrides = [
+        *SHARED,
+        *cell_overrides,
+        *(sub(o) for o in FAMILIES[family]),
+        f"trainer.max_steps={steps}",
+        f"trainer.val_check_interval={steps}",
+        f"seed={seed}",
+        *(sub(o) for o in variant),
+    ]
+    return overrides, steps
+
+
+def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> dict:
+    from saelab.runner import train
+    from tests.conftest import compose_config
+
+    half, kind, l0, _ = CELLS[cell]
+    if cell.startswith("llama"):
+        from saelab.lm.pretrain import ensure_tiny_llama
+
+        ensure_tiny_llama()
+    overrides, steps = overrides_for(cell, family, variant, tokens, seed)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as out:
+        m = train(compose_config(overrides, out))
+    seconds = time.perf_counter() - start
+    if kind == "lm":
+        scores = {
+            "L0": m["eval/l0"],
+            "FVU": m["eval/fvu"],
+            "dead": m["eval/dead_fraction"],
+            "dLM": m["eval/delta_lm_loss"],
+            "recov": None,
+            "MMCS": None,
+        }
+    else:
+        scores = {
+            "L0": m["val/l0"],
+            "FVU": m["val/fvu"],
+            "dead": m["val/dead_fraction"],
+            "dLM": None,
+            "recov": m["val/recovered_fraction"],
+            "MMCS": m["val/mmcs"],
+        }
+    return {
+        "cell": cell,
+        "half": half,
+        "kind": kind,
+        "target_l0": l0,
+        "tokens": steps * BATCH,
+        "steps": steps,
+        "seed": seed,
+        **scores,
+        "s": seconds,
+        "dense_10pct": m.get("eval/dense_10pct_fraction", m.get("val/dense_10pct_fraction")),
+        "overrides": overrides,
+        "commit": START_COMMIT,
+    }
+
+
+def fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def row_cells(r: dict) -> list[str]:
+    label = r["family"] + (f":{r['variant']}" if r["variant"] else "")
+    return [
+        r["cell"],
+        r["half"],
+        f"{r['tokens'] / 1e6:.0f}M" if r["tokens"] >= 1e6 else f"{r['tokens'] / 1e6:.1f}M",
+        label,
+        str(r["seed"]),
+        fmt(r["L0"], ".1f"),
+        fmt(r["FVU"], ".4f"),
+        fmt(r["dead"], ".1%"),
+        fmt(r["dLM"], ".4f"),
+        fmt(r["recov"], ".1%"),
+        fmt(r["MMCS"], ".3f"),
+        f"{r['s']:.0f}",
+    ]
+
+
+def print_header() -> None:
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS), flush=True)
+
+
+def print_row(r: dict) -> None:
+    print("| " + " | ".join(row_cells(r)) + " |", flush=True)
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_result(path: Path, r: dict) -> None:
+    """One JSON line, flushed and fsynced: a run that finished is never lost to a stop."""
+    with open(path, "a") as f:
+        f.write(json.dumps(r) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def parse_variants(items: list[str]) -> dict[str, list[str]]:
+    variants = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--variant {item!r}: write NAME=override1,override2")
+        variants[name] = [o for o in rest.split(",") if o]
+    return variants
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    parser.add_argument("--half", choices=["tune", "heldout", "all"], default="all")
+    parser.add_argument("--kinds", nargs="+", choices=["lm", "synthetic"], default=None)
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
+    parser.add_argument("--budgets", nargs="+", type=float, default=[1e6, 3e6])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=OVR,OVR",
+        help="named extra Hydra overrides, applied to every selected family (repeatable)",
+    )
+    parser.add_argument(
+        "--long", action="store_true", help="synthetic cells at 30M tokens (10x the 3M budget)"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="JSONL of finished runs")
+    parser.add_argument("--table", action="store_true", help="print the table only; run nothing")
+    args = parser.parse_args(argv)
+
+    if args.long:
+        args.budgets = [3e7]
+        args.kinds = ["synthetic"]
+    cells = [
+        c
+        for c in args.cells
+        if (args.half == "all" or CELLS[c][0] == args.half)
+        and (args.kinds is None or CELLS[c][1] in args.kinds)
+    ]
+    variants = parse_variants(args.variant) or {"": []}
+    wanted = {
+        run_key(cell, family, name, max(1, round(b / BATCH)) * BATCH, seed): (
+            cell,
+            family,
+            name,
+            b,
+            seed,
+        )
+        for b in args.budgets
+        for cell in cells
+        for family in args.families
+        for name in variants
+        for seed in args.seeds
+    }
+    done = {
+        run_key(r["cell"], r["family"], r["variant"], r["tokens"], r["seed"]): r
+        for r in load_results(args.results)
+    }
+
+    print_header()
+    if not args.table:
+        for key, (cell, family, name, budget, seed) in wanted.items():
+            if key in done:
+                continue
+            r = run(cell, family, variants[name], int(budget), seed)
+            r = {"family": family, "variant": name, **r}
+            append_result(args.results, r)
+            done[key] = r
+            print_row(r)
+    print(f"\nAll selected results ({args.results.name}):\n")
+    print_header()
+    for key in wanted:
+        if key in done:
+            print_row(done[key])
+
+
+if __name__ == "__main__":
+    main()
