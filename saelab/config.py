@@ -5,22 +5,36 @@ are checked by each dataclass's ``__post_init__`` when the config is turned into
 from __future__ import annotations
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
 from saelab.data.activations import ActivationsDataConfig
+from saelab.data.lm_stream import StreamDataConfig
 from saelab.data.synthetic import SyntheticDataConfig
 from saelab.lit.families import LIT_CLASSES
 from saelab.lm.config import ModelConfig
+from saelab.lm.shape import model_shape
 from saelab.lm.sites import SiteConfig
 
 SCHEMAS = {
     "sae": {f"{name}_schema": cls.config_class for name, cls in LIT_CLASSES.items()},
-    "data": {"synthetic_schema": SyntheticDataConfig, "activations_schema": ActivationsDataConfig},
+    "data": {
+        "synthetic_schema": SyntheticDataConfig,
+        "activations_schema": ActivationsDataConfig,
+        "stream_schema": StreamDataConfig,
+    },
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},
 }
 
 
+def site_width(model, site: str) -> int:
+    """``${saelab.site_width:${model},${site.name}}``: the site's width, read from the model's
+    own config when the config is composed (memoised; no weights are loaded)."""
+    return model_shape(model).width(site)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("saelab.site_width", site_width, replace=True)
     cs = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
