@@ -153,9 +153,11 @@ def _completed(folder: Path, spec: CacheSpec, d_in: int) -> list[dict]:
 class CacheBuilder:
     """Opens caches, building (or finishing) the missing ones; the LM is loaded only if needed."""
 
-    def __init__(self, source: LMSource, root: Path, verify: str = "first"):
+    def __init__(self, source: LMSource, root: Path, verify: str = "first", lm=None):
+        """``lm``: an already loaded (model, tokenizer) of ``source.model``, to build with it
+        instead of loading another copy."""
         self.source, self.root, self.verify = source, Path(root), verify
-        self._lm = None
+        self._lm = lm
         self._seconds = 0.0  # duration of the last LM pass, for the manifest
 
     def folder(self, spec: CacheSpec) -> Path:
@@ -177,7 +179,8 @@ class CacheBuilder:
                     self._build(missing, expected_d_in)
         return [ActivationCache(self.folder(s), s, self.verify) for s in specs]
 
-    def _load(self):
+    def lm(self):
+        """(model, tokenizer), loaded on first use."""
         if self._lm is None:
             self._lm = load_lm(self.source.model, lm_device(self.source.device))
         return self._lm
@@ -201,7 +204,7 @@ class CacheBuilder:
                 "caches built in one pass must share model, corpus, split, context and budget"
             )
         spec0 = specs[0]
-        model, tokenizer = self._load()
+        model, tokenizer = self.lm()
         points = check_points(model, [SitePoint(s.site, s.layer) for s in specs])
         writers = []
         for spec in specs:
@@ -305,7 +308,7 @@ class CacheBuilder:
             "hook": describe(model, point),
             "layout": layout(model),
             "model_type": getattr(model.config, "model_type", None),
-            "dropped_token_ids": special_ids(self._load()[1]),
+            "dropped_token_ids": special_ids(self.lm()[1]),
             "shards": entries,
             "build": {
                 "lm_batch_size": self.source.lm_batch_size,
