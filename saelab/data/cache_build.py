@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 
 from saelab.data import shards
 from saelab.data.cache import MANIFEST, ActivationCache, CacheSpec, folder_lock, read_manifest
-from saelab.data.lm_data import lm_device, load_lm
 from saelab.fileio import write_json
 from saelab.lm import corpus as corpus_lib
 from saelab.lm.config import ModelConfig
 from saelab.lm.contexts import special_ids
 from saelab.lm.fingerprint import weights_fingerprint
+from saelab.lm.load import lm_device, load_lm
 from saelab.lm.rows import iter_rows
 from saelab.lm.sites import SitePoint, check_points, describe, layout, site_width
 

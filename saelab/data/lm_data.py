@@ -10,11 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from saelab.lm.config import ModelConfig
 from saelab.lm.corpus import CorpusConfig
-from saelab.lm.load import load_model, load_tokenizer
 from saelab.lm.shape import model_shape
 from saelab.lm.sites import check_site
 
@@ -87,20 +84,3 @@ def check_validation_size(tokens: int, batch_size: int, corpus: CorpusConfig) ->
             f"data.corpus.val_fraction (now {corpus.val_fraction}), lower data.batch_size, or "
             "add more text."
         )
-
-
-def lm_device(device: str, trainer=None) -> torch.device:
-    """``data.device`` as a torch device; ``auto`` is the Trainer's device when there is one
-    (each DDP rank runs its LM on its own GPU), else cuda if available, else cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if trainer is not None:
-        return trainer.strategy.root_device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def load_lm(model: ModelConfig, device: torch.device | str):
-    """(model in eval mode on ``device``, tokenizer) for ``data.model``."""
-    lm = load_model(model.name_or_path, model.dtype, model.revision, model.trust_remote_code)
-    tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
-    return lm.to(device).eval(), tokenizer

@@ -40,9 +40,10 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saelab.data.base import ActivationSource
-from saelab.data.lm_data import LMDataConfig, check_validation_size, lm_device, load_lm
+from saelab.data.lm_data import LMDataConfig, check_validation_size
 from saelab.data.stream import BatchStream
 from saelab.lm import corpus as corpus_lib
+from saelab.lm.load import lm_device, load_lm
 from saelab.lm.rows import RowBatch, iter_rows
 from saelab.lm.sites import SitePoint, check_points, site_width
 
@@ -279,10 +280,11 @@ class _Rows(BatchStream):
 class StreamDataModule(ActivationSource):
     """Cheap to construct: the LM is loaded on first use (``setup`` or ``sample_activations``)."""
 
-    def __init__(self, cfg: StreamDataConfig):
+    def __init__(self, cfg: StreamDataConfig, lm: StreamLM | None = None):
+        """``lm``: an already loaded ``StreamLM`` of ``cfg`` (else loaded on first use)."""
         super().__init__()
         self.cfg = cfg
-        self._lm: StreamLM | None = None
+        self._lm = lm
         self._val_rows: Tensor | None = None
 
     def lm(self) -> StreamLM:

@@ -194,3 +194,20 @@ def load_tokenizer(
         )
     except OSError as e:
         raise explain(str(name_or_path), "tokenizer", e) from e
+
+
+def lm_device(device: str, trainer=None) -> torch.device:
+    """``data.device`` as a torch device; ``auto`` is the Trainer's device when there is one
+    (each DDP rank runs its LM on its own GPU), else cuda if available, else cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if trainer is not None:
+        return trainer.strategy.root_device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_lm(model, device: torch.device | str):
+    """(model in eval mode on ``device``, tokenizer) for a ``ModelConfig`` (``data.model``)."""
+    lm = load_model(model.name_or_path, model.dtype, model.revision, model.trust_remote_code)
+    tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+    return lm.to(device).eval(), tokenizer

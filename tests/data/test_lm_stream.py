@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from saelab.data.cache_build import CacheBuilder, LMSource
-from saelab.data.lm_stream import LMActivationStream, StreamDataConfig, StreamLM
+from saelab.data.lm_stream import LMActivationStream, StreamDataConfig, StreamDataModule, StreamLM
 from saelab.runner import build, train
 from tests.conftest import compose_config
 
@@ -70,9 +70,7 @@ def test_stream_windows_hold_exactly_the_rows_of_the_cache_shards(lm, text_corpu
         assert torch.equal(_sorted_rows(window), _sorted_rows(shard))
         assert not torch.equal(window, in_order[w * W : (w + 1) * W])  # shuffled
     # Normalisation reads the same first rows as the cache path: the same scale.
-    sample = StreamDataConfig.build(lm.cfg)
-    sample._lm = lm
-    x = sample.sample_activations(2 * W).double()
+    x = StreamDataModule(lm.cfg, lm).sample_activations(2 * W).double()
     assert x.pow(2).sum(-1).mean().item() == pytest.approx(cache.mean_squared_norm, rel=1e-6)
 
 
