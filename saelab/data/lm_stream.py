@@ -297,8 +297,13 @@ class StreamDataModule(ActivationSource):
         self.val_rows()  # fails in seconds on a split too small, and before any training
 
     def teardown(self, stage: str | None = None) -> None:
-        if stage == "fit":  # the end-of-run evaluation loads its own copy: free this one
+        if stage == "fit" and self._lm is not None:
+            # The end-of-run evaluation loads its own copy: free this one (a filler thread
+            # still running lets go of it when its forward ends).
+            self._lm.model = self._lm.tokenizer = None
             self._lm, self._train_stream = None, None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
     def val_rows(self) -> Tensor:
         if self._val_rows is None:

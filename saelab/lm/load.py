@@ -66,21 +66,24 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     return name  # a hub id
 
 
-@cache
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the hub's host answers a TCP connection within ``timeout`` seconds (memoised).
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds.
 
     Without this, a hub id that is in no local cache costs huggingface_hub's retries (about
     30 s) before the same error on a machine without network; probing first lets every load
     go straight to the local cache. A proxy is trusted to reach the hub (not probed), and
-    HF_HUB_OFFLINE=1 skips the network without any probe.
+    HF_HUB_OFFLINE=1 skips the network without any probe. The probe runs once per process.
     """
     if huggingface_hub.constants.is_offline_mode():
         return False
     if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     url = urlparse(huggingface_hub.constants.ENDPOINT)
-    host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+    return _answers(url.hostname, url.port or (443 if url.scheme == "https" else 80), timeout)
+
+
+@cache
+def _answers(host: str, port: int, timeout: float) -> bool:
     answer: list[bool] = []
 
     def probe() -> None:  # in a thread: name resolution ignores socket timeouts
