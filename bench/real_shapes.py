@@ -308,9 +308,15 @@ def run_phase(a) -> None:
 
 # --- the driver -------------------------------------------------------------------------------
 def spawn(a, phase: str, **extra) -> dict:
+    """Run a phase in its own process; with --reuse, a phase whose result is saved in the
+    scratch folder is not run again."""
+    saved = a.root / "results" / ("-".join([phase, *map(str, extra.values())]) + ".json")
+    if a.reuse and saved.is_file():
+        print(f"  {phase} {extra or ''}: reused {saved}", file=sys.stderr)
+        return json.loads(saved.read_text())
     args = [sys.executable, __file__, "--phase", phase]
     for key, value in {**vars(a), **extra}.items():
-        if key in ("phase", "out") or value is None:
+        if key in ("phase", "out", "reuse") or value is None:
             continue
         args += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -322,6 +328,8 @@ def spawn(a, phase: str, **extra) -> dict:
         raise SystemExit(f"phase {phase} {extra} failed (exit code {proc.returncode})")
     result = json.loads(lines[-1][len("RESULT ") :])
     result["wall"] = time.perf_counter() - t0
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(result))
     print(f"  {phase} {extra or ''}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return result
 
@@ -471,6 +479,9 @@ def main() -> None:
     p.add_argument("--folder", help="model folder (default ~/.cache/saelab/bench/<shape>-random)")
     p.add_argument("--root", help="scratch folder for caches and runs (default: a temp dir)")
     p.add_argument("--out", help="also write the table to this file")
+    p.add_argument(
+        "--reuse", action="store_true", help="reuse phase results saved in --root by a former run"
+    )
     p.add_argument("--phase", choices=sorted(PHASES), help=argparse.SUPPRESS)
     p.add_argument("--data", default="activations", help=argparse.SUPPRESS)
     p.add_argument("--width", type=int, help=argparse.SUPPRESS)

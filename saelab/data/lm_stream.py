@@ -74,13 +74,35 @@ class StreamDataConfig(LMDataConfig):
         return StreamDataModule(self)
 
 
+class StreamClosed(RuntimeError):
+    """Raised in a filler thread that asks for a forward after the stream was closed."""
+
+
+class _ForwardGuard:
+    """The lock around each forward (site hooks belong to the model, so two threads must not
+    run it at once), refusing new forwards once the stream is closed."""
+
+    def __init__(self, lm: StreamLM):
+        self.lm = lm
+
+    def __enter__(self) -> None:
+        self.lm.lock.acquire()
+        if self.lm.closed:
+            self.lm.lock.release()
+            raise StreamClosed("the activation stream was closed")
+
+    def __exit__(self, *exc) -> None:
+        self.lm.lock.release()
+
+
 class StreamLM:
-    """The model and tokenizer, loaded on first use, with a lock: site hooks belong to the
-    model, so two threads (the stream's filler and the main thread) must not run it at once."""
+    """The model and tokenizer, with the lock that serialises their forwards (the stream's
+    filler thread and the main thread share them)."""
 
     def __init__(self, cfg: StreamDataConfig, device: torch.device):
-        self.cfg, self.lock = cfg, threading.Lock()
+        self.cfg, self.lock, self.closed = cfg, threading.Lock(), False
         self.model, self.tokenizer = load_lm(cfg.model, device)
+        self.device = next(self.model.parameters()).device
         self.point = SitePoint(cfg.site, cfg.layer)
         check_points(self.model, [self.point])
         width = site_width(self.model, cfg.site)
@@ -89,10 +111,6 @@ class StreamLM:
                 f"data.d_in={cfg.d_in} but the {cfg.site} site of {cfg.model.name_or_path} is "
                 f"{width} wide: drop the data.d_in override (it is read from the model's config)"
             )
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def rows(
         self,
@@ -113,8 +131,16 @@ class StreamLM:
             start_row=start_row,
             stop_row=stop_row,
             take=take,
-            lock=self.lock,
+            lock=_ForwardGuard(self),
         )
+
+    def close(self) -> None:
+        """No forward starts after this returns, and none is running: a filler thread still
+        alive then stops at its next forward. (A thread inside a forward when the interpreter
+        exits aborts the process.)"""
+        self.closed = True
+        with self.lock:
+            pass
 
     def first_rows(self, split: str, n: int, desc: str) -> Tensor:
         """Rows [0, n) of ``split`` (every LM batch), float32 on the CPU."""
@@ -298,8 +324,9 @@ class StreamDataModule(ActivationSource):
 
     def teardown(self, stage: str | None = None) -> None:
         if stage == "fit" and self._lm is not None:
-            # The end-of-run evaluation loads its own copy: free this one (a filler thread
-            # still running lets go of it when its forward ends).
+            # Stop the filler thread's forwards, then free the LM: the end-of-run evaluation
+            # loads its own copy.
+            self._lm.close()
             self._lm.model = self._lm.tokenizer = None
             self._lm, self._train_stream = None, None
             if torch.cuda.is_available():

@@ -163,3 +163,15 @@ def test_stream_trains_and_evaluates_through_the_real_config(tmp_path):
     assert metrics["steps"] == 20 and 0 < metrics["val/fvu"] < 2
     assert np.isfinite(metrics["eval/delta_lm_loss"])
     assert (tmp_path / "sae" / "cfg.json").is_file()
+
+
+def test_a_closed_stream_starts_no_forward(text_corpus):
+    """After fit the stream's LM is closed: a filler thread still alive must not be inside a
+    forward when the interpreter exits (that aborts the process), so none may start."""
+    from saelab.data.lm_stream import StreamClosed
+
+    lm = StreamLM(_cfg(text_corpus), torch.device("cpu"))
+    assert next(lm.rows("train")).acts is not None
+    lm.close()
+    with pytest.raises(StreamClosed):
+        next(lm.rows("train"))

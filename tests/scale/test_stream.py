@@ -1,4 +1,4 @@
-"""data=stream resumes exactly: kill -9 a real train.py in the middle, rerun the same command, and
+"""data=stream through train.py as users run it. It resumes exactly: kill -9 a real train.py in the middle, rerun the same command, and
 end with the same weights, bit for bit, as a run that was never interrupted. The resumed run
 rebuilds its shuffle buffer from the checkpointed position (counting tokens, recomputing one
 window), so the LM's activations, their order and everything trained on them are the same.
@@ -9,6 +9,7 @@ the SAE's own sparse-path choice survives a resume is tested with the SAE.
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -77,3 +78,22 @@ def test_stream_kill_9_then_rerun_ends_with_identical_weights(tmp_path):
     assert expected.keys() == got.keys()
     for key, value in expected.items():
         assert torch.equal(value, got[key]), f"{key} differs after resuming at {killed_at}"
+
+
+@pytest.mark.slow
+def test_stream_under_ddp_two_ranks_train_and_resume_position_is_per_rank_count(tmp_path):
+    run = tmp_path / "ddp"
+    args = [
+        *[a for a in STREAM if not a.startswith("trainer.max_steps")],
+        "trainer.max_steps=12",
+        "trainer=ddp",
+        "trainer.devices=2",
+        "checkpoint_every_n_steps=6",
+        f"hydra.run.dir={run}",
+    ]
+    train_py(args)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["steps"] == 12 and 0 < metrics["val/fvu"] < 2
+    # The position counts global batches (2 ranks x 12 steps), saved with the rank count.
+    position = checkpoint(run)["StreamDataModule"]
+    assert (position["offset"], position["world_size"]) == (24, 2)
