@@ -198,26 +198,41 @@ def phase_cache(a) -> dict:
         if kept >= a.train_tokens:
             break
 
-    def bare() -> float:
+    def timed(run) -> tuple[float, float]:
+        """(tokens per wall second, tokens per CPU second of this process)."""
         _sync(a.device)
-        t = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
+        run()
+        _sync(a.device)
+        return (
+            a.train_tokens / (time.perf_counter() - wall),
+            a.train_tokens / (time.process_time() - cpu),
+        )
+
+    def bare() -> None:
         for ids, mask in batches:
             forward_until(model, ids, mask, [], stop_at=a.layer)
-        _sync(a.device)
-        return a.train_tokens / (time.perf_counter() - t)
 
     train_spec, val_spec = ActivationDataModule(data).specs(source)
-    builder.ensure([val_spec])  # what the training runs will validate on (not timed)
-    bare_rates = [bare()]
     folder = builder.folder(train_spec)
-    shutil.rmtree(folder, ignore_errors=True)
-    builder.ensure([train_spec])
+
+    def cache() -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        builder.ensure([train_spec])
+
+    forward_until(model, *batches[0], [], stop_at=a.layer)  # warm-up: first-touch of weights
+    builder.ensure([val_spec])  # what the training runs will validate on (not timed)
+    # Interleaved rounds, best of each: other processes share this machine and their load
+    # comes and goes; alternating keeps either side from getting only the quiet moments.
+    rates = {"bare": [], "cache": []}
+    for _ in range(a.rounds):
+        rates["bare"].append(timed(bare))
+        rates["cache"].append(timed(cache))
     manifest = read_manifest(folder)
-    cache_rate = manifest["token_count"] / manifest["build"]["last_pass_seconds"]
-    bare_rates.append(bare())
+    assert manifest["token_count"] == a.train_tokens, manifest["token_count"]
     return {
-        "bare_tok_s": bare_rates,
-        "cache_tok_s": cache_rate,
+        "bare": rates["bare"],
+        "cache": rates["cache"],
         "tokens": manifest["token_count"],
         "lm_batches": len(batches),
         "load_seconds": load_seconds,
@@ -356,31 +371,36 @@ def gb(n: float) -> str:
 def report(a, made: dict, cache: dict, stream: dict, trains: dict[int, dict]) -> str:
     shape = SHAPES[a.shape]
     weights = sum(p.stat().st_size for p in Path(a.folder).glob("*.safetensors"))
-    bare = sum(cache["bare_tok_s"]) / len(cache["bare_tok_s"])
-    ratio = cache["cache_tok_s"] / bare
+    best = {
+        k: (max(r[0] for r in cache[k]), max(r[1] for r in cache[k])) for k in ("bare", "cache")
+    }
+    wall_ratio, cpu_ratio = (best["cache"][i] / best["bare"][i] for i in (0, 1))
     lines = [
         f"# bench/real_shapes.py: Gemma 2 shape {a.shape!r}, random bf16 weights, device "
         f"{a.device}, layer {a.layer} resid, context {a.context}, LM batch {a.lm_batch_size}",
-        f"# model: {gb(weights)} of safetensors (loaded in {cache['load_seconds']:.0f} s); "
+        f"# model: {gb(weights)} of safetensors; "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
         "",
-        "| measurement | tokens/s | peak memory | limit (target) | met |",
-        "|---|---|---|---|---|",
+        "| measurement | tokens/s (wall) | tokens per CPU-second | peak memory | limit (target) "
+        "| met |",
+        "|---|---|---|---|---|---|",
     ]
 
     def mem(result: dict) -> int:
         return result["cuda_peak"] if a.device == "cuda" else result["peak_rss"]
 
-    bare_text = " / ".join(f"{r:,.1f}" for r in cache["bare_tok_s"])
     lines.append(
         f"| bare forward to layer {a.layer} ({cache['tokens']:,} tokens, {cache['lm_batches']} "
-        f"LM batches; before / after caching) | {bare_text} | | | |"
+        f"LM batches; best of {len(cache['bare'])}) | {best['bare'][0]:,.1f} | "
+        f"{best['bare'][1]:,.1f} | | | |"
     )
     limit = weights + 2 * GIB
+    met = min(wall_ratio, cpu_ratio) >= 0.9 and mem(cache) <= limit
     lines.append(
-        f"| caching pass resid@{a.layer} (bf16 LM, float32 cache) | {cache['cache_tok_s']:,.1f} "
-        f"({100 * ratio:.1f}% of bare; target >= 90%) | {gb(mem(cache))} | weights + 2 GiB = "
-        f"{gb(limit)} | {'yes' if ratio >= 0.9 and mem(cache) <= limit else 'NO'} |"
+        f"| caching pass resid@{a.layer} (bf16 LM, float32 cache; best of {len(cache['cache'])})"
+        f" | {best['cache'][0]:,.1f} ({100 * wall_ratio:.0f}% of bare) | {best['cache'][1]:,.1f}"
+        f" ({100 * cpu_ratio:.0f}% of bare; target >= 90%) | {gb(mem(cache))} | weights + 2 GiB"
+        f" = {gb(limit)} | {'yes' if met else 'NO'} |"
     )
     d_in = shape["hidden_size"]
     rows = [("stream", a.stream_width, stream, True)] + [
@@ -391,7 +411,7 @@ def report(a, made: dict, cache: dict, stream: dict, trains: dict[int, dict]) ->
         limit = (weights if with_lm else 0) + state + 2 * GIB
         lines.append(
             f"| JumpReLU {width:,} latents on data={'stream' if data == 'stream' else 'activations'}"
-            f", batch {a.batch_size}, {a.steps} steps | {result['step_tok_s']:,.1f} | "
+            f", batch {a.batch_size}, {a.steps} steps | {result['step_tok_s']:,.1f} | | "
             f"{gb(mem(result))} | {'weights + ' if with_lm else ''}SAE state {gb(state)} + "
             f"2 GiB = {gb(limit)} | {'yes' if mem(result) <= limit else 'NO'} |"
         )
@@ -474,6 +494,7 @@ def main() -> None:
     p.add_argument("--val-tokens", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2, help="interleaved bare/cache rounds")
     p.add_argument("--widths", default="16384,65536", help="SAE widths trained on the cache")
     p.add_argument("--stream-width", type=int, default=16384)
     p.add_argument("--folder", help="model folder (default ~/.cache/saelab/bench/<shape>-random)")
