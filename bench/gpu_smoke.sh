@@ -48,7 +48,7 @@ timeout --signal=INT "$LIMIT" "$PYTHON" bench/real_shapes.py \
     --batch-size 4096 \
     --steps 20 \
     --widths 16384,65536 \
-    --stream-width 65536 \
+    --stream-widths 16384,65536 \
     --out bench/gpu_smoke_output.txt \
     "$@"
 code=$?

@@ -41,7 +41,7 @@ def test_the_smoke_steps_run_end_to_end_at_a_toy_shape_on_the_cpu(tmp_path):
     result = _smoke(
         [
             *("--shape", "toy", "--layer", "2", "--context", "128"),
-            *("--widths", "1024,2048", "--stream-width", "1024", "--steps", "3"),
+            *("--widths", "1024,2048", "--stream-widths", "1024", "--steps", "3"),
             *("--folder", str(tmp_path / "model"), "--root", str(tmp_path / "scratch")),
             *("--out", str(table)),
         ],
