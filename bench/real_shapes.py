@@ -377,11 +377,15 @@ def report(a, cache: dict, streams: dict[int, dict], trains: dict[int, dict]) ->
         k: (max(r[0] for r in cache[k]), max(r[1] for r in cache[k])) for k in ("bare", "cache")
     }
     wall_ratio, cpu_ratio = (best["cache"][i] / best["bare"][i] for i in (0, 1))
+    command = " ".join(["python", "bench/real_shapes.py", *sys.argv[1:]])
+    threads = os.environ.get("OMP_NUM_THREADS")
     lines = [
+        f"# command: {f'OMP_NUM_THREADS={threads} ' if threads else ''}{command}",
+        f"# run {time.strftime('%Y-%m-%d %H:%M')} on {os.cpu_count()} CPU cores"
+        + (" (shared with other jobs: wall-clock rates are noisy)" if a.device == "cpu" else ""),
         f"# bench/real_shapes.py: Gemma 2 shape {a.shape!r}, random bf16 weights, device "
         f"{a.device}, layer {a.layer} resid, context {a.context}, LM batch {a.lm_batch_size}",
-        f"# model: {gb(weights)} of safetensors; "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}",
+        f"# model: {gb(weights)} of safetensors; tokenizer: the embedded tiny-gemma-2's",
         "",
         "| measurement | tokens/s (wall) | tokens per CPU-second | peak memory | limit (target) "
         "| met |",
