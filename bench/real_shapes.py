@@ -466,7 +466,12 @@ def nine_b(a, trains: dict[int, dict]) -> str:
             f"SAE activations per batch of {batch:,}",
             k * per_tensor,
             f"{k} [B, d_sae] fp32 tensors of {gb(per_tensor)} (docs/speed.md, dense JumpReLU)"
-            + (f"; the {widest:,}-wide run here: ~{measured:.1f}" if measured is not None else ""),
+            + (
+                f"; the {widest:,}-wide run here held ~{measured:.1f} such tensors' worth above its"
+                " SAE state (all its transients, Adam's [d_sae, d_in] temporaries included)"
+                if measured is not None
+                else ""
+            ),
         ),
         (
             f"LM forward temporaries (stream; {lm_batch} x {ctx} tokens)",
