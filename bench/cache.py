@@ -61,8 +61,8 @@ def lm_rates(
             forward_until(model, ids, mask, [], stop_at=layer)
 
     def cache_pass(round_: int) -> None:
-        builder = CacheBuilder(source, root / str(round_))
-        builder._lm = (model, tok)  # loaded above: time the pass, not the model load
+        # The model loaded above: time the pass, not the model load.
+        builder = CacheBuilder(source, root / str(round_), lm=(model, tok))
         builder.ensure([spec])
 
     # Interleaved rounds, best of each: another process shares this machine, and its load

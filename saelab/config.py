@@ -9,8 +9,10 @@ from omegaconf import OmegaConf
 
 from saelab.data.activations import ActivationsDataConfig
 from saelab.data.files import FilesDataConfig, data_width
+from saelab.data.lm_stream import StreamDataConfig
 from saelab.data.synthetic import SyntheticDataConfig
 from saelab.lm.config import ModelConfig
+from saelab.lm.shape import model_shape
 from saelab.lm.sites import SiteConfig
 from saelab.sae import FAMILIES
 
@@ -20,13 +22,21 @@ SCHEMAS = {
         "synthetic_schema": SyntheticDataConfig,
         "activations_schema": ActivationsDataConfig,
         "files_schema": FilesDataConfig,
+        "stream_schema": StreamDataConfig,
     },
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},
 }
 
 
+def site_width(model, site: str) -> int:
+    """``${saelab.site_width:${model},${site.name}}``: the site's width, read from the model's
+    own config when the config is composed (memoised; no weights are loaded)."""
+    return model_shape(model).width(site)
+
+
 def register_configs() -> None:
+    OmegaConf.register_new_resolver("saelab.site_width", site_width, replace=True)
     cs = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():

@@ -67,9 +67,11 @@ def _evaluate(
     progress,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """evaluate_sae's results and the per-latent feature density [d_sae]."""
-    sae = sae.eval()
-    l0, fvu = L0(), FVU(sae.d_in)
-    density, bias = FeatureDensity(sae.d_sae), RelativeReconstructionBias()
+    device = next(model.parameters()).device  # the SAE and the sums go where the LM runs
+    sae = sae.eval().to(device)
+    l0, fvu = L0().to(device), FVU(sae.d_in).to(device)
+    density = FeatureDensity(sae.d_sae).to(device)
+    bias = RelativeReconstructionBias().to(device)
     drop = [i for i in special_ids(tokenizer).values() if i is not None]
     sums = dict.fromkeys(LM_KEYS, 0.0)
     targets = tokens = 0
@@ -86,8 +88,8 @@ def _evaluate(
     for ids, mask in iter_token_batches(
         tokenizer, texts, context_length, lm_batch_size, prepend_bos
     ):
-        keep = torch.from_numpy(keep_mask(ids, mask, tokenizer))
-        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        keep = torch.from_numpy(keep_mask(ids, mask, tokenizer)).to(device)
+        ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
         # One clean forward gives both the site's activations and the clean logits.
         with capture(model, [point]) as store:
             clean = next_token_loss(model, ids, mask)
@@ -110,7 +112,7 @@ def _evaluate(
             "no tokens to evaluate: the corpus split is empty or shorter than one context"
         )
     ce = {key: sums[key] / targets for key in LM_KEYS}
-    dens = density.compute()
+    dens = density.compute().cpu()
     results = {
         "tokens": tokens,
         "l0": float(l0.compute()),
@@ -142,15 +144,10 @@ def evaluate_on_validation(
     an ``ActivationsDataConfig`` (the data a run trained on). With ``output_dir``, writes
     eval.json (results + ``extra``) and feature_density.png there."""
     from saelab.lm.corpus import iter_documents
-    from saelab.lm.load import load_model, load_tokenizer
+    from saelab.lm.load import lm_device, load_lm
 
     m = data_cfg.model
-    model = load_model(
-        m.name_or_path, dtype=m.dtype, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
-    tokenizer = load_tokenizer(
-        m.name_or_path, revision=m.revision, trust_remote_code=m.trust_remote_code
-    )
+    model, tokenizer = load_lm(m, lm_device(getattr(data_cfg, "device", "auto")))
     results, density = _evaluate(
         sae,
         model,
@@ -160,7 +157,7 @@ def evaluate_on_validation(
         context_length=data_cfg.context_length or m.context_length,
         n_tokens=n_tokens,
         prepend_bos=m.prepend_bos,
-        lm_batch_size=8,
+        lm_batch_size=getattr(data_cfg, "lm_batch_size", 8),
         progress=progress,
     )
     results = {

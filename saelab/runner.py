@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from saelab.data.activations import ActivationsDataConfig
+from saelab.data.lm_data import LMDataConfig
 from saelab.evaluation import evaluate_on_validation
 from saelab.fileio import finite_or_null, write_json
 from saelab.io import save_sae
@@ -34,7 +34,9 @@ from saelab.lit import (
 )
 from saelab.lit.checkpointing import CHECKPOINT, checkpoint_step
 from saelab.lit.guards import NonFiniteGuard
+from saelab.lit.progress import StepProgressBar
 from saelab.run_checks import check_run_config, check_run_folder, clear_run_folder
+from saelab.summary import run_summary
 
 # Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
 # computed: Lightning's advice to add sync_dist=True to them does not apply.
@@ -112,6 +114,8 @@ def _callbacks(
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.trainer.get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())  # steps of max_steps, not "Epoch 15/-2"
     return callbacks
 
 
@@ -178,6 +182,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         metrics[_key(name, "family")] = member.family.name
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
+        print(run_summary(output_dir, metrics, list(members), exported=cfg.export), flush=True)
     return metrics
 
 
@@ -205,7 +210,7 @@ def _write_outputs(
     A single SAE goes to ``sae/``; the members of a multi-SAE run to ``sae/<name>/``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, sae in saes.items():
-        if cfg.eval_tokens > 0 and isinstance(data_cfg, ActivationsDataConfig):
+        if cfg.eval_tokens > 0 and isinstance(data_cfg, LMDataConfig):
             # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
             # Writes eval.json and the feature-density picture into the run (or member) folder.
             folder = output_dir / "eval" / name if name else output_dir

@@ -11,6 +11,7 @@ to load, saying so)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -184,4 +185,7 @@ def resolve_target(
     )
     if "site" not in data or "layer" not in data:
         raise ValueError(f"{path} does not say where its SAE was trained: give --site and --layer")
+    # A data=stream run's config has keys of its own (buffer_tokens): keep the shared ones.
+    shared = {f.name for f in dataclasses.fields(ActivationsDataConfig)}
+    data = {k: v for k, v in data.items() if k in shared}
     return Target(sae_path, run_dir, ActivationsDataConfig(**data), default_out)

@@ -11,8 +11,7 @@ checkpoints and splits batches across ranks (``stream.py``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -21,30 +20,18 @@ from saelab.data.base import ActivationSource
 from saelab.data.batches import ActivationLoader
 from saelab.data.cache import VERIFY_MODES, ActivationCache, CacheSpec, cache_root
 from saelab.data.cache_build import CacheBuilder, LMSource
+from saelab.data.lm_data import LMDataConfig, check_validation_size
 from saelab.data.shards import check_dtype
-from saelab.lm.config import ModelConfig
-from saelab.lm.corpus import CorpusConfig
-from saelab.lm.sites import TRANSFORMER_LENS_HOOKS, check_site
+from saelab.lm.corpus import check_split
 
 
 @dataclass
-class ActivationsDataConfig:
-    site: str = "resid"
-    """resid | mlp | attn (docs/maths.md §5); set through the ``site`` group: ``site=mlp``."""
-    layer: int = 12
-    """Decoder layer 0..n_layers-1; set through the top-level ``layer=``."""
-    d_in: int = 128
-    """The site's width (interpolated from the site group); checked against the real model."""
-    model: Any = None
-    """The ``model`` group (interpolated): which LM to read."""
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    context_length: int | None = None
-    """Tokens per LM context; None = the model's context_length."""
+class ActivationsDataConfig(LMDataConfig):
+    """``data=activations``: the fields of every LM source (``lm_data.py``) and the cache's."""
+
     dtype: str = "float32"
     """Storage dtype of the cache: float32, bfloat16 or float16 (batches are always float32)."""
     train_tokens: int = 524_288
-    val_tokens: int = 16_384
-    batch_size: int = 4096
     shard_tokens: int = 131_072
     """Rows per shard file = the shuffle buffer (rows are shuffled across ~this/context contexts)."""
     block_size: int = 512
@@ -53,72 +40,29 @@ class ActivationsDataConfig:
     """Cache root; None = $SAELAB_CACHE_DIR or ~/.cache/saelab/activations."""
     verify_checksums: str = "first"
     """first (full check once per cache), always, or never (sizes are always checked)."""
-    seed: int = 0
-    """Order of blocks per epoch (not part of the cache key)."""
     shuffle_seed: int = 0
-    """Shuffle inside shards when the cache is built (part of the cache key)."""
-    lm_batch_size: int = 8
-    """Contexts per LM forward when building."""
-    device: str = "auto"
-    """Where the LM runs when building: auto (cuda if available), cpu, cuda, cuda:1, ..."""
-    prefetch_batches: int = 2
-    progress: bool = True
+    """Shuffle inside shards when the cache is built (part of the cache key). ``seed`` orders
+    the blocks per epoch (not part of the key)."""
 
     def __post_init__(self) -> None:
-        if self.model is None:
-            self.model = ModelConfig()
-        elif not isinstance(self.model, ModelConfig):
-            self.model = ModelConfig(**self.model)
-        if isinstance(self.corpus, dict):
-            self.corpus = CorpusConfig(**self.corpus)
-        check_site(self.site)
-        check_site(self.site, self.layer, self.model.n_layers)
+        super().__post_init__()
         check_dtype(self.dtype)
-        positive = [
-            "d_in",
-            "train_tokens",
-            "val_tokens",
-            "batch_size",
-            "shard_tokens",
-            "block_size",
-            "lm_batch_size",
-        ]
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ValueError(f"data.{key}={getattr(self, key)!r} is invalid: it must be > 0.")
-        if self.context_length is not None and self.context_length < 2:
+        if self.train_tokens < self.batch_size:
             raise ValueError(
-                f"data.context_length={self.context_length} is invalid: it must be >= 2."
+                f"data.train_tokens={self.train_tokens} is invalid: it must be >= "
+                f"data.batch_size={self.batch_size} (one full batch)."
             )
-        for key in ("train_tokens", "val_tokens"):
-            if getattr(self, key) < self.batch_size:
-                raise ValueError(
-                    f"data.{key}={getattr(self, key)} is invalid: it must be >= "
-                    f"data.batch_size={self.batch_size} (one full batch)."
-                )
         if self.verify_checksums not in VERIFY_MODES:
             raise ValueError(
                 f"data.verify_checksums={self.verify_checksums!r} is invalid: use one of "
                 f"{', '.join(VERIFY_MODES)}."
             )
-        if self.prefetch_batches < 0:
-            raise ValueError(
-                f"data.prefetch_batches={self.prefetch_batches} is invalid: it must be >= 0."
-            )
+
+    def positive_keys(self) -> list[str]:
+        return [*super().positive_keys(), "train_tokens", "shard_tokens", "block_size"]
 
     def build(self) -> ActivationDataModule:
         return ActivationDataModule(self)
-
-    def export_metadata(self) -> dict:
-        """Where an SAE trained on these activations reads, for its export's cfg.json."""
-        return {
-            "model_name": self.model.name_or_path,
-            "hook_name": TRANSFORMER_LENS_HOOKS[self.site].format(layer=self.layer),
-            "hook_layer": self.layer,
-            "site": self.site,
-            "context_size": self.context_length or self.model.context_length,
-            "prepend_bos": self.model.prepend_bos,
-        }
 
 
 class ActivationDataModule(ActivationSource):
@@ -167,8 +111,12 @@ class ActivationDataModule(ActivationSource):
         )
         builder = CacheBuilder(source, cache_root(c.cache_dir), c.verify_checksums)
         train_spec, val_spec = self.specs(source)
-        (self.train_cache,) = builder.ensure([train_spec], expected_d_in=c.d_in)
+        # The small validation cache first: an empty or too-short split fails in seconds,
+        # not after the long pass over the train split.
+        check_split(c.corpus, "validation")
         (self.val_cache,) = builder.ensure([val_spec], expected_d_in=c.d_in)
+        check_validation_size(len(self.val_cache), c.batch_size, c.corpus)
+        (self.train_cache,) = builder.ensure([train_spec], expected_d_in=c.d_in)
         for cache in (self.train_cache, self.val_cache):
             if cache.d_in != c.d_in:
                 raise ValueError(

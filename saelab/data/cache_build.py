@@ -1,7 +1,8 @@
 """Build activation caches: one LM pass over a corpus split -> shuffled shards -> manifest.
 
-    documents --tokenize, pack--> LM batches --forward to the deepest hooked layer-->
-    captured sites, BOS/EOS/pad dropped --shard-sized shuffle buffer--> shard_NNNNN.npy
+    the row stream (saelab/lm/rows.py: documents --tokenize, pack--> LM batches --forward to
+    the deepest hooked layer--> captured sites, BOS/EOS/pad dropped)
+    --shard-sized shuffle buffer--> shard_NNNNN.npy
 
 Resumable: each finished shard is followed by a small ``shard_NNNNN.json`` (rows, size,
 checksum, sum of squared norms); a rerun keeps the shards whose json exists and whose bytes
@@ -30,10 +31,11 @@ from saelab.data.cache import MANIFEST, ActivationCache, CacheSpec, folder_lock,
 from saelab.fileio import write_json
 from saelab.lm import corpus as corpus_lib
 from saelab.lm.config import ModelConfig
-from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
+from saelab.lm.contexts import special_ids
 from saelab.lm.fingerprint import weights_fingerprint
-from saelab.lm.load import load_model, load_tokenizer
-from saelab.lm.sites import SitePoint, check_points, describe, forward_until, layout, site_width
+from saelab.lm.load import lm_device, load_lm
+from saelab.lm.rows import iter_rows
+from saelab.lm.sites import SitePoint, check_points, describe, layout, site_width
 
 BUILD = "build.json"
 log = logging.getLogger(__name__)
@@ -183,9 +185,11 @@ def _completed(folder: Path, spec: CacheSpec, d_in: int) -> list[dict]:
 class CacheBuilder:
     """Opens caches, building (or finishing) the missing ones; the LM is loaded only if needed."""
 
-    def __init__(self, source: LMSource, root: Path, verify: str = "first"):
+    def __init__(self, source: LMSource, root: Path, verify: str = "first", lm=None):
+        """``lm``: an already loaded (model, tokenizer) of ``source.model``, to build with it
+        instead of loading another copy."""
         self.source, self.root, self.verify = source, Path(root), verify
-        self._lm = None
+        self._lm = lm
         self._seconds = 0.0  # duration of the last LM pass, for the manifest
 
     def folder(self, spec: CacheSpec) -> Path:
@@ -207,17 +211,10 @@ class CacheBuilder:
                     self._build(missing, expected_d_in)
         return [ActivationCache(self.folder(s), s, self.verify) for s in specs]
 
-    def _load(self):
+    def lm(self):
+        """(model, tokenizer), loaded on first use."""
         if self._lm is None:
-            m = self.source.model
-            device = self.source.device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            model = load_model(m.name_or_path, m.dtype, m.revision, m.trust_remote_code).to(device)
-            self._lm = (
-                model.eval(),
-                load_tokenizer(m.name_or_path, m.revision, m.trust_remote_code),
-            )
+            self._lm = load_lm(self.source.model, lm_device(self.source.device))
         return self._lm
 
     def _build(self, specs: list[CacheSpec], expected_d_in: int | None) -> None:
@@ -239,16 +236,15 @@ class CacheBuilder:
                 "caches built in one pass must share model, corpus, split, context and budget"
             )
         spec0 = specs[0]
-        model, tokenizer = self._load()
+        model, tokenizer = self.lm()
         points = check_points(model, [SitePoint(s.site, s.layer) for s in specs])
         writers = []
         for spec in specs:
             d_in = site_width(model, spec.site)
             if expected_d_in is not None and d_in != expected_d_in:
-                key = "model.d_attn" if spec.site == "attn" else "model.d_model"
                 raise ValueError(
                     f"data.d_in={expected_d_in} but the {spec.site} site of {spec.model} is {d_in} "
-                    f"wide: set {key}={d_in} (the model config) so site.d_in and sae.d_in follow"
+                    "wide: drop the data.d_in override (it is read from the model's config)"
                 )
             folder = self.folder(spec)
             build = {
@@ -276,14 +272,6 @@ class CacheBuilder:
         start = min(
             (w.start_row for w, f in zip(writers, finished) if not f), default=spec.n_tokens
         )
-        specials, device = special_ids(tokenizer), next(model.parameters()).device
-        batches = iter_token_batches(
-            tokenizer,
-            corpus_lib.iter_documents(self.source.corpus, spec.split),
-            spec.context_length,
-            self.source.lm_batch_size,
-            spec.prepend_bos,
-        )
         sites = ", ".join(f"{p.site}@{p.layer}" for p in points)
         bar = tqdm(
             total=spec.n_tokens,
@@ -295,26 +283,33 @@ class CacheBuilder:
             mininterval=1.0,
         )
         row, t0 = 0, time.perf_counter()
-        for index, (ids, mask) in enumerate(batches):
-            if row >= spec.n_tokens or start >= spec.n_tokens:
-                break
-            keep = keep_mask(ids, mask, specials)
-            n = min(int(keep.sum()), spec.n_tokens - row)
-            if row + n <= start:  # already on disk for every cache: no LM work needed
-                row += n
+        rows = iter_rows(
+            model,
+            tokenizer,
+            corpus_lib.iter_documents(self.source.corpus, spec.split),
+            points,
+            context_length=spec.context_length,
+            lm_batch_size=self.source.lm_batch_size,
+            prepend_bos=spec.prepend_bos,
+            start_row=start,
+            stop_row=spec.n_tokens,
+        )
+        for batch in rows if start < spec.n_tokens else ():
+            row = batch.row0 + batch.n
+            if batch.acts is None:  # already on disk for every cache: no LM work was done
                 continue
-            store = forward_until(
-                model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device), points
-            )
-            keep_t = torch.from_numpy(keep).to(device)
             for point, writer in zip(points, writers):
-                acts = store[point][keep_t][:n].float().cpu()
+                acts = batch.acts[point].float().cpu()
                 _check_finite(
-                    acts, point, spec, index, self.source.lm_batch_size, self.folder(writer.spec)
+                    acts,
+                    point,
+                    spec,
+                    batch.index,
+                    self.source.lm_batch_size,
+                    self.folder(writer.spec),
                 )
-                writer.feed(row, acts)
-            bar.update(row + n - max(row, start))
-            row += n
+                writer.feed(batch.row0, acts)
+            bar.update(row - max(batch.row0, start))
         bar.close()
         self._seconds = time.perf_counter() - t0
         if row < spec.n_tokens and start < spec.n_tokens:
@@ -347,7 +342,7 @@ class CacheBuilder:
             "hook": describe(model, point),
             "layout": layout(model),
             "model_type": getattr(model.config, "model_type", None),
-            "dropped_token_ids": special_ids(self._load()[1]),
+            "dropped_token_ids": special_ids(self.lm()[1]),
             "shards": entries,
             "build": {
                 "lm_batch_size": self.source.lm_batch_size,

@@ -5,15 +5,21 @@ docstrings and comments that exist wherever Python does, so the embedded model c
 pretrained and its activations collected fully offline. Nothing is copied into the repo;
 files are read at run time.
 
-The train/validation split is by DOCUMENT (a file, a JSONL line, a dataset row) and decided
-by a hash of the document's stable key, so it is the same on every machine and run, and a
-document never straddles the split (no leakage of a file's second half into validation).
+The train/validation split is decided by a hash of a stable key, so it is the same on every
+machine and run. The unit is the DOCUMENT (a file, a JSONL line, a dataset row), except that
+a document longer than ``chunk_chars`` is first cut into chunks at paragraph boundaries, and
+each chunk is assigned by a hash of (document key, chunk index): a folder of two long books
+still has a validation split. Chunks of one document that fall in the same split are joined
+back in order, so text is only cut where a held-out chunk was taken out. The Python standard
+library is split by whole file (``chunk_chars`` resolves to 0 for it): the embedded model was
+pretrained on its train files, and its held-out numbers are measured on the others.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 import sysconfig
 from collections.abc import Iterator, Mapping
@@ -22,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 STDLIB = "python-stdlib"
+DEFAULT_CHUNK_CHARS = 16_384  # ~4k tokens of English: 50 chunks per 800 kB of text
 HF_PREFIX = "hf:"
 SPLITS = ("train", "validation")
 
@@ -45,11 +52,25 @@ class CorpusConfig:
     """Hugging Face split that is then divided into our train/validation by row hash."""
     hf_revision: str | None = None
     val_fraction: float = 0.02
-    """Fraction of documents held out for validation (decided per document by hash)."""
+    """Fraction of documents (or chunks of long ones) held out for validation, by hash."""
+    chunk_chars: int | None = None
+    """Documents longer than this many characters are cut into chunks of about this size at
+    paragraph boundaries before the split. None: 16384 for your own text, 0 (never cut) for
+    python-stdlib; 0 splits by whole document."""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"corpus.val_fraction={self.val_fraction}: must be in (0, 1)")
+        if self.chunk_chars is not None and self.chunk_chars < 0:
+            raise ValueError(
+                f"corpus.chunk_chars={self.chunk_chars}: must be >= 0 (0: never cut documents)"
+            )
+
+    @property
+    def effective_chunk_chars(self) -> int:
+        if self.chunk_chars is not None:
+            return self.chunk_chars
+        return 0 if self.source == STDLIB else DEFAULT_CHUNK_CHARS
 
 
 def as_config(cfg: CorpusConfig | Mapping[str, Any] | str | None) -> CorpusConfig:
@@ -71,6 +92,47 @@ def in_validation(key: str, val_fraction: float) -> bool:
     """Deterministic, machine-independent split decision for one document key."""
     h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
     return h / 2.0**64 < val_fraction
+
+
+# A paragraph ends after a blank line: a zero-width cut point before the next non-blank text.
+_PARAGRAPH_END = re.compile(r"(?<=\n\n)(?=[^\n])")
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """Paragraphs; one longer than ``size`` is cut at line ends, a line longer than ``size``
+    every ``size`` characters. Their concatenation is ``text``."""
+    for paragraph in _PARAGRAPH_END.split(text):
+        if len(paragraph) <= size:
+            yield paragraph
+            continue
+        for line in paragraph.splitlines(keepends=True):
+            while len(line) > size:
+                yield line[:size]
+                line = line[size:]
+            yield line
+
+
+def split_chunks(text: str, size: int) -> list[str]:
+    """``text`` cut into chunks of about ``size`` characters (at most ``size``, unless a single
+    paragraph piece fills one) at paragraph boundaries; ``"".join`` gives ``text`` back.
+    ``size`` 0, or a text no longer than ``size``, gives one chunk."""
+    if size <= 0 or len(text) <= size:
+        return [text]
+    chunks, current = [], ""
+    for piece in _pieces(text, size):
+        if current and len(current) + len(piece) > size:
+            chunks.append(current)
+            current = ""
+        current += piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def chunk_key(key: str, index: int, n_chunks: int) -> str:
+    """The split key of chunk ``index``: the document's own key when it is not cut (so short
+    documents split exactly as whole documents do), else ``<key>#<index>``."""
+    return key if n_chunks == 1 else f"{key}#{index}"
 
 
 def stdlib_root() -> Path:
@@ -151,17 +213,68 @@ def _documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
     return _file_documents(_local_files(Path(cfg.source).expanduser()), cfg.text_field)
 
 
+def _units(cfg: CorpusConfig) -> Iterator[tuple[str, str, list[bool]]]:
+    """(key, text, validation flag of each chunk) of every non-empty document, in order."""
+    size = cfg.effective_chunk_chars
+    for key, text in _documents(cfg):
+        if not text:
+            continue
+        chunks = split_chunks(text, size)
+        flags = [
+            in_validation(chunk_key(key, i, len(chunks)), cfg.val_fraction)
+            for i in range(len(chunks))
+        ]
+        yield key, chunks, flags
+
+
 def iter_keyed_documents(
     cfg: CorpusConfig | Mapping[str, Any] | str | None, split: str
 ) -> Iterator[tuple[str, str]]:
-    """Yield (key, text) of one split in a fixed order; key = relative path[:line] or row."""
+    """Yield (key, text) of one split in a fixed order; key = relative path[:line] or row, and
+    ``#<i>`` for a run of chunks of a long document starting at chunk i."""
     if split not in SPLITS:
         raise ValueError(f"split={split!r}; allowed: {SPLITS}")
     cfg = as_config(cfg)
     want_val = split == "validation"
-    for key, text in _documents(cfg):
-        if text and in_validation(key, cfg.val_fraction) == want_val:
-            yield key, text
+    for key, chunks, flags in _units(cfg):
+        i = 0
+        while i < len(chunks):
+            if flags[i] != want_val:
+                i += 1
+                continue
+            j = i
+            while j < len(chunks) and flags[j] == want_val:
+                j += 1
+            yield chunk_key(key, i, len(chunks)), "".join(chunks[i:j])
+            i = j
+
+
+def check_split(cfg: CorpusConfig | Mapping[str, Any] | str | None, split: str) -> None:
+    """Fail in seconds, naming the corpus, the fraction and the fixes, if ``split`` would be
+    empty (reads the text until the split's first chunk; tokenizes nothing)."""
+    cfg = as_config(cfg)
+    want_val = split == "validation"
+    documents = chunks = 0
+    for _, pieces, flags in _units(cfg):
+        if any(flag == want_val for flag in flags):
+            return
+        documents, chunks = documents + 1, chunks + len(pieces)
+    size = cfg.effective_chunk_chars
+    cut = (
+        f"cut into {chunks} chunks of about {size} characters"
+        if size
+        else "not cut (data.corpus.chunk_chars=0)"
+    )
+    fixes = "raise data.corpus.val_fraction (e.g. 0.1)"
+    if size:
+        fixes += ", lower data.corpus.chunk_chars"
+    elif cfg.source != STDLIB:
+        fixes += f", set data.corpus.chunk_chars={DEFAULT_CHUNK_CHARS} to cut long documents"
+    raise ValueError(
+        f"the {split} split of corpus.source={cfg.source!r} is empty: its {documents} "
+        f"document(s), {cut}, put none in it at val_fraction={cfg.val_fraction} (the split is "
+        f"decided per document or chunk by a hash). Fix: {fixes}, or add more text."
+    )
 
 
 def iter_documents(cfg: CorpusConfig | Mapping[str, Any] | str | None, split: str) -> Iterator[str]:
@@ -178,6 +291,8 @@ def fingerprint(cfg: CorpusConfig | Mapping[str, Any] | str | None = None) -> st
     """
     cfg = as_config(cfg)
     h = hashlib.sha256(f"split-by-sha256 val={cfg.val_fraction}".encode())
+    if cfg.effective_chunk_chars:  # whole-document splits keep the ids they always had
+        h.update(f" chunks={cfg.effective_chunk_chars}".encode())
     if cfg.source.startswith(HF_PREFIX):
         parts = (cfg.source, cfg.hf_config, cfg.hf_split, cfg.hf_revision, cfg.text_field)
         h.update(repr(parts).encode())

@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from saelab.fileio import file_digest
-from saelab.lm.load import resolve
+from saelab.lm.load import hub_reachable, resolve
 
 _WEIGHT_SUFFIXES = (".safetensors",)
 
@@ -44,7 +44,7 @@ def _hub_commit(repo_id: str, revision: str | None) -> str | None:
     cached = huggingface_hub.try_to_load_from_cache(repo_id, "config.json", revision=revision)
     if isinstance(cached, str):  # .../snapshots/<commit sha>/config.json
         return Path(cached).parent.name
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
+    if not hub_reachable():  # offline, or no network: no retries, no wait
         return None
     try:
         return huggingface_hub.HfApi().model_info(repo_id, revision=revision).sha

@@ -8,7 +8,11 @@ the caller asks for it explicitly (`trust_remote_code=True`).
 from __future__ import annotations
 
 import os
+import socket
+import threading
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlparse
 
 import huggingface_hub
 import torch
@@ -62,13 +66,56 @@ def resolve(name_or_path: str | os.PathLike) -> str:
     return name  # a hub id
 
 
-def _explain(name: str, what: str, err: Exception) -> ModelLoadError:
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub's host answers a TCP connection within ``timeout`` seconds.
+
+    Without this, a hub id that is in no local cache costs huggingface_hub's retries (about
+    30 s) before the same error on a machine without network; probing first lets every load
+    go straight to the local cache. A proxy is trusted to reach the hub (not probed), and
+    HF_HUB_OFFLINE=1 skips the network without any probe. The probe runs once per process.
+    """
+    if huggingface_hub.constants.is_offline_mode():
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(huggingface_hub.constants.ENDPOINT)
+    return _answers(url.hostname, url.port or (443 if url.scheme == "https" else 80), timeout)
+
+
+@cache
+def _answers(host: str, port: int, timeout: float) -> bool:
+    answer: list[bool] = []
+
+    def probe() -> None:  # in a thread: name resolution ignores socket timeouts
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
+
+
+def _local_only(target: str) -> bool:
+    """Load from the local hub cache only: a folder, or a hub id while the hub is unreachable."""
+    return Path(target).exists() or not hub_reachable()
+
+
+def explain(name: str, what: str, err: Exception) -> ModelLoadError:
     offline = huggingface_hub.constants.is_offline_mode()
+    if offline:
+        where = " only, HF_HUB_OFFLINE is set)."
+    elif not hub_reachable():
+        where = f" only: {huggingface_hub.constants.ENDPOINT} is unreachable from here)."
+    else:
+        where = ", then the network)."
     lines = [
         f"could not load the {what} {name!r}.",
         f"Tried: the embedded names {sorted(EMBEDDED)}, a local folder {name!r} (not found), "
-        f"and the Hugging Face hub id {name!r} (local cache"
-        + (" only, HF_HUB_OFFLINE is set)." if offline else ", then the network)."),
+        f"and the Hugging Face hub id {name!r} (local cache" + where,
         f"Cause: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}",
         "What to do:",
         "  - check the spelling of the hub id / path;",
@@ -91,6 +138,17 @@ def _as_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
     return value
 
 
+def load_config(target: str, revision: str | None = None, trust_remote_code: bool = False):
+    """The transformers config of a resolved model (``resolve``): config.json only, no weights.
+    OSError (wrapped by the callers) if it is neither local nor reachable."""
+    return AutoConfig.from_pretrained(
+        target,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        local_files_only=_local_only(target),
+    )
+
+
 def load_model(
     name_or_path: str | os.PathLike,
     dtype: str | torch.dtype = "float32",
@@ -101,9 +159,7 @@ def load_model(
     """A causal LM in eval mode with gradients off (we read activations, never train it)."""
     target = resolve(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(
-            target, revision=revision, trust_remote_code=trust_remote_code
-        )
+        config = load_config(target, revision, trust_remote_code)
         if attn_implementation is None and config.model_type in _EAGER_MODEL_TYPES:
             attn_implementation = "eager"
         model = AutoModelForCausalLM.from_pretrained(
@@ -114,11 +170,12 @@ def load_model(
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
             use_safetensors=True,  # never unpickle .bin weights
+            local_files_only=_local_only(target),
         )
     except OSError as e:
         if isinstance(e, ModelLoadError):
             raise
-        raise _explain(str(name_or_path), "model", e) from e
+        raise explain(str(name_or_path), "model", e) from e
     model.eval()
     model.requires_grad_(False)
     return model
@@ -133,7 +190,27 @@ def load_tokenizer(
     target = resolve(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(
-            target, revision=revision, trust_remote_code=trust_remote_code
+            target,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            local_files_only=_local_only(target),
         )
     except OSError as e:
-        raise _explain(str(name_or_path), "tokenizer", e) from e
+        raise explain(str(name_or_path), "tokenizer", e) from e
+
+
+def lm_device(device: str, trainer=None) -> torch.device:
+    """``data.device`` as a torch device; ``auto`` is the Trainer's device when there is one
+    (each DDP rank runs its LM on its own GPU), else cuda if available, else cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if trainer is not None:
+        return trainer.strategy.root_device
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_lm(model, device: torch.device | str):
+    """(model in eval mode on ``device``, tokenizer) for a ``ModelConfig`` (``data.model``)."""
+    lm = load_model(model.name_or_path, model.dtype, model.revision, model.trust_remote_code)
+    tokenizer = load_tokenizer(model.name_or_path, model.revision, model.trust_remote_code)
+    return lm.to(device).eval(), tokenizer

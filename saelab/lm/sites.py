@@ -46,16 +46,13 @@ class SitePoint(NamedTuple):
 
 @dataclass
 class SiteConfig:
-    """The ``site`` config group's schema: the site's name and its width (interpolated from
-    the model: ``${model.d_model}`` for resid/mlp, ``${model.d_attn}`` for attn)."""
+    """The ``site`` config group's schema: the site's name. Its width is the model's
+    (``shape.py``), resolved into ``data.d_in``."""
 
     name: str = "resid"
-    d_in: int = 128
 
     def __post_init__(self) -> None:
         check_site(self.name)
-        if self.d_in <= 0:
-            raise ValueError(f"site.d_in={self.d_in!r} is invalid: it must be > 0.")
 
 
 def check_site(site: str, layer: int | None = None, n_layers: int | None = None) -> None:
@@ -66,8 +63,7 @@ def check_site(site: str, layer: int | None = None, n_layers: int | None = None)
         )
     if layer is not None and n_layers is not None and not 0 <= layer < n_layers:
         raise ValueError(
-            f"layer={layer!r} is out of range: the model has {n_layers} layers, so layer must be "
-            f"in 0..{n_layers - 1}."
+            f"layer={layer!r} is out of range: the model has {n_layers} layers (0..{n_layers - 1})."
         )
 
 

@@ -56,18 +56,47 @@ def splice(
         handle.remove()
 
 
+# Positions per float32 slice of the logits: the vocabulary can be 256k wide (Gemma), where
+# one [8, 1024, vocab] float32 copy of the logits is 8 GB. Logits stay in the model's dtype;
+# losses and KL are summed over slices of this many positions.
+CHUNK_POSITIONS = 256
+
+
+def _targets(input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Next-token targets [batch, seq-1], -100 where the target is padding."""
+    return input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+
+
 def next_token_loss(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor
+    model: nn.Module, input_ids: Tensor, attention_mask: Tensor, chunk: int = CHUNK_POSITIONS
 ) -> tuple[Tensor, Tensor]:
-    """(mean cross-entropy over valid next-token targets, logits)."""
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-    ).logits.float()
-    targets = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
-    loss = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-    )
-    return loss, logits
+    """(mean cross-entropy over valid next-token targets, logits in the model's dtype)."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
+    flat = logits[:, :-1].reshape(-1, logits.shape[-1])
+    targets = _targets(input_ids, attention_mask).reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=logits.device)
+    for start in range(0, len(flat), chunk):
+        total += F.cross_entropy(
+            flat[start : start + chunk].float(),
+            targets[start : start + chunk],
+            ignore_index=-100,
+            reduction="sum",
+        ).double()
+    count = (targets != -100).sum()
+    return (total / count).float(), logits
+
+
+def _kl(clean: Tensor, spliced: Tensor, valid: Tensor, chunk: int) -> Tensor:
+    """Mean over valid positions of KL(clean || spliced), from logits [batch, seq, vocab]."""
+    vocab = clean.shape[-1]
+    c, s, v = clean.reshape(-1, vocab), spliced.reshape(-1, vocab), valid.reshape(-1)
+    total = torch.zeros((), dtype=torch.float64, device=clean.device)
+    for start in range(0, len(c), chunk):
+        keep = v[start : start + chunk]
+        log_p = c[start : start + chunk][keep].float().log_softmax(-1)
+        log_q = s[start : start + chunk][keep].float().log_softmax(-1)
+        total += (log_p.exp() * (log_p - log_q)).sum().double()
+    return (total / v.sum()).float()
 
 
 @torch.no_grad()
@@ -79,6 +108,7 @@ def spliced_losses(
     attention_mask: Tensor,
     special_ids: list[int],
     clean: tuple[Tensor, Tensor] | None = None,
+    chunk: int = CHUNK_POSITIONS,
 ) -> dict[str, Tensor]:
     """Clean, spliced and zero-ablated CE on one batch, plus delta LM loss, CE loss recovered
     ((H_zero - H_spliced) / (H_zero - H_clean)) and KL(clean || spliced) per valid position.
@@ -89,23 +119,14 @@ def spliced_losses(
         input_ids, torch.tensor(special_ids, device=input_ids.device)
     )
     clean, clean_logits = (
-        clean if clean is not None else next_token_loss(model, input_ids, attention_mask)
+        clean if clean is not None else next_token_loss(model, input_ids, attention_mask, chunk)
     )
     with splice(model, point, reconstruct, keep):
-        spliced, spliced_logits = next_token_loss(model, input_ids, attention_mask)
+        spliced, spliced_logits = next_token_loss(model, input_ids, attention_mask, chunk)
     with splice(model, point, torch.zeros_like, keep):
-        zero, _ = next_token_loss(model, input_ids, attention_mask)
+        zero, _ = next_token_loss(model, input_ids, attention_mask, chunk)
     valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
-    kl = (
-        F.kl_div(
-            spliced_logits[:, :-1].log_softmax(-1),
-            clean_logits[:, :-1].log_softmax(-1),
-            log_target=True,
-            reduction="none",
-        )
-        .sum(-1)[valid]
-        .mean()
-    )
+    kl = _kl(clean_logits[:, :-1], spliced_logits[:, :-1], valid, chunk)
     return {
         "ce_clean": clean,
         "ce_spliced": spliced,

@@ -38,7 +38,7 @@ def text_corpus(tmp_path_factory) -> corpus.CorpusConfig:
 
 
 def model_config(name: str = TINY, **kw) -> ModelConfig:
-    base = dict(name_or_path=str(name), n_layers=26, d_model=128, d_attn=128, context_length=32)
+    base = dict(name_or_path=str(name), context_length=32)
     return ModelConfig(**{**base, **kw})
 
 

@@ -44,13 +44,62 @@ def test_default_config_is_activations_of_the_resid_site_at_layer_12(tmp_path):
     assert data.model.name_or_path == "tiny-gemma-2" and data.batch_size == 4096
     mlp = compose_config(["sae=jumprelu", "site=mlp", "layer=20"], tmp_path)
     assert (mlp.data.site, mlp.data.layer, mlp.sae.d_in) == ("mlp", 20, 128)
-    attn = compose_config(["site=attn", "model=gemma-2-2b"], tmp_path)
-    assert (attn.data.site, attn.data.d_in, attn.sae.d_in) == (
-        "attn",
-        2048,
-        2048,
-    )  # ${model.d_attn}
-    assert compose_config(["site=resid", "model=gemma-2-2b"], tmp_path).sae.d_in == 2304
+    attn = compose_config(["site=attn"], tmp_path)
+    assert (attn.data.site, attn.data.d_in, attn.sae.d_in) == ("attn", 128, 128)
+
+
+def test_site_widths_and_depth_come_from_the_models_own_config(llama_dir, tmp_path):
+    """No shape key anywhere: a 3-layer, 32-wide Llama folder with 4 heads x 16 at attn."""
+    for site, width in (("resid", 32), ("mlp", 32), ("attn", 32)):
+        cfg = compose_config(
+            [f"model.name_or_path={llama_dir}", f"site={site}", "layer=2"], tmp_path
+        )
+        assert (cfg.data.d_in, cfg.sae.d_in) == (width, width)
+        assert build(cfg)[0].cfg.layer == 2
+    with pytest.raises(
+        ValueError, match=rf"layer=3 is out of range: {llama_dir} has 3 layers \(0\.\.2\)"
+    ):
+        build(compose_config([f"model.name_or_path={llama_dir}", "layer=3"], tmp_path))
+
+
+def test_attn_width_is_heads_times_head_dim_not_the_hidden_size(tmp_path):
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "wide-heads"
+    LlamaConfig(
+        vocab_size=64,
+        hidden_size=24,
+        intermediate_size=32,
+        num_hidden_layers=5,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=20,
+    ).save_pretrained(folder)  # config.json only: widths need no weights
+    cfg = compose_config([f"model.name_or_path={folder}", "site=attn", "layer=4"], tmp_path)
+    assert cfg.data.d_in == 40
+    assert compose_config([f"model.name_or_path={folder}", "site=mlp"], tmp_path).data.d_in == 24
+
+
+def test_an_unreachable_hub_model_names_the_shape_keys_and_stated_shapes_work(tmp_path):
+    from omegaconf.errors import InterpolationResolutionError
+
+    cfg = compose_config(["model=gemma-2-2b"], tmp_path)  # not in any local cache here
+    with pytest.raises(InterpolationResolutionError) as error:
+        OmegaConf.to_container(cfg, resolve=True)
+    message = str(error.value)
+    assert "google/gemma-2-2b" in message
+    assert "model.n_layers=<...> model.d_model=<...> model.d_attn=<...>" in message
+    stated = ["model=gemma-2-2b", "model.n_layers=26", "model.d_model=2304", "model.d_attn=2048"]
+    assert compose_config([*stated, "site=attn"], tmp_path).sae.d_in == 2048
+    assert compose_config([*stated, "site=resid"], tmp_path).sae.d_in == 2304
+
+
+def test_a_stated_shape_that_contradicts_the_model_is_refused(tmp_path):
+    from omegaconf.errors import InterpolationResolutionError
+
+    cfg = compose_config(["model.d_model=64"], tmp_path)
+    with pytest.raises(InterpolationResolutionError, match="model.d_model=64 disagrees with"):
+        OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.mark.parametrize(
@@ -58,7 +107,7 @@ def test_default_config_is_activations_of_the_resid_site_at_layer_12(tmp_path):
     [
         (
             ["layer=26"],
-            r"layer=26 is out of range: the model has 26 layers, so layer must be in 0\.\.25",
+            r"layer=26 is out of range: tiny-gemma-2 has 26 layers \(0\.\.25\)",
         ),
         (["data.site=embed"], "site='embed' is unknown: the sites are resid, mlp, attn"),
         (
@@ -204,3 +253,37 @@ def test_the_datamodule_state_restores_the_position_into_a_new_run(tmp_path):
     reference = _datamodule(tmp_path / "c").train_dataloader()
     expected = [b for _ in range(2) for b in reference][8:]
     assert all(torch.equal(a, b) for a, b in zip(loader, expected))
+
+
+def test_a_corpus_without_validation_text_fails_before_the_train_cache_is_built(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "one.txt").write_text("a short document with nothing to hold out.\n" * 20)
+    cache = tmp_path / "cache"
+    cfg = compose_config(
+        [*TINY_ACTS, f"data.corpus.source={texts}", f"data.cache_dir={cache}"], tmp_path / "run"
+    )
+    with pytest.raises(ValueError, match=r"validation split of corpus.source=.*texts.* is empty"):
+        train(cfg)
+    assert not list(cache.glob("*--train--*")), "no train cache may be started"
+
+
+def test_a_validation_split_shorter_than_a_batch_fails_before_the_train_cache(tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    for i in range(40):  # short files: a few land in validation, far less than a batch
+        (texts / f"doc{i}.txt").write_text(f"document {i} says hello. " * 10)
+    cache = tmp_path / "cache"
+    cfg = compose_config(
+        [
+            *TINY_ACTS,
+            f"data.corpus.source={texts}",
+            "data.corpus.val_fraction=0.2",
+            "data.batch_size=1024",
+            f"data.cache_dir={cache}",
+        ],
+        tmp_path / "run",
+    )
+    with pytest.raises(ValueError, match=r"holds only .* tokens, less than one batch"):
+        train(cfg)
+    assert not list(cache.glob("*--train--*"))

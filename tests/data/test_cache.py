@@ -93,7 +93,7 @@ def test_cached_gemma2_activations_equal_an_independent_full_forward(
 def test_cached_llama_activations_equal_an_independent_full_forward(
     llama_dir, text_corpus, tmp_path, site
 ):
-    builder = _builder(tmp_path, text_corpus, llama_dir, n_layers=3, d_model=32, d_attn=32)
+    builder = _builder(tmp_path, text_corpus, llama_dir)
     (cache,) = builder.ensure([_spec(builder, site, layer=1, n_tokens=1200)])
     expected, _ = _independent(
         load_model(llama_dir), load_tokenizer(llama_dir), text_corpus, site, 1, 1200
@@ -232,7 +232,7 @@ def test_non_finite_activations_fail_the_build_clearly(llama_dir, text_corpus, t
         model.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
     model.save_pretrained(broken, safe_serialization=True)
     load_tokenizer(llama_dir).save_pretrained(broken)
-    builder = _builder(tmp_path / "cache", text_corpus, broken, n_layers=3, d_model=32, d_attn=32)
+    builder = _builder(tmp_path / "cache", text_corpus, broken)
     spec = _spec(builder, "resid", 1, n_tokens=600)
     with pytest.raises(
         FloatingPointError, match=r"non-finite.*site resid, layer 1.*LM batch 0.*model.dtype"
@@ -244,6 +244,7 @@ def test_non_finite_activations_fail_the_build_clearly(llama_dir, text_corpus, t
 def test_width_mismatch_is_reported_before_the_pass(text_corpus, tmp_path):
     builder = _builder(tmp_path, text_corpus)
     with pytest.raises(
-        ValueError, match=r"data.d_in=64 but the attn site .* is 128 wide: set model.d_attn=128"
+        ValueError,
+        match=r"data.d_in=64 but the attn site .* is 128 wide: drop the data.d_in override",
     ):
         builder.ensure([_spec(builder, "attn", n_tokens=600)], expected_d_in=64)

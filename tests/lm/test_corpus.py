@@ -74,3 +74,64 @@ def test_hf_source_without_datasets_says_how_to_install():
             list(corpus.iter_documents("hf:wikitext", "train"))
     else:
         pytest.skip("datasets is installed; the missing-dependency message cannot be shown")
+
+
+# --- long documents: chunks for the split ---------------------------------------------------
+def _book(n_paragraphs: int, seed: int) -> str:
+    import random
+
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "sigma", "omega", "kappa", "theta"]
+    return "".join(
+        " ".join(rng.choice(words) for _ in range(rng.randint(20, 120))) + "\n\n"
+        for _ in range(n_paragraphs)
+    )
+
+
+def test_chunks_cut_at_paragraph_boundaries_and_join_back_exactly():
+    text = _book(300, 0) + "x" * 5000 + "\n" + "y" * 10  # one paragraph longer than a chunk
+    chunks = corpus.split_chunks(text, 2000)
+    assert "".join(chunks) == text
+    assert all(len(c) <= 2000 for c in chunks) and len(chunks) > 30
+    paragraph_cuts = [c for c in chunks[:-4] if not c.endswith("\n\n")]
+    assert not paragraph_cuts  # every cut before the long paragraph is at a blank line
+    assert corpus.split_chunks("short", 2000) == ["short"]
+    assert corpus.split_chunks(text, 0) == [text]
+
+
+def test_two_long_files_get_a_validation_split_by_chunk(tmp_path):
+    (tmp_path / "book1.txt").write_text(_book(1500, 1))  # ~0.6 MB each
+    (tmp_path / "book2.txt").write_text(_book(1500, 2))
+    cfg = {"source": str(tmp_path)}
+    train = list(corpus.iter_keyed_documents(cfg, "train"))
+    val = list(corpus.iter_keyed_documents(cfg, "validation"))
+    assert val, "two long files must still give a validation split"
+    assert all("#" in key for key, _ in train + val)
+    n_chunks = sum(len(corpus.split_chunks(_book(1500, s), 16_384)) for s in (1, 2))
+    val_chars = sum(len(t) for _, t in val)
+    assert 0.003 < val_chars / sum(len(t) for _, t in train + val) < 0.08  # ~2% of chunks
+    assert n_chunks > 50
+    # Every character lands in exactly one split, in order within its document.
+    for name, seed in (("book1.txt", 1), ("book2.txt", 2)):
+        parts = sorted(
+            ((int(k.split("#")[1]), t) for k, t in train + val if k.startswith(name)),
+        )
+        assert "".join(t for _, t in parts) == _book(1500, seed)
+    corpus.check_split(cfg, "validation")  # passes: there is a validation chunk
+    # Whole-document splitting (the old behaviour) gives none here, and says so in seconds.
+    with pytest.raises(ValueError) as error:
+        corpus.check_split({**cfg, "chunk_chars": 0}, "validation")
+    message = str(error.value)
+    for needed in (str(tmp_path), "val_fraction=0.02", "data.corpus.val_fraction", "2 document"):
+        assert needed in message, needed
+    assert corpus.fingerprint(cfg) != corpus.fingerprint({**cfg, "chunk_chars": 0})
+
+
+def test_stdlib_is_split_by_whole_file_as_before():
+    """The embedded model was pretrained on the stdlib's train files: its split (and so its
+    cache keys) must not move when long documents of other corpora are chunked."""
+    assert corpus.CorpusConfig().effective_chunk_chars == 0
+    assert corpus.fingerprint() == corpus.fingerprint({"chunk_chars": 0})
+    assert corpus.fingerprint() != corpus.fingerprint({"chunk_chars": 16_384})
+    keys = [k for k, _ in corpus.iter_keyed_documents(None, "validation")]
+    assert keys and not any("#" in k for k in keys)

@@ -104,3 +104,21 @@ def test_remote_code_is_opt_in():
     assert inspect.signature(load_model).parameters["trust_remote_code"].default is False
     with pytest.raises(ValueError, match="model.dtype"):
         load_model("tiny-gemma-2", dtype="float33")
+
+
+def test_without_network_an_unknown_hub_id_fails_without_waiting_on_retries():
+    """Not offline mode, just no network (this machine): the hub is probed once, found
+    unreachable, and the local cache alone is asked. huggingface_hub's own retries take about
+    30 s here before the same error; the bound below is ten times what the probe takes."""
+    import time
+
+    from saelab.lm.load import hub_reachable
+
+    if hub_reachable():
+        pytest.skip("the hub is reachable from this machine")
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError) as e:
+        load_model("saelab-test-nobody/no-such-model-xyz")
+    assert time.perf_counter() - start < 10
+    assert "https://huggingface.co is unreachable from here" in str(e.value)
+    assert "model=tiny-gemma-2" in str(e.value)

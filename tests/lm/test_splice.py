@@ -86,3 +86,37 @@ def test_out_of_range_layer_is_refused(model):
     with pytest.raises(ValueError, match="out of range"):
         with splice(model, SitePoint("resid", 26), lambda a: a):
             pass
+
+
+def test_losses_summed_over_slices_of_positions_equal_the_whole_tensor_formulas(model, batch):
+    """CE and KL are summed over float32 slices of the logits (a 256k vocabulary makes one
+    float32 copy of [batch, seq, vocab] logits 8 GB); the result is the textbook formula."""
+    import torch.nn.functional as F
+
+    ids, mask = batch
+    point = SitePoint("resid", 6)
+    noisy = spliced_losses(model, point, lambda a: 0.5 * a, ids, mask, [0, 1, 2], chunk=7)
+    targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+
+    def ce(logits):
+        return F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).double(), targets.reshape(-1)
+        )
+
+    clean = model(input_ids=ids, attention_mask=mask).logits
+    with splice(model, point, lambda a: 0.5 * a, mask.bool() & (ids > 2)):
+        spliced = model(input_ids=ids, attention_mask=mask).logits
+    valid = mask[:, :-1].bool() & mask[:, 1:].bool()
+    kl = (
+        F.kl_div(
+            spliced[:, :-1].double().log_softmax(-1),
+            clean[:, :-1].double().log_softmax(-1),
+            log_target=True,
+            reduction="none",
+        )
+        .sum(-1)[valid]
+        .mean()
+    )
+    assert noisy["ce_clean"].item() == pytest.approx(ce(clean).item(), rel=1e-5)
+    assert noisy["ce_spliced"].item() == pytest.approx(ce(spliced).item(), rel=1e-5)
+    assert noisy["kl_div"].item() == pytest.approx(kl.item(), rel=1e-4) and kl > 1e-3
