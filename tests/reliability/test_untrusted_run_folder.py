@@ -59,8 +59,11 @@ def test_the_run_folder_cannot_turn_remote_code_on(crafted):
     message = str(caught[0].message)
     assert "evil.py" in message and "auto_map AutoModelForCausalLM -> evil.EvilModel" in message
     assert str(run / "config.json") in message and "--trust-remote-code" in message
-    assert resolve_target(run, trust_remote_code=True).data_cfg.model.trust_remote_code is True
     assert not marker.exists()
+    # The control: the caller's flag is the one switch, and reading the model's shape then runs
+    # the folder's code, so the check above could fail.
+    assert resolve_target(run, trust_remote_code=True).data_cfg.model.trust_remote_code is True
+    assert marker.exists()
 
 
 def _cli(script: str, run: Path, *extra: str) -> subprocess.CompletedProcess:
