@@ -493,8 +493,9 @@ class JumpReLUObjective(Objective):
         if self.sync.world_size > 1:
             top = torch.cat(self.sync.all_gather(top.contiguous()).unbind(0), dim=0)
             top = top.topk(min(int(counts.max()) + 1, top.shape[0]), dim=0).values
-        index = counts.clamp(max=min(n, top.shape[0]) - 1)
+        index = counts.clamp(max=top.shape[0] - 1)
         theta = top.gather(0, index[None]).squeeze(0)
+        theta = theta.masked_fill(counts >= n, 0)  # kept on every row: fires wherever positive
         return rows, theta.to(torch.promote_types(z.dtype, torch.float32)).clamp_min(1e-6)
 
     @torch.no_grad()
