@@ -7,6 +7,7 @@ of the dead-latent diagnostics, probed every 5% of the run on the current traini
     dead          latents silent for the dead window (what AuxK treats as dead; window in tokens)
     silent        latents that did not fire on this batch
     never         latents that have not fired once since step 0
+    dense         latents that fired on more than 10% of the batch
     unreach       latents whose threshold is above every pre-activation of the batch
     dead&unr      of the dead latents, the fraction whose threshold is above every pre-activation
     gap           median over dead latents of (theta - max_b z) / eps: how many bandwidths the
@@ -38,6 +39,8 @@ sys.path.insert(0, str(ROOT))
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 
+from saelab.sae import Step  # noqa: E402
+
 COLUMNS = [
     "step",
     "lambda",
@@ -46,6 +49,7 @@ COLUMNS = [
     "dead",
     "silent",
     "never",
+    "dense",
     "unreach",
     "dead&unr",
     "gap",
@@ -76,7 +80,8 @@ class DeadLatentProbe(pl.Callback):
         dead = module.dead_mask()
         zmax = z.max(0).values
         unreachable = theta > zmax
-        eps = sae.bandwidth if isinstance(sae.bandwidth, float) else sae.bandwidth
+        objective = module.objective
+        eps = objective.bandwidth
         gap = ((theta - zmax) / eps)[dead]
         sae.eval()  # in training mode the forward would also step the L0 controller
         x_hat = sae(x).x_hat
@@ -84,7 +89,9 @@ class DeadLatentProbe(pl.Callback):
         norms = x.pow(2).sum(1)
         top = norms.topk(max(1, len(norms) // 100)).indices
         err = (x - x_hat).pow(2).sum(1)
-        warm = module.sae_kwargs() != {}
+        objective.train()
+        warm = objective.warmup_l0(Step(index=step, total=total)) is not None
+        rates = (z > theta).float().mean(0)
         n_dead = int(dead.sum())
 
         def frac(mask) -> str:
@@ -93,12 +100,13 @@ class DeadLatentProbe(pl.Callback):
         self.rows.append(
             [
                 f"{step}{'w' if warm else ''}",
-                f"{float(getattr(sae, 'l0_multiplier', float('nan'))):.3f}",
+                f"{float(getattr(objective, 'l0_multiplier', float('nan'))):.3f}",
                 f"{step / total:.2f}",
                 f"{float((z > theta).float().sum(1).mean()):.1f}",
                 frac(dead),
                 frac(~fired),
                 frac(~self.ever_fired),
+                frac(rates > 0.1),
                 frac(unreachable),
                 f"{float(unreachable[dead].float().mean()):.0%}" if n_dead else "-",
                 f"{float(gap.median()):.1f}" if n_dead else "-",

@@ -8,7 +8,7 @@ The same machinery builds saelab's second test-bed LM, `tiny-llama` (Llama layou
 prose from Debian packages; saelab/lm/tiny_llama.py, saelab/lm/prose.py), not shipped:
 
     python -m saelab.lm.pretrain --arch llama --corpus english-prose --precision 32-true \
-        --tokens 1000000 --out ~/.cache/saelab/models/tiny-llama --seed 0
+        --tokens 3000000 --out ~/.cache/saelab/models/tiny-llama --seed 0
 
 Steps: train the BPE tokenizer on the train split -> pack the train split into <bos>-led
 rows -> train with Lightning (AdamW, warm-up + cosine, bf16 autocast) -> save bf16
@@ -26,6 +26,7 @@ import json
 import math
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -245,27 +246,43 @@ TINY_LLAMA_ARGS = [
     "--precision",
     "32-true",
     "--tokens",
-    "1000000",
+    "3000000",
     "--seed",
     "0",
 ]
 
 
 def ensure_tiny_llama(out: str | Path = TINY_LLAMA_DIR) -> Path:
-    """The tiny-llama folder, pretrained first (about 16 minutes on a free core) if it is missing.
-    Built in ``<out>.partial`` and renamed when complete, so a stopped build never looks done."""
+    """The tiny-llama folder, pretrained first (about 50 minutes on a free core) if it is missing
+    or was built with other arguments than ``TINY_LLAMA_ARGS`` (its report says which). Built in
+    ``<out>.partial`` and renamed when complete, so a stopped build never looks done."""
     out = Path(out).expanduser()
-    if (out / "pretrain_report.json").is_file():
+    if _built_as_asked(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     # One builder at a time: a second process waits on the lock, then finds the model built.
     with open(out.with_name(out.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (out / "pretrain_report.json").is_file():
+        if not _built_as_asked(out):
             partial = out.with_name(out.name + ".partial")
             main([*TINY_LLAMA_ARGS, "--out", str(partial)])
+            if out.exists():  # a build with other arguments: replaced only once this one is done
+                stale = out.with_name(out.name + ".stale")
+                shutil.rmtree(stale, ignore_errors=True)
+                out.rename(stale)
+                shutil.rmtree(stale)
             partial.rename(out)
     return out
+
+
+def _built_as_asked(out: Path) -> bool:
+    """Whether ``out`` holds a finished build whose report has TINY_LLAMA_ARGS' arguments."""
+    report = out / "pretrain_report.json"
+    if not report.is_file():
+        return False
+    built = json.loads(report.read_text()).get("args", {})
+    asked = vars(parse_args([*TINY_LLAMA_ARGS, "--out", str(out)]))
+    return all(built.get(k) == v for k, v in asked.items() if k != "out")
 
 
 def format_table(r: dict) -> str:

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .bandwidth import RULES, kde_bandwidth
@@ -31,7 +32,7 @@ from .fused import jumprelu_with_l0
 from .kernels import KERNEL_SUPPORT, KERNELS
 from .objective import Encoded, Objective, Step, Sync
 from .registry import Family, register
-from .sparse import SelectedJumpReLU, above, encode_selected, use_sparse
+from .sparse import SelectedJumpReLU, _from_flat, above, encode_selected, use_sparse
 from .train_config import TrainConfig, check, width_scaled_lr
 
 
@@ -149,6 +150,10 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     l0_coefficient: float = 5e-4
     """lambda: the controller's starting value, the quadratic penalty's weight, or (target_l0
     None) the paper's fixed L0 penalty (~5e-4 gave Gemma Scope L0 ~50-100)."""
+    l0_multiplier_min: float | None = None
+    """A floor on the controller's lambda and its integral (None: none). A negative lambda pays
+    latents to fire, most of all the dense ones (the most pre-activation mass at their
+    threshold), so L0 gathers in a few latents; 0 keeps the L0 term a price (docs/maths.md §8)."""
     threshold_warmup_fraction: float = 0.2
     """For this first fraction of the run each step uses the thresholds that give its batch L0 =
     target_l0 (else threshold_init_l0), as ``threshold_warmup`` says; then the STE learns
@@ -157,7 +162,9 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     threshold_warmup: str = "pooled"
     """'pooled': one threshold for every latent, the value the batch's L0 * B largest
     pre-activations exceed (BatchTopK's selection written as a JumpReLU). 'per_latent': each
-    latent at its own quantile, all firing equally often."""
+    latent at its own quantile, all firing equally often. 'per_token': each token keeps its L0
+    largest pre-activations (TopK's selection); the stored thresholds make each latent fire on
+    the batch as often as TopK chose it, so the learnt thresholds start from TopK's rates."""
     bandwidth: float = 0.05
     """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
     bandwidth_rule: str = "fixed"
@@ -180,6 +187,15 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     that fall below their threshold before they learn a feature get no gradient again."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2."""
+    preact_coefficient: float = 0.0
+    """lambda_p of the pre-activation loss lambda_p * sum_i ||W_dec_i|| mean_b ReLU(theta_i -
+    z_bi) over the latents silent for ``preact_window`` (0 = off). It pulls a silent latent's
+    pre-activations up to its threshold (and its threshold down), the gradient neither the STE
+    (no pre-activation near theta) nor AuxK (no positive pre-activation) gives it."""
+    preact_window: float = 10.0
+    """A latent is silent for the pre-activation loss when it has not fired for this many times
+    d_sae / L0 tokens (the mean interval between a latent's firings at the target L0; L0 =
+    target_l0, else threshold_init_l0). 0 = every latent, every step."""
     adam_beta1: float = 0.9
     sparsity_warmup_steps: int | None = 10_000
 
@@ -208,7 +224,14 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         check(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
-        require_choice(self, "threshold_warmup", ("pooled", "per_latent"))
+        require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
+        check(self, "preact_coefficient", self.preact_coefficient >= 0, "a number >= 0")
+        check(self, "preact_window", self.preact_window >= 0, "a number >= 0")
+        if self.preact_coefficient > 0 and self.preact_window > 0 and self.reference_l0 is None:
+            raise ValueError(
+                f"preact_window={self.preact_window} is in units of d_sae / L0 tokens and needs "
+                "an L0: set sae.target_l0 (or sae.threshold_init_l0), or sae.preact_window=0."
+            )
         if frac > 0 and self.target_l0 is None and self.threshold_init_l0 is None:
             raise ValueError(
                 f"threshold_warmup_fraction={frac} needs an L0 to aim at: set sae.target_l0 (or "
@@ -218,6 +241,11 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     @property
     def dual_target(self) -> bool:
         return self.target_l0 is not None and self.target_l0_method == "dual"
+
+    @property
+    def reference_l0(self) -> float | None:
+        """The L0 the run aims at: target_l0, else threshold_init_l0."""
+        return self.target_l0 if self.target_l0 is not None else self.threshold_init_l0
 
 
 def _kth_largest(values: Tensor, k: int, dim: int, sync: Sync) -> Tensor:
@@ -251,7 +279,11 @@ class JumpReLUObjective(Objective):
             # The controller's integral lambda_I, and lambda as last used.
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
+        if cfg.preact_coefficient > 0:
+            # Tokens since each latent last fired (the pre-activation loss's silent latents).
+            self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
+        self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
 
     # --- set-up ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -289,10 +321,22 @@ class JumpReLUObjective(Objective):
         z = sae.pre_acts(x)
         theta = self.threshold_for_step(sae, z.detach(), step)
         self.update_bandwidth(z.detach())
-        # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
-        # private to this step, so the backward may reuse its buffer for dL/dz.
-        f, l0 = jumprelu_with_l0(z, theta, self.bandwidth, self.cfg.kernel, overwrite_z=True)
-        return Encoded(l0=l0, terms={"l0": self.penalty(l0, step)}, f=f, z=z)
+        terms = {}
+        if self.cfg.preact_coefficient > 0:  # reads z before the fused backward overwrites it
+            terms["preact"] = self.preact_loss_dense(sae, z, theta)
+        if self.row_threshold is None:
+            # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
+            # private to this step, so the backward may reuse its buffer for dL/dz.
+            f, l0 = jumprelu_with_l0(z, theta, self.bandwidth, self.cfg.kernel, overwrite_z=True)
+        else:
+            # Per-token warm-up: TopK's features, the STEs evaluated at theta (the stored
+            # rate-matched thresholds) through a zero-valued twin on the detached z.
+            fire = z.detach() >= self.row_threshold[:, None]
+            f_ste, l0_ste = jumprelu_with_l0(z.detach(), theta, self.bandwidth, self.cfg.kernel)
+            f = z * fire + (f_ste - f_ste.detach())
+            l0 = fire.sum(-1).to(l0_ste.dtype).mean() + (l0_ste - l0_ste.detach())
+        terms = {"l0": self.penalty(l0, step), **terms}
+        return Encoded(l0=l0, terms=terms, f=f, z=z)
 
     def encode_sparse(self, sae: JumpReLUSAE, x: Tensor, step: Step) -> Encoded:
         with torch.no_grad():
@@ -303,12 +347,67 @@ class JumpReLUObjective(Objective):
             # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
             # rounding at the window's edge cannot drop an entry the dense path would count.
             half_width = torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[self.cfg.kernel] * 1.01
-            sel = above(z, theta.detach() - half_width)  # every entry a kernel window can reach
+            reach = theta.detach() - half_width  # every entry a kernel window can reach
+            if self.row_threshold is None:
+                sel = above(z, reach)
+            else:  # and the entries TopK keeps
+                keep = (z > reach) | (z >= self.row_threshold[:, None])
+                sel = _from_flat(torch.nonzero(keep.view(-1)).squeeze(1), z)
         values = encode_selected(sel, x, sae.W_enc, sae.b_enc)
-        acts, l0 = SelectedJumpReLU.apply(
-            values, theta, self.bandwidth, self.cfg.kernel, sel.cols, x.shape[0]
-        )
-        return Encoded(l0=l0, terms={"l0": self.penalty(l0, step)}, sel=sel, acts=acts, z=z)
+        n_rows = x.shape[0]
+        if self.row_threshold is None:
+            acts, l0 = SelectedJumpReLU.apply(
+                values, theta, self.bandwidth, self.cfg.kernel, sel.cols, n_rows
+            )
+        else:  # as on the dense path
+            fire = sel.values >= self.row_threshold[sel.rows]
+            acts_ste, l0_ste = SelectedJumpReLU.apply(
+                values.detach(), theta, self.bandwidth, self.cfg.kernel, sel.cols, n_rows
+            )
+            acts = values * fire + (acts_ste - acts_ste.detach())
+            l0 = fire.sum().to(l0_ste.dtype) / n_rows + (l0_ste - l0_ste.detach())
+        terms = {"l0": self.penalty(l0, step)}
+        if self.cfg.preact_coefficient > 0:
+            terms["preact"] = self.preact_loss_sparse(sae, x, sel, values, theta)
+        return Encoded(l0=l0, terms=terms, sel=sel, acts=acts, z=z)
+
+    # --- the pre-activation loss ---------------------------------------------------------------
+    def silent_latents(self) -> Tensor:
+        """[d_sae] latents that have not fired for the pre-activation loss's window."""
+        cfg = self.cfg
+        if cfg.preact_window == 0:
+            return torch.ones_like(self.tokens_since_fired, dtype=torch.bool)
+        window = cfg.preact_window * cfg.d_sae / cfg.reference_l0
+        return self.tokens_since_fired >= window
+
+    def preact_loss_dense(self, sae: JumpReLUSAE, z: Tensor, theta: Tensor) -> Tensor:
+        """lambda_p sum_{i silent} ||W_dec_i|| mean_b ReLU(theta_i - z_bi)."""
+        silent = torch.nonzero(self.silent_latents()).squeeze(1)
+        gap = F.relu(theta[silent] - z.index_select(1, silent)).mean(0)
+        norms = sae.W_dec.index_select(0, silent).norm(dim=1)
+        return self.cfg.preact_coefficient * (gap * norms).sum()
+
+    def preact_loss_sparse(
+        self, sae: JumpReLUSAE, x: Tensor, sel, values: Tensor, theta: Tensor
+    ) -> Tensor:
+        """The same value and gradients without a [B, silent] matrix: ReLU(theta - z) =
+        (theta - z) + ReLU(z - theta), the first part summed over rows is linear in the encoder
+        (sum_b z_bi = (sum_b x_b) . W_enc_i + B b_enc_i) and the second is nonzero only where
+        z > theta, entries the selection holds (docs/maths.md §8)."""
+        silent_mask = self.silent_latents()
+        silent = torch.nonzero(silent_mask).squeeze(1)
+        n = x.shape[0]
+        x_sum = x.sum(0)
+        z_sum = x_sum @ sae.W_enc.index_select(1, silent) + n * sae.b_enc.index_select(0, silent)
+        th = theta[silent]
+        linear = n * th - z_sum  # sum_b (theta_i - z_bi)
+        # clamp_min passes the gradient at z = theta (ReLU does not), so the two parts cancel
+        # there as the dense ReLU(theta - z)'s zero gradient does: the per-token warm-up's
+        # thresholds are entries of z.
+        over = (values - theta[sel.cols]).clamp_min(0) * silent_mask[sel.cols]
+        excess = torch.zeros_like(theta).index_add(0, sel.cols, over.to(theta.dtype))[silent]
+        norms = sae.W_dec.index_select(0, silent).norm(dim=1)
+        return self.cfg.preact_coefficient * ((linear + excess) / n * norms).sum()
 
     def penalty(self, l0: Tensor, step: Step) -> Tensor:
         cfg = self.cfg
@@ -330,6 +429,9 @@ class JumpReLUObjective(Objective):
         error = self.sync.mean(l0.detach().to(self.l0_integral.dtype)) / cfg.target_l0 - 1
         self.l0_multiplier.copy_(self.l0_integral + cfg.target_l0_kp * error)
         self.l0_integral.add_(cfg.target_l0_lr * error)
+        if cfg.l0_multiplier_min is not None:  # the integral too, so it cannot wind up below
+            self.l0_multiplier.clamp_(min=cfg.l0_multiplier_min)
+            self.l0_integral.clamp_(min=cfg.l0_multiplier_min)
         return self.l0_multiplier.clone()  # a copy: the buffer is updated in place next step
 
     @torch.no_grad()
@@ -365,12 +467,36 @@ class JumpReLUObjective(Objective):
         every parameter used). The warm-up's values are stored after the optimiser step."""
         theta = self.threshold(sae)
         l0 = self.warmup_l0(step)
-        self.warmup_threshold = None
+        self.warmup_threshold = self.row_threshold = None
         if l0 is None:
             return theta
-        pooled = self.cfg.threshold_warmup == "pooled"
-        self.warmup_threshold = self.quantile_thresholds(z.detach(), l0, pooled)
+        if self.cfg.threshold_warmup == "per_token":
+            self.row_threshold, self.warmup_threshold = self.per_token_thresholds(z.detach(), l0)
+        else:
+            pooled = self.cfg.threshold_warmup == "pooled"
+            self.warmup_threshold = self.quantile_thresholds(z.detach(), l0, pooled)
         return self.warmup_threshold + (theta - theta.detach())
+
+    @torch.no_grad()
+    def per_token_thresholds(self, z: Tensor, l0: float) -> tuple[Tensor, Tensor]:
+        """TopK's selection and the thresholds that reproduce its firing rates: the [B] row
+        thresholds t_b (each row's k-th largest entry, k = round(l0), floored at 1e-6: a row
+        keeps its k largest positive entries) and the [d_sae] thresholds theta_i = the
+        (c_i + 1)-th largest entry of column i over every rank's rows, c_i = the rows that kept
+        latent i, so exactly c_i of them exceed it (a latent never kept gets its maximum)."""
+        k = max(1, min(round(l0), z.shape[1]))
+        rows = z.topk(k, dim=1).values[:, -1].clamp_min(1e-6)  # z's dtype: compared with z
+        counts = (z >= rows[:, None]).sum(0)
+        counts = (self.sync.mean(counts.double()) * self.sync.world_size).round().long()
+        n = z.shape[0] * self.sync.world_size
+        top = z.topk(min(int(counts.max()) + 1, z.shape[0]), dim=0).values  # [k_max, d_sae]
+        if self.sync.world_size > 1:
+            top = torch.cat(self.sync.all_gather(top.contiguous()).unbind(0), dim=0)
+            top = top.topk(min(int(counts.max()) + 1, top.shape[0]), dim=0).values
+        index = counts.clamp(max=top.shape[0] - 1)
+        theta = top.gather(0, index[None]).squeeze(0)
+        theta = theta.masked_fill(counts >= n, 0)  # kept on every row: fires wherever positive
+        return rows, theta.to(torch.promote_types(z.dtype, torch.float32)).clamp_min(1e-6)
 
     @torch.no_grad()
     def quantile_thresholds(
@@ -400,15 +526,25 @@ class JumpReLUObjective(Objective):
             self.warmup_threshold = None
 
     def after_step(self, sae: JumpReLUSAE, out) -> dict[str, Tensor]:
+        logs = {}
+        if self.cfg.preact_coefficient > 0 and self.training:
+            with torch.no_grad():
+                acts = out.feature_acts.reshape(-1, sae.d_sae)
+                logs["preact_silent_fraction"] = self.silent_latents().float().mean()
+                fired = self.sync.any(acts.amax(0) > 0)
+                self.tokens_since_fired += acts.shape[0] * self.sync.world_size
+                self.tokens_since_fired.masked_fill_(fired, 0)
         # Thresholds must be seen to move (with the paper's eps = theta_init = 1e-3 L0 can stay
         # high for long on small budgets).
         theta = sae.threshold.detach()
-        logs = {
-            "threshold/mean": theta.mean(),
-            "threshold/median": theta.median(),
-            "threshold/min": theta.min(),
-            "threshold/max": theta.max(),
-        }
+        logs.update(
+            {
+                "threshold/mean": theta.mean(),
+                "threshold/median": theta.median(),
+                "threshold/min": theta.min(),
+                "threshold/max": theta.max(),
+            }
+        )
         if self.cfg.bandwidth_rule != "fixed":
             eps = self.bandwidth_estimate
             logs.update({"bandwidth/median": eps.median(), "bandwidth/mean": eps.mean()})

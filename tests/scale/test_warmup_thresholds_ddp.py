@@ -1,5 +1,5 @@
 """The threshold warm-up under DDP: ranks that each hold half a batch compute exactly the
-thresholds one process computes on the whole batch (pooled and per latent). Two real gloo
+thresholds one process computes on the whole batch (pooled, per latent and per token). Two real gloo
 processes."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
             mode: objective.quantile_thresholds(half, 5, pooled=mode == "pooled")
             for mode in ("pooled", "per_latent")
         }
+        got["per_token"] = objective.per_token_thresholds(half, 5)[1]
         if rank == 0:
             torch.save(got, out)
     finally:
@@ -45,6 +46,12 @@ def test_ranks_get_the_thresholds_of_the_whole_batch(tmp_path):
         assert torch.equal(got[mode], whole), mode
         # and it is the quantile: L0 on the whole batch is exactly 5
         assert (z > whole).float().sum(1).mean().item() == 5.0
+    # Per token: each rank keeps its own rows' 5 largest, and the rate-matching thresholds are
+    # over both ranks' rows: exactly TopK's count of each latent on the whole batch exceeds them.
+    whole = objective.per_token_thresholds(z, 5)[1]
+    assert torch.equal(got["per_token"], whole)
+    kept = (z >= z.topk(5, dim=1).values[:, -1:].clamp_min(1e-6)).sum(0)
+    assert torch.equal((z > whole).sum(0), kept)
     halves = [objective.quantile_thresholds(h, 5, pooled=True) for h in z.chunk(2)]
     assert not torch.equal((halves[0] + halves[1]) / 2, got["pooled"]), (
         "averaging halves is not the same"

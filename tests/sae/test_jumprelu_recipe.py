@@ -1,0 +1,186 @@
+"""The JumpReLU recipe's anti-concentration mechanisms (docs/maths.md §8.8-8.10): the
+pre-activation loss on silent latents, the floor on the L0 controller's multiplier and the
+per-token (TopK) threshold warm-up. Each on small real SAEs, on the dense and the sparse path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from saelab.sae import Step
+from saelab.sae.jumprelu import JumpReLUTrainConfig
+from tests.conftest import make_training
+
+
+def _per_token(path: str, **kw):
+    sae, objective = make_training(
+        "jumprelu", d_in=16, d_sae=64, target_l0=6, threshold_warmup="per_token", **kw
+    )
+    return sae, objective, Step(index=0, total=100, sparse=path == "sparse")
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_per_token_warmup_keeps_each_rows_largest_and_stores_topks_rates(path):
+    sae, objective, step = _per_token(path)
+    with torch.no_grad():
+        sae.b_enc.fill_(3.0)  # every pre-activation positive: every row has 6 to keep
+        sae.W_enc[:, 0] = 0.0  # a latent no row keeps: z = 0.5, below every other latent
+        sae.b_enc[0] = 0.5
+    x = torch.rand(2000, 16) + torch.linspace(0, 2, 16)
+    out = sae(x, objective=objective, step=step)
+    z = sae.pre_acts(x).detach()
+    active = out.feature_acts != 0
+    assert torch.all(active.sum(1) == 6), "each row keeps exactly target_l0 latents"
+    assert torch.equal(active, z >= z.topk(6, dim=1).values[:, -1:]), "... its 6 largest"
+    assert torch.equal(out.feature_acts[active], z[active]), "kept at their pre-activation"
+    assert out.metrics["l0"].item() == pytest.approx(6.0, abs=1e-9)
+    counts = active.sum(0)
+    theta = objective.warmup_threshold
+    assert torch.equal((z > theta).sum(0), counts), "each latent fires at TopK's rate"
+    assert counts.max() > 4 * counts.float().median(), "rates follow the data, not a quota"
+    assert counts[0] == 0 and theta[0] == z[:, 0].max(), "never kept: its batch maximum"
+    before = sae.log_threshold.detach().clone()
+    out.loss.backward()
+    assert torch.equal(sae.log_threshold.detach(), before)
+    assert sae.log_threshold.grad.abs().sum() > 0, "the learnt thresholds get a gradient"
+    objective.after_optimizer_step(sae)
+    torch.testing.assert_close(sae.log_threshold.detach(), theta.log())
+
+
+def test_per_token_warmup_row_with_few_positive_entries_keeps_only_those():
+    sae, objective, step = _per_token("dense")
+    x = torch.randn(500, 16)
+    with torch.no_grad():
+        sae.b_enc.fill_(-1.0)  # many rows now have fewer than 6 positive pre-activations
+    out = sae(x, objective=objective, step=step)
+    z = sae.pre_acts(x).detach()
+    active = out.feature_acts != 0
+    positive = (z > 0).sum(1)
+    assert (positive < 6).any()
+    assert torch.equal(active.sum(1), positive.clamp(max=6)), "a JumpReLU never fires below 0"
+
+
+def _silent_case(path: str, coefficient: float = 0.5):
+    sae, objective = make_training(
+        "jumprelu",
+        d_in=16,
+        d_sae=64,
+        target_l0=8,
+        threshold_warmup_fraction=0,
+        preact_coefficient=coefficient,
+        preact_window=2.0,  # 2 x 64 / 8 = 16 tokens
+        aux_coefficient=0,
+    )
+    silent = torch.zeros(64, dtype=torch.bool)
+    silent[::4] = True
+    objective.tokens_since_fired.copy_(silent.long() * 16)  # exactly the window: silent
+    objective.tokens_since_fired[1] = 15  # one token short of it: not silent
+    return sae, objective, silent, Step(sparse=path == "sparse")
+
+
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_preact_loss_reaches_only_silent_latents(path):
+    sae, objective, silent, step = _silent_case(path)
+    with torch.no_grad():
+        sae.log_threshold.fill_(0.0)  # theta = 1: most pre-activations below it
+    x = torch.randn(256, 16)
+    out = sae(x, objective=objective, step=step)
+    assert torch.equal(objective.silent_latents(), silent)
+    z = sae.pre_acts(x).detach()
+    expected = 0.5 * (1.0 - z[:, silent]).clamp_min(0).mean(0).sum()
+    torch.testing.assert_close(out.losses["preact"], expected)
+    grads = torch.autograd.grad(
+        out.losses["preact"], [sae.W_enc, sae.b_enc, sae.log_threshold], allow_unused=True
+    )
+    for name, g in zip(["W_enc", "b_enc", "log_threshold"], grads):
+        moved = g.abs().reshape(-1, 64).sum(0) > 0
+        assert torch.equal(moved, silent), f"{name}: only silent latents get the gradient"
+    # The pull is upwards: a step against the gradient raises the silent latents' b_enc and
+    # lowers their thresholds.
+    assert torch.all(grads[1][silent] < 0) and torch.all(grads[2][silent] > 0)
+
+
+def _train(objective_kw: dict, steps: int) -> list[bool]:
+    """A JumpReLU at L0 8 where latent 0 has only negative pre-activations and a threshold
+    above all of them (dead: no STE gradient, nothing for AuxK's ReLU); Adam steps; whether
+    latent 0 fired on each step."""
+    torch.manual_seed(0)
+    sae, objective = make_training(
+        "jumprelu",
+        d_in=16,
+        d_sae=64,
+        target_l0=8,
+        threshold_warmup_fraction=0,
+        threshold_init=0.5,
+        **objective_kw,
+    )
+    with torch.no_grad():
+        sae.W_enc[:, 0] *= 0.1
+        sae.b_enc[0] = -2.0
+        sae.log_threshold[0] = 1.0
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[0] = True
+    fired = []
+    for i in range(steps):
+        x = torch.randn(256, 16)
+        out = sae(x, objective=objective, step=Step(index=i, total=1000, dead_mask=dead))
+        opt.zero_grad()
+        out.loss.backward()
+        sae.remove_parallel_decoder_grad()  # the trainer's unit-norm decoder (docs/maths.md §0.5)
+        opt.step()
+        sae.normalize_decoder()
+        objective.after_step(sae, out)
+        fired.append(bool((out.feature_acts[:, 0] > 0).any()))
+    return fired
+
+
+def test_preact_loss_revives_a_dead_latent_that_auxk_cannot():
+    steps = 200
+    without = _train({"aux_coefficient": 1.0}, steps)
+    assert not any(without), "AuxK alone: a latent with only negative pre-activations stays dead"
+    revived = _train({"aux_coefficient": 1.0, "preact_coefficient": 1e-2}, steps)
+    assert any(revived), f"the pre-activation loss brings it back within {steps} steps"
+
+
+def test_preact_window_needs_an_l0_and_bad_values_are_refused():
+    with pytest.raises(ValueError, match="preact_window.*target_l0"):
+        JumpReLUTrainConfig(
+            d_in=8,
+            d_sae=32,
+            target_l0=None,
+            threshold_warmup_fraction=0,
+            preact_coefficient=1e-3,
+        )
+    JumpReLUTrainConfig(  # every latent every step: no L0 needed
+        d_in=8,
+        d_sae=32,
+        target_l0=None,
+        threshold_warmup_fraction=0,
+        preact_coefficient=1e-3,
+        preact_window=0,
+    )
+    with pytest.raises(ValueError, match="preact_coefficient"):
+        JumpReLUTrainConfig(d_in=8, d_sae=32, preact_coefficient=-1)
+    with pytest.raises(ValueError, match="threshold_warmup"):
+        JumpReLUTrainConfig(d_in=8, d_sae=32, threshold_warmup="per_row")
+
+
+def _controller(floor):
+    _, objective = make_training(
+        "jumprelu", d_in=8, d_sae=32, target_l0=10, l0_multiplier_min=floor
+    )
+    return objective
+
+
+@pytest.mark.parametrize("floor", [0.0, 0.01])
+def test_l0_multiplier_never_goes_below_its_floor(floor):
+    floored, free = _controller(floor), _controller(None)
+    low, high = torch.tensor(4.0), torch.tensor(13.0)  # L0 60% under, then 30% over the target
+    for _ in range(500):
+        lam, lam_free = floored.l0_controller(low), free.l0_controller(low)
+        assert lam >= floor and floored.l0_integral >= floor
+    assert lam_free < -1, "without a floor lambda winds far negative"
+    # Once L0 overshoots, the floored controller prices it at once; the wound-up one still pays
+    # latents to fire.
+    assert floored.l0_controller(high) > floor and free.l0_controller(high) < 0
