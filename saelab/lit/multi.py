@@ -25,7 +25,8 @@ from torch import Tensor
 
 from saelab.sae import SAE
 
-from .base import SAELitModule
+from . import sharding
+from .base import SAELitModule, adam
 
 
 class MultiSAELit(pl.LightningModule):
@@ -72,7 +73,8 @@ class MultiSAELit(pl.LightningModule):
         members = list(self.members.values())
         # "name" labels each group's learning rate in TensorBoard (lr-Adam/<member>).
         groups = [{**m.optimizer_group(), "name": name} for name, m in self.members.items()]
-        optimizer = torch.optim.Adam(groups)
+        sharded = any(sharding.is_sharded(m.sae) for m in members)
+        optimizer = adam(groups, sharded, self.trainer.precision)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [m.lr_lambda() for m in members])
         return {
             "optimizer": optimizer,
