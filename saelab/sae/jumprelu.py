@@ -130,6 +130,11 @@ JUMPRELU_LR_AT_1024 = 3e-3
 lambda"); TopK was best at 3e-3 too."""
 
 
+PREACT_COEFFICIENT = 1e-3
+"""The pre-activation loss's weight when a run aims at an L0: chosen on the tune half of the
+robustness matrix (docs/robustness.md)."""
+
+
 @dataclass
 class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     target_l0: float | None = 32
@@ -187,11 +192,13 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     that fall below their threshold before they learn a feature get no gradient again."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2."""
-    preact_coefficient: float = 0.0
+    preact_coefficient: float | None = None
     """lambda_p of the pre-activation loss lambda_p * sum_i ||W_dec_i|| mean_b ReLU(theta_i -
-    z_bi) over the latents silent for ``preact_window`` (0 = off). It pulls a silent latent's
+    z_bi) over the latents silent for ``preact_window``. It pulls a silent latent's
     pre-activations up to its threshold (and its threshold down), the gradient neither the STE
-    (no pre-activation near theta) nor AuxK (no positive pre-activation) gives it."""
+    (no pre-activation near theta) nor AuxK (no positive pre-activation) gives it. 0 = off; None
+    = ``PREACT_COEFFICIENT`` when the run aims at an L0 (``target_l0`` or ``threshold_init_l0``:
+    the window is counted in units of it), else off."""
     preact_window: float = 10.0
     """A latent is silent for the pre-activation loss when it has not fired for this many times
     d_sae / L0 tokens (the mean interval between a latent's firings at the target L0; L0 =
@@ -225,6 +232,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
+        if self.preact_coefficient is None:
+            self.preact_coefficient = 0.0 if self.reference_l0 is None else PREACT_COEFFICIENT
         check(self, "preact_coefficient", self.preact_coefficient >= 0, "a number >= 0")
         check(self, "preact_window", self.preact_window >= 0, "a number >= 0")
         if self.preact_coefficient > 0 and self.preact_window > 0 and self.reference_l0 is None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from saelab.sae import Step
-from saelab.sae.jumprelu import JumpReLUTrainConfig
+from saelab.sae.jumprelu import PREACT_COEFFICIENT, JumpReLUTrainConfig
 from tests.conftest import make_training
+from tests.scale.helpers import ROOT
 
 
 def _per_token(path: str, **kw):
@@ -137,7 +139,7 @@ def _train(objective_kw: dict, steps: int) -> list[bool]:
 
 def test_preact_loss_revives_a_dead_latent_that_auxk_cannot():
     steps = 200
-    without = _train({"aux_coefficient": 1.0}, steps)
+    without = _train({"aux_coefficient": 1.0, "preact_coefficient": 0.0}, steps)
     assert not any(without), "AuxK alone: a latent with only negative pre-activations stays dead"
     revived = _train({"aux_coefficient": 1.0, "preact_coefficient": 1e-2}, steps)
     assert any(revived), f"the pre-activation loss brings it back within {steps} steps"
@@ -184,3 +186,16 @@ def test_l0_multiplier_never_goes_below_its_floor(floor):
     # Once L0 overshoots, the floored controller prices it at once; the wound-up one still pays
     # latents to fire.
     assert floored.l0_controller(high) > floor and free.l0_controller(high) < 0
+
+
+def test_the_preact_default_follows_the_l0_target():
+    """None (the default) turns the pre-activation loss on with an L0 to count its window in, and
+    off for the paper's fixed penalty; the paper's recipe turns it off explicitly."""
+    with_target = JumpReLUTrainConfig(d_in=8, d_sae=32, target_l0=4)
+    assert with_target.preact_coefficient == PREACT_COEFFICIENT > 0
+    paper_penalty = JumpReLUTrainConfig(
+        d_in=8, d_sae=32, target_l0=None, threshold_warmup_fraction=0
+    )
+    assert paper_penalty.preact_coefficient == 0
+    paper = OmegaConf.load(ROOT / "conf" / "sae" / "jumprelu_paper.yaml")
+    assert paper.preact_coefficient == 0
