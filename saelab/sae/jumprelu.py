@@ -158,7 +158,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     l0_multiplier_min: float | None = None
     """A floor on the controller's lambda and its integral (None: none). A negative lambda pays
     latents to fire, most of all the dense ones (the most pre-activation mass at their
-    threshold), so L0 gathers in a few latents; 0 keeps the L0 term a price (docs/maths.md §8)."""
+    threshold), so L0 gathers in a few latents; 0 keeps the L0 term a price (docs/maths.md §8.8)."""
     threshold_warmup_fraction: float = 0.2
     """For this first fraction of the run each step uses the thresholds that give its batch L0 =
     target_l0 (else threshold_init_l0), as ``threshold_warmup`` says; then the STE learns
@@ -402,7 +402,7 @@ class JumpReLUObjective(Objective):
         """The same value and gradients without a [B, silent] matrix: ReLU(theta - z) =
         (theta - z) + ReLU(z - theta), the first part summed over rows is linear in the encoder
         (sum_b z_bi = (sum_b x_b) . W_enc_i + B b_enc_i) and the second is nonzero only where
-        z > theta, entries the selection holds (docs/maths.md §8)."""
+        z > theta, entries the selection holds (docs/maths.md §8.7)."""
         silent_mask = self.silent_latents()
         silent = torch.nonzero(silent_mask).squeeze(1)
         n = x.shape[0]
