@@ -199,6 +199,7 @@ class SAELitModule(pl.LightningModule):
             total=self.total_steps(),
             sparsity_scale=self.sparsity_scale(),
             dead_mask=self.dead_mask(),
+            tokens_since_fired=self.tokens_since_fired,
             sparse=self.objective.wants_sparse(self.sae, x.device, density),
         )
         out = self.sae(x, objective=self.objective, step=step)

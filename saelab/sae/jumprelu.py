@@ -290,9 +290,6 @@ class JumpReLUObjective(Objective):
             # The controller's integral lambda_I, and lambda as last used.
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
-        if cfg.preact_coefficient > 0:
-            # Tokens since each latent last fired (the pre-activation loss's silent latents).
-            self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
 
@@ -334,7 +331,7 @@ class JumpReLUObjective(Objective):
         self.update_bandwidth(z.detach())
         terms = {}
         if self.cfg.preact_coefficient > 0:  # reads z before the fused backward overwrites it
-            terms["preact"] = self.preact_loss_dense(sae, z, theta)
+            terms["preact"] = self.preact_loss_dense(sae, z, theta, self.silent_latents(step, z))
         if self.row_threshold is None:
             # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
             # private to this step, so the backward may reuse its buffer for dL/dz.
@@ -379,33 +376,37 @@ class JumpReLUObjective(Objective):
             l0 = fire.sum().to(l0_ste.dtype) / n_rows + (l0_ste - l0_ste.detach())
         terms = {"l0": self.penalty(l0, step)}
         if self.cfg.preact_coefficient > 0:
-            terms["preact"] = self.preact_loss_sparse(sae, x, sel, values, theta)
+            silent = self.silent_latents(step, z)
+            terms["preact"] = self.preact_loss_sparse(sae, x, sel, values, theta, silent)
         return Encoded(l0=l0, terms=terms, sel=sel, acts=acts, z=z)
 
     # --- the pre-activation loss ---------------------------------------------------------------
-    def silent_latents(self) -> Tensor:
-        """[d_sae] latents that have not fired for the pre-activation loss's window."""
+    def silent_latents(self, step: Step, z: Tensor) -> Tensor:
+        """[d_sae] latents that have not fired for the pre-activation loss's window, from the
+        trainer's count of tokens since each latent last fired (none without one)."""
         cfg = self.cfg
         if cfg.preact_window == 0:
-            return torch.ones_like(self.tokens_since_fired, dtype=torch.bool)
-        window = cfg.preact_window * cfg.d_sae / cfg.reference_l0
-        return self.tokens_since_fired >= window
+            return torch.ones(z.shape[-1], dtype=torch.bool, device=z.device)
+        if step.tokens_since_fired is None:
+            return torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
+        return step.tokens_since_fired >= cfg.preact_window * cfg.d_sae / cfg.reference_l0
 
-    def preact_loss_dense(self, sae: JumpReLUSAE, z: Tensor, theta: Tensor) -> Tensor:
+    def preact_loss_dense(
+        self, sae: JumpReLUSAE, z: Tensor, theta: Tensor, silent_mask: Tensor
+    ) -> Tensor:
         """lambda_p sum_{i silent} ||W_dec_i|| mean_b ReLU(theta_i - z_bi)."""
-        silent = torch.nonzero(self.silent_latents()).squeeze(1)
+        silent = torch.nonzero(silent_mask).squeeze(1)
         gap = F.relu(theta[silent] - z.index_select(1, silent)).mean(0)
         norms = sae.W_dec.index_select(0, silent).norm(dim=1)
         return self.cfg.preact_coefficient * (gap * norms).sum()
 
     def preact_loss_sparse(
-        self, sae: JumpReLUSAE, x: Tensor, sel, values: Tensor, theta: Tensor
+        self, sae: JumpReLUSAE, x: Tensor, sel, values: Tensor, theta: Tensor, silent_mask: Tensor
     ) -> Tensor:
         """The same value and gradients without a [B, silent] matrix: ReLU(theta - z) =
         (theta - z) + ReLU(z - theta), the first part summed over rows is linear in the encoder
         (sum_b z_bi = (sum_b x_b) . W_enc_i + B b_enc_i) and the second is nonzero only where
         z > theta, entries the selection holds (docs/maths.md §8.7)."""
-        silent_mask = self.silent_latents()
         silent = torch.nonzero(silent_mask).squeeze(1)
         n = x.shape[0]
         x_sum = x.sum(0)
@@ -537,25 +538,15 @@ class JumpReLUObjective(Objective):
             self.warmup_threshold = None
 
     def after_step(self, sae: JumpReLUSAE, out) -> dict[str, Tensor]:
-        logs = {}
-        if self.cfg.preact_coefficient > 0 and self.training:
-            with torch.no_grad():
-                acts = out.feature_acts.reshape(-1, sae.d_sae)
-                logs["preact_silent_fraction"] = self.silent_latents().float().mean()
-                fired = self.sync.any(acts.amax(0) > 0)
-                self.tokens_since_fired += acts.shape[0] * self.sync.world_size
-                self.tokens_since_fired.masked_fill_(fired, 0)
         # Thresholds must be seen to move (with the paper's eps = theta_init = 1e-3 L0 can stay
         # high for long on small budgets).
         theta = sae.threshold.detach()
-        logs.update(
-            {
-                "threshold/mean": theta.mean(),
-                "threshold/median": theta.median(),
-                "threshold/min": theta.min(),
-                "threshold/max": theta.max(),
-            }
-        )
+        logs = {
+            "threshold/mean": theta.mean(),
+            "threshold/median": theta.median(),
+            "threshold/min": theta.min(),
+            "threshold/max": theta.max(),
+        }
         if self.cfg.bandwidth_rule != "fixed":
             eps = self.bandwidth_estimate
             logs.update({"bandwidth/median": eps.median(), "bandwidth/mean": eps.mean()})

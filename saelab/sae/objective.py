@@ -64,6 +64,8 @@ class Step:
     """Warm-up factor of the family's sparsity coefficient."""
     dead_mask: Tensor | None = None
     """[d_sae] latents the trainer counts as dead (AuxK trains them)."""
+    tokens_since_fired: Tensor | None = None
+    """[d_sae] tokens since each latent last fired, as the trainer counts them (None: unknown)."""
     sparse: bool = False
     """Take the sparse path (``Objective.wants_sparse``): the same function, other kernels."""
 

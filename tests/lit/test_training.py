@@ -137,3 +137,24 @@ def test_dead_latents_are_tracked_over_a_token_window(tmp_path):
     assert dead[:3].all()
     assert module.tokens_since_fired[:3].min() == 4 * 256
     assert dead.float().mean() < 0.5, "latents that fire must not be counted dead"
+
+
+def test_the_preact_loss_reads_the_trainers_firing_count(tmp_path):
+    """The pre-activation loss finds its silent latents in the count the trainer keeps for the
+    dead window: latents that can never fire are pulled once they have been silent long enough."""
+    overrides = ["sae=jumprelu", *TINY_RUN, "sae.preact_coefficient=1.0", "sae.preact_window=0.01"]
+    datamodule, module = build(compose_config(overrides, tmp_path))
+    with torch.no_grad():  # latents 0..2 never fire
+        module.sae.W_enc[:, :3] = 0
+        module.sae.b_enc[:3] = -100
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert module.tokens_since_fired[:3].min() == 3 * 256
+    assert trainer.callback_metrics["train/loss/preact"] > 1.0

@@ -38,13 +38,13 @@ def _check_path(request, case, path):
     )
 
 
-def _step(sae, objective, x, path, dead) -> Step:
+def _step(sae, objective, x, path, dead, since=None) -> Step:
     """The step as the trainer builds it, as if the last step's density had been low (sparse)
     or unknown (dense); the family then decides (TopK from its config, Gaussian JumpReLU never).
     Step 0 of 10: inside a threshold warm-up where the case has one."""
     density = 0.0 if path == "sparse" else None
     sparse_ = objective.wants_sparse(sae, x.device, density)
-    return Step(index=0, total=10, dead_mask=dead, sparse=sparse_)
+    return Step(index=0, total=10, dead_mask=dead, tokens_since_fired=since, sparse=sparse_)
 
 
 def _mse(x, x_hat):
@@ -155,17 +155,14 @@ def _make(case, **kw):
     with torch.no_grad():  # away from the symmetric init: biases, scales, decoder norms
         for p in sae.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    if getattr(objective.cfg, "preact_coefficient", 0) > 0:  # a third silent for long enough
-        silent = torch.zeros(sae.d_sae, dtype=torch.bool)
-        silent[torch.randperm(sae.d_sae)[: sae.d_sae // 3]] = True
-        objective.tokens_since_fired.copy_(silent.long() * 1000)
     return sae, objective
 
 
-def _silent(objective):
-    return (
-        objective.tokens_since_fired >= 1000 if hasattr(objective, "tokens_since_fired") else None
-    )
+def _since(sae) -> torch.Tensor:
+    """The trainer's tokens-since-fired count with a third of the latents silent for long."""
+    silent = torch.zeros(sae.d_sae, dtype=torch.bool)
+    silent[torch.randperm(sae.d_sae)[: sae.d_sae // 3]] = True
+    return silent.long() * 1000
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -175,10 +172,11 @@ def test_step_matches_plain_maths(case, path, request):
     x = torch.randn(48, 16, dtype=torch.float64) * 2
     dead = torch.zeros(64, dtype=torch.bool)
     dead[torch.randperm(64)[:12]] = True
-    out = sae(x, objective=objective, step=_step(sae, objective, x, path, dead))
+    since = _since(sae)
+    out = sae(x, objective=objective, step=_step(sae, objective, x, path, dead, since))
     grads = torch.autograd.grad(out.loss, list(sae.parameters()))
     _check_path(request, case, path)
-    x_hat, f, losses = reference_forward(sae, objective.cfg, x, dead, _silent(objective))
+    x_hat, f, losses = reference_forward(sae, objective.cfg, x, dead, since >= 1000)
     ref_grads = torch.autograd.grad(sum(losses.values()), list(sae.parameters()))
     tol = {"rtol": 1e-9, "atol": 1e-10}
     torch.testing.assert_close(out.x_hat, x_hat, **tol)
@@ -200,7 +198,7 @@ def test_bf16_autocast_keeps_float32_parameters_and_the_function(case, path):
     x = torch.randn(256, 32) * 2
     dead = torch.zeros(128, dtype=torch.bool)
     dead[:20] = True
-    step = _step(sae, objective, x, path, dead)
+    step = _step(sae, objective, x, path, dead, _since(sae))
     ref = sae(x, objective=objective, step=step)
     ref_grads = torch.autograd.grad(ref.loss, list(sae.parameters()))
     with torch.autocast("cpu", dtype=torch.bfloat16):

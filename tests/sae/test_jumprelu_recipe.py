@@ -75,9 +75,9 @@ def _silent_case(path: str, coefficient: float = 0.5):
     )
     silent = torch.zeros(64, dtype=torch.bool)
     silent[::4] = True
-    objective.tokens_since_fired.copy_(silent.long() * 16)  # exactly the window: silent
-    objective.tokens_since_fired[1] = 15  # one token short of it: not silent
-    return sae, objective, silent, Step(sparse=path == "sparse")
+    since = silent.long() * 16  # exactly the window: silent
+    since[1] = 15  # one token short of it: not silent
+    return sae, objective, silent, Step(tokens_since_fired=since, sparse=path == "sparse")
 
 
 @pytest.mark.parametrize("path", ["dense", "sparse"])
@@ -87,7 +87,7 @@ def test_preact_loss_reaches_only_silent_latents(path):
         sae.log_threshold.fill_(0.0)  # theta = 1: most pre-activations below it
     x = torch.randn(256, 16)
     out = sae(x, objective=objective, step=step)
-    assert torch.equal(objective.silent_latents(), silent)
+    assert torch.equal(objective.silent_latents(step, x), silent)
     z = sae.pre_acts(x).detach()
     expected = 0.5 * (1.0 - z[:, silent]).clamp_min(0).mean(0).sum()
     torch.testing.assert_close(out.losses["preact"], expected)
@@ -123,16 +123,19 @@ def _train(objective_kw: dict, steps: int) -> list[bool]:
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     dead = torch.zeros(64, dtype=torch.bool)
     dead[0] = True
+    since = torch.zeros(64, dtype=torch.long)  # the trainer's count, kept here as it keeps it
     fired = []
     for i in range(steps):
         x = torch.randn(256, 16)
-        out = sae(x, objective=objective, step=Step(index=i, total=1000, dead_mask=dead))
+        step = Step(index=i, total=1000, dead_mask=dead, tokens_since_fired=since.clone())
+        out = sae(x, objective=objective, step=step)
         opt.zero_grad()
         out.loss.backward()
         sae.remove_parallel_decoder_grad()  # the trainer's unit-norm decoder (docs/maths.md §0.5)
         opt.step()
         sae.normalize_decoder()
-        objective.after_step(sae, out)
+        since += x.shape[0]
+        since.masked_fill_(out.feature_acts.amax(0) > 0, 0)
         fired.append(bool((out.feature_acts[:, 0] > 0).any()))
     return fired
 
