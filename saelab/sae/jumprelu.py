@@ -32,7 +32,7 @@ from .fused import jumprelu_with_l0
 from .kernels import KERNEL_SUPPORT, KERNELS
 from .objective import Encoded, Objective, Step, Sync
 from .registry import Family, register
-from .sparse import SelectedJumpReLU, _from_flat, above, encode_selected, use_sparse
+from .sparse import SelectedJumpReLU, above, encode_selected, use_sparse, where
 from .train_config import TrainConfig, check, width_scaled_lr
 
 
@@ -359,8 +359,7 @@ class JumpReLUObjective(Objective):
             if self.row_threshold is None:
                 sel = above(z, reach)
             else:  # and the entries TopK keeps
-                keep = (z > reach) | (z >= self.row_threshold[:, None])
-                sel = _from_flat(torch.nonzero(keep.view(-1)).squeeze(1), z)
+                sel = where(z, (z > reach) | (z >= self.row_threshold[:, None]))
         values = encode_selected(sel, x, sae.W_enc, sae.b_enc)
         n_rows = x.shape[0]
         if self.row_threshold is None:

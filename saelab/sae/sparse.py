@@ -74,10 +74,14 @@ def topk_rows(z: Tensor, k: int) -> Selection:
     return Selection(arange.repeat_interleave(k), cols.reshape(-1), arange * k, values.reshape(-1))
 
 
+def where(z: Tensor, mask: Tensor) -> Selection:
+    """Every entry of z where the same-shaped boolean mask is set."""
+    return _from_flat(torch.nonzero(mask.view(-1)).squeeze(1), z)
+
+
 def above(z: Tensor, threshold: Tensor | float) -> Selection:
     """Every entry with z > threshold (a scalar or per-latent [d_sae] tensor)."""
-    flat = torch.nonzero((z > threshold).view(-1)).squeeze(1)
-    return _from_flat(flat, z)
+    return where(z, z > threshold)
 
 
 def topk_batch(z: Tensor, n_keep: int, sample_rows: int = 64, margin: float = 0.25) -> Selection:
