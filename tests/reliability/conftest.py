@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from tests.data.conftest import _no_home_cache, text_corpus  # noqa: F401  (fixtures)
-from tests.scale.helpers import TINY, checkpoint, train_py
+from tests.scale import helpers
+from tests.scale.helpers import TINY, train_py
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -54,25 +55,8 @@ SPARSE = [*DENSE, "sae.expansion_factor=32", "sae.target_l0=8"]
 
 
 def final_state(run: Path) -> dict[str, torch.Tensor]:
-    """Weights, buffers and Adam moments of the run's final checkpoint."""
-    ckpt = checkpoint(run)
-    assert ckpt["global_step"] == STEPS
-    return {
-        **ckpt["state_dict"],
-        **{
-            f"adam.{i}.{k}": v
-            for i, s in ckpt["optimizer_states"][0]["state"].items()
-            for k, v in s.items()
-        },
-    }
-
-
-def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    differ = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not differ, "differ bitwise: " + ", ".join(
-        f"{k} (max |diff| {(a[k].float() - b[k].float()).abs().max():.3g})" for k in differ
-    )
+    """Weights, buffers and Adam moments of the run's final checkpoint (at STEPS)."""
+    return helpers.final_state(run, STEPS)
 
 
 def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:

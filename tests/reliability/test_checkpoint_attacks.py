@@ -22,12 +22,11 @@ from saelab.lit.checkpoint_files import (
     find_verified,
 )
 from saelab.lit.checkpointing import AtomicCheckpointIO, find_checkpoint
-from tests.scale.helpers import ROOT, env, start_train_py, train_py
+from tests.scale.helpers import ROOT, assert_same, env, start_train_py, train_py
 
 from .conftest import (
     DENSE,
     EVERY,
-    assert_same,
     final_state,
     flip_byte,
     kill_when,

@@ -13,9 +13,9 @@ import json
 import pytest
 
 from saelab.sae.sparse import SPARSE_MAX_DENSITY
-from tests.scale.helpers import start_train_py, train_py
+from tests.scale.helpers import assert_same, start_train_py, train_py
 
-from .conftest import DENSE, EVERY, SPARSE, STEPS, assert_same, final_state, kill_when, step_of
+from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state, kill_when, step_of
 
 
 def _killed_twice_then_finished(run, args) -> list[int]:

@@ -75,3 +75,27 @@ def exported(folder: Path) -> dict[str, torch.Tensor]:
 
 def checkpoint(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def final_state(run: Path, steps: int) -> dict[str, torch.Tensor]:
+    """Weights, buffers and Adam moments of the run's last checkpoint, which must be at step
+    ``steps``."""
+    ckpt = checkpoint(run)
+    assert ckpt["global_step"] == steps
+    return {
+        **ckpt["state_dict"],
+        **{
+            f"adam.{i}.{k}": v
+            for i, s in ckpt["optimizer_states"][0]["state"].items()
+            for k, v in s.items()
+        },
+    }
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bitwise equal, naming every tensor that differs and by how much."""
+    assert a.keys() == b.keys()
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, "differ bitwise: " + ", ".join(
+        f"{k} (max |diff| {(a[k].float() - b[k].float()).abs().max():.3g})" for k in differ
+    )

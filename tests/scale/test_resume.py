@@ -28,7 +28,7 @@ from saelab.lit.checkpointing import (
 from saelab.runner import train
 from tests.conftest import TINY_RUN, compose_config
 
-from .helpers import TINY, checkpoint, start_train_py, train_py
+from .helpers import TINY, assert_same, checkpoint, final_state, start_train_py, train_py
 
 STEPS = 600
 LONG = [
@@ -39,32 +39,11 @@ LONG = [
 ]
 
 
-def _state(run) -> dict[str, torch.Tensor]:
-    ckpt = checkpoint(run)
-    assert ckpt["global_step"] == STEPS
-    return {
-        **ckpt["state_dict"],
-        **{
-            f"adam.{i}.{k}": v
-            for i, s in ckpt["optimizer_states"][0]["state"].items()
-            for k, v in s.items()
-        },
-    }
-
-
-def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for key, value in a.items():
-        assert torch.equal(value, b[key]), (
-            f"{key} differs: max |diff| {(value - b[key]).abs().max()}"
-        )
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted")
     train_py([*LONG, "checkpoint_every_n_steps=100", f"hydra.run.dir={run}"])
-    return _state(run)
+    return final_state(run, STEPS)
 
 
 @pytest.mark.slow
@@ -88,7 +67,7 @@ def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weight
 
     rerun = train_py(args)  # the same command: the folder has a checkpoint, so it resumes
     assert "resuming from" in rerun.stderr + rerun.stdout
-    _assert_same(_state(run), uninterrupted)
+    assert_same(final_state(run, STEPS), uninterrupted)
 
 
 @pytest.mark.slow
@@ -115,7 +94,7 @@ def test_sigterm_saves_a_checkpoint_stops_and_resume_continues_exactly(tmp_path,
     )  # no export of a partial run
 
     train_py([*args, f"resume={run}"])
-    _assert_same(_state(run), uninterrupted)
+    assert_same(final_state(run, STEPS), uninterrupted)
 
 
 @pytest.mark.slow
