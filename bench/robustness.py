@@ -28,9 +28,11 @@ decoder row has cosine > 0.9).
 
 A variant's overrides may use {L0}, {STEPS}, {TOKENS}, {WIDTH} and {BATCH} (the run's target L0,
 steps, training tokens, latents and batch), or an expression of them, e.g.
-`sae.dead_tokens_window={int(100 * WIDTH / L0)}`. Every finished run is appended to bench/robustness_results.jsonl (--results)
-and skipped when already there, so a stopped matrix resumes where it stopped. Rows print as runs
-finish; the table of every selected result (old and new) prints at the end.
+`sae.dead_tokens_window={int(100 * WIDTH / L0)}`. Every finished run is appended to
+bench/robustness_results.jsonl (--results) with a fingerprint of its resolved config (family
+defaults included), and skipped when a row with the same cell, tokens, seed and fingerprint is
+there: a stopped matrix resumes where it stopped, and a changed default reruns. Rows print as
+runs finish; the table of every selected result (old and new) prints at the end.
 
 Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. tiny-llama is
 built (pretrained, about 16 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
@@ -40,6 +42,7 @@ time a cell needs it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -147,8 +150,35 @@ def commit() -> str:
 START_COMMIT = commit()
 
 
-def run_key(cell: str, family: str, variant: str, tokens: int, seed: int) -> str:
-    return f"{cell}|{family}|{variant}|{tokens}|{seed}"
+def recipe(overrides: list[str]) -> str:
+    """Fingerprint of everything a run is configured with: the family's dataclass after its
+    defaults are resolved (so a changed default is a new recipe) and the rest of the composed
+    config, without the output folder and without unset (None) keys (so a knob added as off
+    leaves older rows matching)."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config(overrides, "/robustness-run")
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["sae"] = dataclasses.asdict(OmegaConf.to_object(cfg.sae))
+    resolved.pop("output_dir")
+    resolved["trainer"].pop("default_root_dir", None)
+
+    def drop_none(x):
+        if isinstance(x, dict):
+            return {k: drop_none(v) for k, v in x.items() if v is not None}
+        return [drop_none(v) for v in x] if isinstance(x, list) else x
+
+    blob = json.dumps(drop_none(resolved), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def run_key(cell: str, family: str, tokens: int, seed: int, recipe: str) -> str:
+    # The variant's name is a label: two names with the same resolved config are the same run.
+    return f"{cell}|{family}|{tokens}|{seed}|{recipe}"
 
 
 def overrides_for(
@@ -191,6 +221,7 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> d
 
         ensure_tiny_llama()
     overrides, steps = overrides_for(cell, family, variant, tokens, seed)
+    fingerprint = recipe(overrides)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         m = train(compose_config(overrides, out))
@@ -225,6 +256,7 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> d
         "s": seconds,
         "dense_10pct": m.get("eval/dense_10pct_fraction", m.get("val/dense_10pct_fraction")),
         "overrides": overrides,
+        "recipe": fingerprint,
         "commit": START_COMMIT,
     }
 
@@ -318,23 +350,21 @@ def main(argv=None) -> None:
         and (args.kinds is None or CELLS[c][1] in args.kinds)
     ]
     variants = parse_variants(args.variant) or {"": []}
-    wanted = {
-        run_key(cell, family, name, max(1, round(b / BATCH)) * BATCH, seed): (
-            cell,
-            family,
-            name,
-            b,
-            seed,
-        )
-        for b in args.budgets
-        for cell in cells
-        for family in args.families
-        for name in variants
-        for seed in args.seeds
-    }
+    wanted = {}
+    for b in args.budgets:
+        for cell in cells:
+            for family in args.families:
+                for name, variant in variants.items():
+                    for seed in args.seeds:
+                        tokens = max(1, round(b / BATCH)) * BATCH
+                        overrides, _ = overrides_for(cell, family, variant, tokens, seed)
+                        key = run_key(cell, family, tokens, seed, recipe(overrides))
+                        wanted.setdefault(key, (cell, family, name, b, seed))
+    # Rows without a recipe predate it (their defaults are unknown): history, never matched.
     done = {
-        run_key(r["cell"], r["family"], r["variant"], r["tokens"], r["seed"]): r
+        run_key(r["cell"], r["family"], r["tokens"], r["seed"], r["recipe"]): r
         for r in load_results(args.results)
+        if "recipe" in r
     }
 
     print_header()

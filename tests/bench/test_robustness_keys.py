@@ -1,0 +1,48 @@
+"""bench/robustness.py skips a run only when a finished row was configured the same way: the
+fingerprint follows the family's resolved defaults, not the variant's name."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("robustness", ROOT / "bench" / "robustness.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_fingerprint_follows_resolved_values_not_how_they_were_written():
+    bench = _bench()
+    base, _ = bench.overrides_for("syn-plc", "jumprelu", [], 1024 * 10, 0)
+    plain = bench.recipe(base)
+    # The default written out is the same run; the window is resolved by the family's dataclass.
+    assert bench.recipe([*base, "sae.preact_window=1000"]) == plain
+    assert bench.recipe([*base, "sae.preact_coefficient=1e-3"]) == plain
+    # Any value that differs, in the family or elsewhere, is a different run.
+    assert bench.recipe([*base, "sae.preact_window=10"]) != plain
+    assert bench.recipe([*base, "data.seed=5"]) != plain
+    topk, _ = bench.overrides_for("syn-plc", "topk", [], 1024 * 10, 0)
+    assert bench.recipe(topk) != plain
+
+
+@pytest.mark.slow
+def test_a_finished_run_is_skipped_and_an_older_row_is_not_taken_for_it(tmp_path):
+    bench = _bench()
+    results = tmp_path / "results.jsonl"
+    # A row from before fingerprints, for the same cell, family, tokens and seed.
+    old = {"cell": "syn-plc", "family": "jumprelu", "variant": "", "tokens": 10240, "seed": 0}
+    bench.append_result(results, old)
+    args = ["--cells", "syn-plc", "--families", "jumprelu", "--budgets", "10240"]
+    args += ["--results", str(results)]
+    bench.main(args)
+    rows = bench.load_results(results)
+    assert len(rows) == 2 and rows[1]["recipe"]  # it ran despite the older row
+    bench.main(args)
+    assert len(bench.load_results(results)) == 2  # and is not run again
