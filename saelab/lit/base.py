@@ -46,6 +46,14 @@ def adam(groups: list[dict[str, Any]], sharded: bool, precision: str) -> torch.o
     return torch.optim.Adam(groups, fused=fused)
 
 
+def clip_token_norms(x: Tensor, clip: float) -> Tensor:
+    """Rows of x [B, d] whose norm is above ``clip`` x the batch's median row norm, scaled down
+    to that norm; the others unchanged (docs/maths.md §0.8)."""
+    norms = x.norm(dim=-1, keepdim=True)
+    cap = clip * norms.median()
+    return x * (cap / norms.clamp_min(torch.finfo(x.dtype).tiny)).clamp(max=1.0)
+
+
 class SAELitModule(pl.LightningModule):
     """One subclass per registered family (families.py) sets ``family``; ``config_class`` is the
     family's flat Hydra schema. ``self.sae`` is the inference SAE (what is exported),
@@ -131,6 +139,8 @@ class SAELitModule(pl.LightningModule):
         if self.objective.init_tokens > 0:
             sample = dm.sample_activations(self.objective.init_tokens)
             sample = sample.to(self.device, torch.float32) / self.activation_scale
+            if self.cfg.token_norm_clip is not None:  # initialise on what training will see
+                sample = clip_token_norms(sample, self.cfg.token_norm_clip)
             with sharding.editable(self, "sae"):
                 self.objective.init_from_data(self.sae, sample)
         self._broadcast_from_rank_zero()
@@ -193,6 +203,8 @@ class SAELitModule(pl.LightningModule):
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         x = self.normalize(batch)
+        if self.cfg.token_norm_clip is not None:
+            x = clip_token_norms(x, self.cfg.token_norm_clip)
         density = float(self.density) if self.density >= 0 else None
         step = Step(
             index=self.global_step,
