@@ -159,17 +159,19 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """A floor on the controller's lambda and its integral (None: none). A negative lambda pays
     latents to fire, most of all the dense ones (the most pre-activation mass at their
     threshold), so L0 gathers in a few latents; 0 keeps the L0 term a price (docs/maths.md §8.8)."""
-    threshold_warmup_fraction: float = 0.2
+    threshold_warmup_fraction: float = 0.5
     """For this first fraction of the run each step uses the thresholds that give its batch L0 =
     target_l0 (else threshold_init_l0), as ``threshold_warmup`` says; then the STE learns
     per-latent thresholds from where the warm-up left them. On small budgets this stops the
-    early collapse of L0 and the dead latents it leaves. 0 = off (the paper)."""
-    threshold_warmup: str = "pooled"
-    """'pooled': one threshold for every latent, the value the batch's L0 * B largest
-    pre-activations exceed (BatchTopK's selection written as a JumpReLU). 'per_latent': each
-    latent at its own quantile, all firing equally often. 'per_token': each token keeps its L0
-    largest pre-activations (TopK's selection); the stored thresholds make each latent fire on
-    the batch as often as TopK chose it, so the learnt thresholds start from TopK's rates."""
+    early collapse of L0 and the dead latents it leaves, and with 'per_token' the dictionary
+    learns under TopK's selection first, which finds features a JumpReLU trained from the start
+    does not (docs/robustness.md). 0 = off (the paper)."""
+    threshold_warmup: str = "per_token"
+    """'per_token': each token keeps its L0 largest pre-activations (TopK's selection); the
+    stored thresholds make each latent fire on the batch as often as TopK chose it, so the
+    learnt thresholds start from TopK's rates. 'pooled': one threshold for every latent, the
+    value the batch's L0 * B largest pre-activations exceed (BatchTopK's selection written as a
+    JumpReLU). 'per_latent': each latent at its own quantile, all firing equally often."""
     bandwidth: float = 0.05
     """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
     bandwidth_rule: str = "fixed"
@@ -199,12 +201,12 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     (no pre-activation near theta) nor AuxK (no positive pre-activation) gives it. 0 = off; None
     = ``PREACT_COEFFICIENT`` when the run aims at an L0 (``target_l0`` or ``threshold_init_l0``:
     the window is counted in units of it), else off."""
-    preact_window: float = 1000.0
+    preact_window: float = 100.0
     """A latent is silent for the pre-activation loss when it has not fired for this many times
     d_sae / L0 tokens (the mean interval between a latent's firings at the target L0; L0 =
     target_l0, else threshold_init_l0). 0 = every latent, every step. Shorter windows revive
-    more latents and cost reconstruction (10: no dead latents, FVU up to 2x on long runs;
-    docs/robustness.md)."""
+    more latents and can cost reconstruction; longer ones leave more latents dead
+    (docs/robustness.md)."""
     adam_beta1: float = 0.9
     sparsity_warmup_steps: int | None = 10_000
 

@@ -73,6 +73,9 @@ def _fit(tmp_path, warmup: float, steps: int = 8):
             "sae=jumprelu",
             *TINY_RUN,
             "sae.target_l0=6",
+            # Pooled: every batch's L0 is exactly the target (per-token keeps fewer on rows with
+            # fewer positive pre-activations; tests/sae/test_jumprelu_recipe.py).
+            "sae.threshold_warmup=pooled",
             f"sae.lr={lr}",
             f"sae.threshold_warmup_fraction={warmup}",
             "sae.lr_warmup_steps=0",
