@@ -136,11 +136,14 @@ COLUMNS += ["s"]
 
 
 def commit() -> str:
-    """Short hash of the checked-out commit, '+' if the tree has uncommitted changes."""
+    """Short hash of the checked-out commit, '+' if the tree has uncommitted changes (other than
+    the results this script appends)."""
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}"],
+        capture_output=True,
+        text=True,
     )
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
