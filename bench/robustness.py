@@ -141,7 +141,15 @@ def commit() -> str:
     git = ["git", "-C", str(ROOT)]
     head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     dirty = subprocess.run(
-        [*git, "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{RESULTS}"],
+        [
+            *git,
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            f":(exclude){RESULTS.relative_to(ROOT)}",
+        ],
         capture_output=True,
         text=True,
     )
