@@ -303,6 +303,54 @@ def print_row(r: dict) -> None:
     print("| " + " | ".join(row_cells(r)) + " |", flush=True)
 
 
+def targets(jumprelu: dict, topk: dict) -> dict[str, str]:
+    """Issue 15's targets for one cell, budget and seed: JumpReLU's row against TopK's."""
+
+    def verdict(ok: bool, mine: str, theirs: str = "") -> str:
+        return ("yes" if ok else "**no**") + f" ({mine}{' vs ' + theirs if theirs else ''})"
+
+    out = {
+        "dead <= 1%": verdict(jumprelu["dead"] <= 0.01, f"{jumprelu['dead']:.1%}"),
+        "L0 within 5%": verdict(
+            abs(jumprelu["L0"] / jumprelu["target_l0"] - 1) <= 0.05,
+            f"{jumprelu['L0']:.1f} for {jumprelu['target_l0']}",
+        ),
+        "FVU <= TopK": verdict(
+            jumprelu["FVU"] <= topk["FVU"], f"{jumprelu['FVU']:.4f}", f"{topk['FVU']:.4f}"
+        ),
+    }
+    if jumprelu["dLM"] is not None:
+        out["dLM or recovered vs TopK"] = verdict(
+            jumprelu["dLM"] <= topk["dLM"], f"dLM {jumprelu['dLM']:.4f}", f"{topk['dLM']:.4f}"
+        )
+    else:
+        out["dLM or recovered vs TopK"] = verdict(
+            jumprelu["recov"] >= topk["recov"],
+            f"recovered {jumprelu['recov']:.1%}",
+            f"{topk['recov']:.1%}",
+        )
+    return out
+
+
+def print_targets(rows: list[dict]) -> None:
+    """One line per cell, budget and seed that has both a JumpReLU and a TopK row."""
+    by = {(r["cell"], r["tokens"], r["seed"], r["family"]): r for r in rows}
+    lines = []
+    for (cell, tokens, seed, family), r in by.items():
+        topk = by.get((cell, tokens, seed, "topk"))
+        if family == "jumprelu" and topk is not None:
+            lines.append((cell, r["half"], tokens, seed, targets(r, topk)))
+    if not lines:
+        return
+    names = list(lines[0][4])
+    print("\nJumpReLU against the targets (TopK at the same L0 and tokens):\n")
+    print("| cell | half | tokens | seed | " + " | ".join(names) + " |")
+    print("|" + "---|" * (4 + len(names)))
+    for cell, half, tokens, seed, t in lines:
+        cells = [cell, half, f"{tokens / 1e6:.0f}M", str(seed), *t.values()]
+        print("| " + " | ".join(cells) + " |")
+
+
 def load_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -393,6 +441,8 @@ def main(argv=None) -> None:
     for key in wanted:
         if key in done:
             print_row(done[key])
+    if "" in variants:
+        print_targets([done[k] for k, w in wanted.items() if k in done and w[2] == ""])
 
 
 if __name__ == "__main__":

@@ -49,3 +49,16 @@ def test_a_finished_run_is_skipped_and_an_older_row_is_not_taken_for_it(tmp_path
     assert len(rows) == 2 and rows[1]["recipe"]  # it ran despite the older row
     bench.main(args)
     assert len(bench.load_results(results)) == 2  # and is not run again
+
+
+def test_targets_compare_jumprelu_with_topk_on_the_issue_criteria():
+    bench = _bench()
+    row = {"dead": 0.005, "L0": 33.0, "target_l0": 32, "FVU": 0.08, "dLM": 0.04, "recov": None}
+    topk = {**row, "dead": 0.0, "L0": 32.0, "FVU": 0.09, "dLM": 0.03}
+    t = bench.targets(row, topk)
+    assert t["dead <= 1%"].startswith("yes") and t["L0 within 5%"].startswith("yes")
+    assert t["FVU <= TopK"].startswith("yes") and t["dLM or recovered vs TopK"].startswith("**no")
+    synthetic = {**row, "dLM": None, "recov": 0.4, "L0": 12.0, "target_l0": 13, "dead": 0.02}
+    t = bench.targets(synthetic, {**synthetic, "recov": 0.5})
+    assert t["dead <= 1%"].startswith("**no") and t["L0 within 5%"].startswith("**no")
+    assert t["dLM or recovered vs TopK"] == "**no** (recovered 40.0% vs 50.0%)"
