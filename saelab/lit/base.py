@@ -51,6 +51,8 @@ def clip_token_norms(x: Tensor, clip: float) -> Tensor:
     to that norm; the others unchanged (docs/maths.md §0.8)."""
     norms = x.norm(dim=-1, keepdim=True)
     cap = clip * norms.median()
+    if cap <= 0:  # most rows are zero: there is no typical norm to clip to
+        return x
     return x * (cap / norms.clamp_min(torch.finfo(x.dtype).tiny)).clamp(max=1.0)
 
 

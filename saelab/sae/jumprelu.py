@@ -261,6 +261,11 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         return self.target_l0 if self.target_l0 is not None else self.threshold_init_l0
 
 
+# Entries of z sorted at once by the per-token warm-up's rate-matched thresholds (16M: 64 MiB of
+# float32 values and 128 MiB of indices).
+PER_TOKEN_BLOCK_ELEMENTS = 1 << 24
+
+
 def _kth_largest(values: Tensor, k: int, dim: int, sync: Sync) -> Tensor:
     """The k-th largest entry along ``dim`` (1-based, clamped to what there is), over ``values``
     and the same-shaped ``values`` of every rank: the k largest of the union are among the union
@@ -502,14 +507,26 @@ class JumpReLUObjective(Objective):
         counts = (z >= rows[:, None]).sum(0)
         counts = (self.sync.mean(counts.double()) * self.sync.world_size).round().long()
         n = z.shape[0] * self.sync.world_size
-        top = z.topk(min(int(counts.max()) + 1, z.shape[0]), dim=0).values  # [k_max, d_sae]
+        # Column blocks bound the transient: a latent kept on most rows needs nearly its whole
+        # column sorted, and [B, d_sae] values plus int64 indices at once would be 3x z's size.
+        block = max(1, PER_TOKEN_BLOCK_ELEMENTS // z.shape[0])
+        theta = torch.cat(
+            [
+                self._column_kth(z[:, j : j + block], counts[j : j + block])
+                for j in range(0, z.shape[1], block)
+            ]
+        )
+        theta = theta.masked_fill(counts >= n, 0)  # kept on every row: fires wherever positive
+        return rows, theta.to(torch.promote_types(z.dtype, torch.float32)).clamp_min(1e-6)
+
+    def _column_kth(self, z: Tensor, counts: Tensor) -> Tensor:
+        """The (counts_i + 1)-th largest entry of each column of z over every rank's rows."""
+        k = min(int(counts.max()) + 1, z.shape[0])
+        top = z.topk(k, dim=0).values  # [k, columns], largest first
         if self.sync.world_size > 1:
             top = torch.cat(self.sync.all_gather(top.contiguous()).unbind(0), dim=0)
             top = top.topk(min(int(counts.max()) + 1, top.shape[0]), dim=0).values
-        index = counts.clamp(max=top.shape[0] - 1)
-        theta = top.gather(0, index[None]).squeeze(0)
-        theta = theta.masked_fill(counts >= n, 0)  # kept on every row: fires wherever positive
-        return rows, theta.to(torch.promote_types(z.dtype, torch.float32)).clamp_min(1e-6)
+        return top.gather(0, counts.clamp(max=top.shape[0] - 1)[None]).squeeze(0)
 
     @torch.no_grad()
     def quantile_thresholds(

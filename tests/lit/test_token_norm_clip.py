@@ -105,3 +105,9 @@ def test_a_cap_below_the_median_is_refused(tmp_path):
     overrides = ["sae=topk", "data=synthetic", "trainer=debug", "sae.token_norm_clip=0.5"]
     with pytest.raises(ValueError, match=r"sae\.token_norm_clip=0\.5.*>= 1"):
         build(compose_config(overrides, tmp_path))
+
+
+def test_a_batch_of_mostly_zero_rows_is_left_as_it_is():
+    x = torch.zeros(10, 4)
+    x[:3] = torch.randn(3, 4) * 100
+    assert torch.equal(clip_token_norms(x, 2.0), x)

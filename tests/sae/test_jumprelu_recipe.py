@@ -49,6 +49,18 @@ def test_per_token_warmup_keeps_each_rows_largest_and_stores_topks_rates(path):
     torch.testing.assert_close(sae.log_threshold.detach(), theta.log())
 
 
+def test_per_token_thresholds_in_column_blocks_equal_all_at_once(monkeypatch):
+    import saelab.sae.jumprelu as jumprelu
+
+    _, objective, _ = _per_token("dense")
+    z = torch.randn(300, 64) + torch.linspace(-1, 2, 64)  # some latents kept on most rows
+    rows, whole = objective.per_token_thresholds(z, 6)
+    monkeypatch.setattr(jumprelu, "PER_TOKEN_BLOCK_ELEMENTS", 300 * 5)  # blocks of 5 columns
+    rows_b, blocks = objective.per_token_thresholds(z, 6)
+    assert torch.equal(rows, rows_b) and torch.equal(whole, blocks)
+    assert torch.equal((z > whole).sum(0), (z >= rows[:, None]).sum(0))
+
+
 def test_per_token_warmup_row_with_few_positive_entries_keeps_only_those():
     sae, objective, step = _per_token("dense")
     x = torch.randn(500, 16)
