@@ -50,6 +50,13 @@ VARIANTS = {
         "sae.threshold_init_l0={L0}",
     ],
     "jumprelu-per-latent-warmup": [*JUMPRELU, "sae.threshold_warmup=per_latent"],
+    # The recipe before the per-token warm-up (docs/robustness.md): pooled for 20%, window 1,000.
+    "jumprelu-pooled-warmup": [
+        *JUMPRELU,
+        "sae.threshold_warmup=pooled",
+        "sae.threshold_warmup_fraction=0.2",
+        "sae.preact_window=1000",
+    ],
     "jumprelu-silverman": [*JUMPRELU, "sae.bandwidth_rule=silverman"],
     "jumprelu-beta1-0": [*JUMPRELU, "sae.adam_beta1=0"],
     "v1": [
@@ -72,6 +79,7 @@ DEFAULT_VARIANTS = [
     "jumprelu-quadratic",
     "jumprelu-no-warmup",
     "jumprelu-per-latent-warmup",
+    "jumprelu-pooled-warmup",
     "jumprelu-silverman",
     "jumprelu-beta1-0",
     "topk",
