@@ -31,8 +31,11 @@ steps, training tokens, latents and batch), or an expression of them, e.g.
 `sae.dead_tokens_window={int(100 * WIDTH / L0)}`. Every finished run is appended to
 bench/robustness_results.jsonl (--results) with a fingerprint of its resolved config (family
 defaults included), and skipped when a row with the same cell, tokens, seed and fingerprint is
-there: a stopped matrix resumes where it stopped, and a changed default reruns. Rows print as
-runs finish; the table of every selected result (old and new) prints at the end.
+there: a stopped matrix resumes where it stopped, and a changed default reruns. The fingerprint
+covers configuration only: a change of code with the same config matches older rows (each row
+keeps its `commit`), and a new knob whose default is not None changes every fingerprint. Rows
+print as runs finish; the table of every selected result (old and new) prints at the end, then
+JumpReLU against the targets where a cell has both a JumpReLU and a TopK row.
 
 Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. tiny-llama is
 built (pretrained, about 16 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
