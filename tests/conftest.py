@@ -86,6 +86,23 @@ def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F82
         return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
 
 
+def fit_module(datamodule, module, steps: int = 6):
+    """A real Trainer fitted for ``steps`` steps, quietly: no logger, checkpoints or validation.
+    Returns the trainer (its callback_metrics hold the last step's logs)."""
+    import lightning.pytorch as pl
+
+    trainer = pl.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    return trainer
+
+
 @pytest.fixture(scope="session")
 def tiny_lm():
     """The embedded tiny-gemma-2 and its tokenizer."""

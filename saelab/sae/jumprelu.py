@@ -521,11 +521,11 @@ class JumpReLUObjective(Objective):
 
     def _column_kth(self, z: Tensor, counts: Tensor) -> Tensor:
         """The (counts_i + 1)-th largest entry of each column of z over every rank's rows."""
-        k = min(int(counts.max()) + 1, z.shape[0])
-        top = z.topk(k, dim=0).values  # [k, columns], largest first
+        k = int(counts.max()) + 1
+        top = z.topk(min(k, z.shape[0]), dim=0).values  # [k, columns], largest first
         if self.sync.world_size > 1:
             top = torch.cat(self.sync.all_gather(top.contiguous()).unbind(0), dim=0)
-            top = top.topk(min(int(counts.max()) + 1, top.shape[0]), dim=0).values
+            top = top.topk(min(k, top.shape[0]), dim=0).values
         return top.gather(0, counts.clamp(max=top.shape[0] - 1)[None]).squeeze(0)
 
     @torch.no_grad()

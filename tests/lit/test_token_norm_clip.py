@@ -10,7 +10,7 @@ import torch
 
 from saelab.lit.base import clip_token_norms
 from saelab.runner import build
-from tests.conftest import compose_config
+from tests.conftest import compose_config, fit_module
 
 
 def test_rows_above_the_cap_are_shortened_to_it_and_keep_their_direction():
@@ -47,16 +47,8 @@ def _train(tmp_path, name, rows, clip, family="jumprelu"):
     if clip is not None:
         overrides.append(f"sae.token_norm_clip={clip}")
     datamodule, module = build(compose_config(overrides, tmp_path / name))
-    trainer = pl.Trainer(
-        max_steps=5,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
     pl.seed_everything(0)
-    trainer.fit(module, datamodule=datamodule)
+    fit_module(datamodule, module, steps=5)
     return module
 
 

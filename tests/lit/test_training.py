@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from saelab.runner import build, train
 from saelab.sae import load_sae
-from tests.conftest import FAMILIES, TINY_RUN, compose_config, exported_architecture
+from tests.conftest import FAMILIES, TINY_RUN, compose_config, exported_architecture, fit_module
 
 
 def _fit(cfg, steps=6):
@@ -21,15 +20,7 @@ def _fit(cfg, steps=6):
 
 
 def _fit_module(datamodule, module, steps=6):
-    trainer = pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=datamodule)
+    fit_module(datamodule, module, steps)
     return datamodule, module
 
 
@@ -124,15 +115,7 @@ def test_dead_latents_are_tracked_over_a_token_window(tmp_path):
     with torch.no_grad():  # latents 0..2 can never win the top-k
         module.sae.W_enc[:, :3] = 0
         module.sae.b_enc[:3] = -100
-    trainer = pl.Trainer(
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=datamodule)
+    fit_module(datamodule, module, steps=4)
     dead = module.dead_mask()
     assert dead[:3].all()
     assert module.tokens_since_fired[:3].min() == 4 * 256
@@ -147,14 +130,6 @@ def test_the_preact_loss_reads_the_trainers_firing_count(tmp_path):
     with torch.no_grad():  # latents 0..2 never fire
         module.sae.W_enc[:, :3] = 0
         module.sae.b_enc[:3] = -100
-    trainer = pl.Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
-    trainer.fit(module, datamodule=datamodule)
+    trainer = fit_module(datamodule, module, steps=3)
     assert module.tokens_since_fired[:3].min() == 3 * 256
     assert trainer.callback_metrics["train/loss/preact"] > 1.0
