@@ -225,7 +225,9 @@ class SAELitModule(pl.LightningModule):
         logs["train/loss"] = loss.detach()
         logs["train/dead_fraction"] = step.dead_mask.float().mean()
         logs["train/sparsity_scale"] = step.sparsity_scale
-        logs.update({f"train/{k}": v for k, v in self.objective.after_step(self.sae, out).items()})
+        logs.update(
+            {f"train/{k}": v for k, v in self.objective.after_step(self.sae, out, step).items()}
+        )
         self.log_dict(logs, on_step=True, on_epoch=False)
         self.log("l0", out.metrics["l0"], prog_bar=True, logger=False)
         return loss

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .jumprelu import JumpReLUConfig, JumpReLUSAE
-from .objective import Sync
+from .objective import Step, Sync
 from .registry import Family, register
 from .sparse import Selection, above, topk_batch
 from .topk import TopKConfig, TopKObjective, TopKSAE, TopKTrainConfig
@@ -75,8 +75,9 @@ class BatchTopKSAE(TopKSAE):
 
 @dataclass
 class BatchTopKTrainConfig(TopKTrainConfig, BatchTopKConfig):
-    threshold_ema: float = 0.999
-    """EMA decay of the inference threshold (the smallest activation selected per batch)."""
+    threshold_ema: float = 0.99
+    """EMA decay of the inference threshold (the smallest activation selected per batch),
+    bias-corrected so no single early batch dominates (docs/maths.md §3.3)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,19 +97,27 @@ class BatchTopKObjective(TopKObjective):
         selected = acts.detach()
         return {"min_selected_act": selected.masked_fill(selected <= 0, float("inf")).min()}
 
-    def after_step(self, sae: BatchTopKSAE, out) -> dict[str, Tensor]:
-        update_threshold(sae, out.metrics["min_selected_act"], self.cfg.threshold_ema, self.sync)
+    def after_step(self, sae: BatchTopKSAE, out, step: Step) -> dict[str, Tensor]:
+        update_threshold(
+            sae, out.metrics["min_selected_act"], self.cfg.threshold_ema, step.index + 1, self.sync
+        )
         return {"inference_threshold": sae.threshold.clone()}
 
 
 @torch.no_grad()
-def update_threshold(sae: BatchTopKSAE, min_selected_act: Tensor, ema: float, sync=None) -> None:
-    """EMA of the inference threshold towards this step's smallest selected activation (its mean
-    over ranks, so replicas keep one threshold); the first value is taken as is. Tensor ops
-    only, no Python branch on a value: on a GPU this never waits for the device."""
+def update_threshold(
+    sae: BatchTopKSAE, min_selected_act: Tensor, ema: float, n: int = 1, sync=None
+) -> None:
+    """Bias-corrected EMA of the inference threshold towards this step's smallest selected
+    activation (its mean over ranks, so replicas keep one threshold), ``n`` the 1-based update
+    count. The weight of the new value is (1 - ema) / (1 - ema^n): 1 at the first update, so
+    the threshold is then taken as is, and the EMA's own weight after that, so the first batch
+    (from a random SAE) fades like any other instead of standing for the whole past. Tensor
+    ops only, no Python branch on a value: on a GPU this never waits for the device."""
     value = (sync or Sync()).mean(min_selected_act.to(sae.threshold))
+    weight = (1 - ema) / (1 - ema ** max(n, 1))
     first = sae.threshold < 0
-    new = torch.where(first, value, torch.lerp(sae.threshold, value, 1 - ema))
+    new = torch.where(first, value, torch.lerp(sae.threshold, value, weight))
     sae.threshold.copy_(torch.where(torch.isfinite(value), new, sae.threshold))
 
 

@@ -555,7 +555,7 @@ class JumpReLUObjective(Objective):
             self.sync.assign(sae.log_threshold, self.warmup_threshold.log())
             self.warmup_threshold = None
 
-    def after_step(self, sae: JumpReLUSAE, out) -> dict[str, Tensor]:
+    def after_step(self, sae: JumpReLUSAE, out, step: Step) -> dict[str, Tensor]:
         # Thresholds must be seen to move (with the paper's eps = theta_init = 1e-3 L0 can stay
         # high for long on small budgets).
         theta = sae.threshold.detach()

@@ -153,9 +153,9 @@ class Objective(nn.Module):
         )
 
     # --- after the step ----------------------------------------------------------------------
-    def after_step(self, sae: SAE, out: SAEOutput) -> dict[str, Tensor]:
-        """After the backward: update training state from the step's output; returns scalars
-        to log (``train/<name>``)."""
+    def after_step(self, sae: SAE, out: SAEOutput, step: Step) -> dict[str, Tensor]:
+        """After the loss: update training state from the step's output; returns scalars to
+        log (``train/<name>``)."""
         return {}
 
     def after_optimizer_step(self, sae: SAE) -> None:

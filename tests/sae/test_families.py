@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from saelab.sae.batchtopk import update_threshold
+from saelab.sae.objective import Step
 from tests.conftest import (
     FAMILIES,
     make_sae,
@@ -92,13 +93,28 @@ def test_batchtopk_selects_k_times_batch_and_tracks_threshold():
     assert int((out.feature_acts != 0).sum()) == 3 * 10
     smallest = out.feature_acts[out.feature_acts > 0].min()
     torch.testing.assert_close(out.metrics["min_selected_act"], smallest)
-    objective.after_step(sae, out)
+    objective.after_step(sae, out, Step(index=0))
     torch.testing.assert_close(sae.threshold, smallest)  # first value is taken as is
-    update_threshold(sae, smallest + 1, ema=0.999)
-    torch.testing.assert_close(sae.threshold, smallest + (1 - 0.999))  # then an EMA
+    update_threshold(sae, smallest + 1, ema=0.999, n=1000000)
+    torch.testing.assert_close(sae.threshold, smallest + (1 - 0.999))  # late on, a plain EMA
     sae.eval()
     z = sae.pre_acts(x)
     torch.testing.assert_close(sae.encode(x), z * (z > sae.threshold))
+
+
+def test_batchtopk_threshold_is_the_bias_corrected_ema():
+    """The threshold after n updates is the EMA-weighted mean of all n batch values, with the
+    first batch weighted like any other: a high value from the untrained SAE fades away
+    instead of carrying ema^(n-1) of the weight."""
+    sae, _ = make_training("batchtopk", k=3)
+    ema = 0.9
+    values = torch.cat([torch.tensor([5.0]), torch.full((29,), 1.0)])
+    for n, v in enumerate(values, start=1):
+        update_threshold(sae, v, ema=ema, n=n)
+    weights = ema ** torch.arange(len(values) - 1, -1, -1, dtype=torch.float)
+    expected = (weights * values).sum() / weights.sum()
+    torch.testing.assert_close(sae.threshold, expected)
+    assert sae.threshold < 1.05  # a plain EMA from the first value: 1 + 4 * 0.9^29 = 1.19
 
 
 @pytest.mark.parametrize(
