@@ -49,16 +49,24 @@ def test_per_token_warmup_keeps_each_rows_largest_and_stores_topks_rates(path):
     torch.testing.assert_close(sae.log_threshold.detach(), theta.log())
 
 
-def test_per_token_thresholds_in_column_blocks_equal_all_at_once(monkeypatch):
+@pytest.mark.parametrize("columns, elements", [(16, 1 << 24), (5, 1 << 24), (64, 300 * 3)])
+def test_per_token_thresholds_in_column_blocks_equal_a_full_sort(monkeypatch, columns, elements):
+    """However the columns are blocked (by count, a few at a time, or by the element bound), each
+    theta_i is the (c_i + 1)-th largest entry of its column, read here off a full sort."""
     import saelab.sae.jumprelu as jumprelu
 
     _, objective, _ = _per_token("dense")
     z = torch.randn(300, 64) + torch.linspace(-1, 2, 64)  # some latents kept on most rows
-    rows, whole = objective.per_token_thresholds(z, 6)
-    monkeypatch.setattr(jumprelu, "PER_TOKEN_BLOCK_ELEMENTS", 300 * 5)  # blocks of 5 columns
-    rows_b, blocks = objective.per_token_thresholds(z, 6)
-    assert torch.equal(rows, rows_b) and torch.equal(whole, blocks)
-    assert torch.equal((z > whole).sum(0), (z >= rows[:, None]).sum(0))
+    monkeypatch.setattr(jumprelu, "PER_TOKEN_BLOCK_COLUMNS", columns)
+    monkeypatch.setattr(jumprelu, "PER_TOKEN_BLOCK_ELEMENTS", elements)
+    rows, theta = objective.per_token_thresholds(z, 6)
+    counts = (z >= rows[:, None]).sum(0)
+    assert counts.max() > 100 and counts.min() < 5, "blocks of very different counts"
+    ranked = z.sort(dim=0, descending=True).values
+    expected = ranked.gather(0, counts.clamp(max=299)[None]).squeeze(0)
+    expected = expected.masked_fill(counts >= 300, 0).clamp_min(1e-6)
+    assert torch.equal(theta, expected)
+    assert torch.equal((z > theta).sum(0), counts)
 
 
 def test_per_token_warmup_row_with_few_positive_entries_keeps_only_those():
