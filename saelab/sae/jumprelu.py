@@ -261,10 +261,10 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         return self.target_l0 if self.target_l0 is not None else self.threshold_init_l0
 
 
-# Entries of z sorted at once by the per-token warm-up's rate-matched thresholds (16M: 64 MiB of
-# float32 values and 128 MiB of indices).
+# Entries of z the per-token warm-up's rate-matched thresholds copy (as z^T) at once: 16M, 64 MiB
+# of float32 values.
 PER_TOKEN_BLOCK_ELEMENTS = 1 << 24
-# ... and at most this many columns at once, so a block's largest count is close to its others'.
+# Columns selected from at once, so a block's largest count is close to its others'.
 PER_TOKEN_BLOCK_COLUMNS = 16
 
 
@@ -511,19 +511,25 @@ class JumpReLUObjective(Objective):
         n = z.shape[0] * self.sync.world_size
         # Columns in blocks, in order of their counts: a block's top-(c + 1) reaches only its own
         # largest count, so the many rarely kept latents never pay for the few kept on most
-        # rows (which need nearly a whole column sorted), and the transient stays bounded. The
-        # columns are read as rows of z^T: gathering and selecting along contiguous memory is
-        # about a third faster on a CPU than along z's strided columns.
-        sorted_counts, order = counts.sort(stable=True)  # the same on every rank: counts are synced
-        width = max(1, min(PER_TOKEN_BLOCK_COLUMNS, PER_TOKEN_BLOCK_ELEMENTS // z.shape[0]))
-        starts = range(0, z.shape[1], width)
-        # Each block's largest count is its last: read from the device once, not per block.
-        tops = sorted_counts[[min(j + width, z.shape[1]) - 1 for j in starts]].tolist()
-        z_t = z.t().contiguous()
+        # rows (which need nearly a whole column sorted). Columns are read as rows of z^T
+        # (contiguous memory: about a third faster on a CPU than z's strided columns), one
+        # bounded slab of columns at a time, so the transient stays bounded too.
+        slab = max(1, PER_TOKEN_BLOCK_ELEMENTS // z.shape[0])
+        width = min(PER_TOKEN_BLOCK_COLUMNS, slab)
         theta = torch.empty(z.shape[1], dtype=z.dtype, device=z.device)
-        for j, top in zip(starts, tops):
-            cols = order[j : j + width]
-            theta[cols] = self._column_kth(z_t.index_select(0, cols), counts[cols], top + 1)
+        for s0 in range(0, z.shape[1], slab):
+            z_t = z[:, s0 : s0 + slab].t().contiguous()
+            slab_counts = counts[s0 : s0 + slab]
+            # The same order on every rank: counts are synced. Each block's largest count is
+            # its last, read from the device once per slab, not once per block.
+            sorted_counts, order = slab_counts.sort(stable=True)
+            starts = range(0, z_t.shape[0], width)
+            tops = sorted_counts[[min(j + width, z_t.shape[0]) - 1 for j in starts]].tolist()
+            for j, top in zip(starts, tops):
+                cols = order[j : j + width]
+                theta[s0 + cols] = self._column_kth(
+                    z_t.index_select(0, cols), slab_counts[cols], top + 1
+                )
         theta = theta.masked_fill(counts >= n, 0)  # kept on every row: fires wherever positive
         return rows, theta.to(torch.promote_types(z.dtype, torch.float32)).clamp_min(1e-6)
 
