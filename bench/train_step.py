@@ -275,7 +275,7 @@ class ProposedBase:
     def configure_optimizers(self):
         # Lightning's mixed-precision plugin refuses to clip the gradients of a fused optimiser.
         fused = self.trainer.precision not in ("16-mixed", "bf16-mixed")
-        optimizer = torch.optim.Adam([self.optimizer_group()], fused=fused)
+        optimizer = torch.optim.Adam(self.optimizer_groups(), fused=fused)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda())
         return {
             "optimizer": optimizer,

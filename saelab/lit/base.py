@@ -157,17 +157,21 @@ class SAELitModule(pl.LightningModule):
         for tensor in [*self.sae.parameters(), *self.sae.buffers()]:
             dist.broadcast(tensor.data, src=0)
 
-    def optimizer_group(self) -> dict[str, Any]:
-        """This SAE's Adam parameter group: its parameters and hyper-parameters. A group, so a
-        MultiSAELit can give every member its own in one optimiser (Adam is per-parameter, so
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """This SAE's Adam parameter groups: its parameters and hyper-parameters, one group
+        unless the objective scales some parameters' learning rate (``lr_scales``). Groups, so
+        a MultiSAELit can give every member its own in one optimiser (Adam is per-parameter, so
         that is exactly one Adam per SAE)."""
         cfg = self.cfg
-        return {
-            "params": list(self.sae.parameters()),
-            "lr": cfg.lr,
-            "betas": (cfg.adam_beta1, cfg.adam_beta2),
-            "eps": cfg.adam_eps,
-        }
+        scales = {name: s for name, s in self.objective.lr_scales().items() if s != 1}
+        hyper = {"betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
+        named = dict(self.sae.named_parameters())
+        rest = [p for name, p in named.items() if name not in scales]
+        groups = [{"params": rest, "lr": cfg.lr, **hyper}]
+        groups += [
+            {"params": [named[name]], "lr": cfg.lr * s, **hyper} for name, s in scales.items()
+        ]
+        return groups
 
     def lr_lambda(self) -> Callable[[int], float]:
         cfg = self.cfg
@@ -183,7 +187,7 @@ class SAELitModule(pl.LightningModule):
 
     def configure_optimizers(self):
         sharded = sharding.is_sharded(self.sae)
-        optimizer = adam([self.optimizer_group()], sharded, self.trainer.precision)
+        optimizer = adam(self.optimizer_groups(), sharded, self.trainer.precision)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_lambda())
         return {
             "optimizer": optimizer,

@@ -71,11 +71,16 @@ class MultiSAELit(pl.LightningModule):
 
     def configure_optimizers(self):
         members = list(self.members.values())
-        # "name" labels each group's learning rate in TensorBoard (lr-Adam/<member>).
-        groups = [{**m.optimizer_group(), "name": name} for name, m in self.members.items()]
+        # "name" labels each group's learning rate in TensorBoard (lr-Adam/<member>[/<i>]).
+        groups, schedules = [], []
+        for name, m in self.members.items():
+            own = m.optimizer_groups()
+            for i, group in enumerate(own):
+                groups.append({**group, "name": name if i == 0 else f"{name}/{i}"})
+                schedules.append(m.lr_lambda())
         sharded = any(sharding.is_sharded(m.sae) for m in members)
         optimizer = adam(groups, sharded, self.trainer.precision)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [m.lr_lambda() for m in members])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

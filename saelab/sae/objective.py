@@ -110,6 +110,11 @@ class Objective(nn.Module):
     def init_from_data(self, sae: SAE, x: Tensor) -> None:
         """Data-dependent initialisation from the first ``init_tokens`` normalised rows."""
 
+    def lr_scales(self) -> dict[str, float]:
+        """Learning-rate multipliers of named SAE parameters (each gets its own Adam group); the
+        rest train at the configured lr."""
+        return {}
+
     # --- the step ----------------------------------------------------------------------------
     def wants_sparse(self, sae: SAE, device: torch.device, density: float | None) -> bool:
         """Whether this step takes the sparse path, given the fraction of latents active in the
