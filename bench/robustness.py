@@ -24,6 +24,7 @@ decoder row has cosine > 0.9).
     python bench/robustness.py --long                                # synthetic cells at 30M tokens
     python bench/robustness.py --families jumprelu --half tune \\
         --variant per_latent=sae.threshold_warmup=per_latent          # a JumpReLU variant
+    python bench/robustness.py --cells syn-plc --budgets 3e6 --curve 293  # validate every 293 steps
     python bench/robustness.py --table                                # print the table, run nothing
 
 A variant's overrides may use {L0}, {STEPS}, {TOKENS}, {WIDTH} and {BATCH} (the run's target L0,
@@ -196,7 +197,7 @@ def run_key(cell: str, family: str, tokens: int, seed: int, recipe: str) -> str:
 
 
 def overrides_for(
-    cell: str, family: str, variant: list[str], tokens: int, seed: int
+    cell: str, family: str, variant: list[str], tokens: int, seed: int, curve: int = 0
 ) -> tuple[list[str], int]:
     _, _, l0, cell_overrides = CELLS[cell]
     steps = max(1, round(tokens / BATCH))
@@ -213,19 +214,43 @@ def overrides_for(
             o,
         )
 
+    shared = SHARED
+    if curve:  # validation every `curve` steps, read back from TensorBoard
+        shared = [o for o in SHARED if not o.startswith("logger=")] + ["logger=tensorboard"]
     overrides = [
-        *SHARED,
+        *shared,
         *cell_overrides,
         *(sub(o) for o in FAMILIES[family]),
         f"trainer.max_steps={steps}",
-        f"trainer.val_check_interval={steps}",
+        f"trainer.val_check_interval={curve or steps}",
         f"seed={seed}",
         *(sub(o) for o in variant),
     ]
     return overrides, steps
 
 
-def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> dict:
+def read_curve(folder: str) -> list[dict]:
+    """The run's validations from its TensorBoard events: one dict per validated step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    names = {"val/fvu": "FVU", "val/l0": "L0", "val/dead_fraction": "dead"}
+    names["val/recovered_fraction"] = "recov"
+    points: dict[int, dict] = {}
+    for events in sorted(Path(folder).rglob("events.out.tfevents*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in set(names) & set(acc.Tags()["scalars"]):
+            for e in acc.Scalars(tag):
+                points.setdefault(e.step, {"step": e.step})[names[tag]] = e.value
+    curve: list[dict] = []
+    for k in sorted(points):  # the end-of-run validation repeats the last one: kept once
+        same = curve and {**curve[-1], "step": k} == points[k]
+        if not same:
+            curve.append(points[k])
+    return curve
+
+
+def run(cell: str, family: str, variant: list[str], tokens: int, seed: int, curve: int = 0) -> dict:
     from saelab.runner import train
     from tests.conftest import compose_config
 
@@ -234,12 +259,13 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> d
         from saelab.lm.pretrain import ensure_tiny_llama
 
         ensure_tiny_llama()
-    overrides, steps = overrides_for(cell, family, variant, tokens, seed)
+    overrides, steps = overrides_for(cell, family, variant, tokens, seed, curve)
     fingerprint = recipe(overrides)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
         m = train(compose_config(overrides, out))
-    seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        points = read_curve(out) if curve else None
     if kind == "lm":
         scores = {
             "L0": m["eval/l0"],
@@ -272,6 +298,7 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int) -> d
         "overrides": overrides,
         "recipe": fingerprint,
         "commit": START_COMMIT,
+        **({"curve": points} if curve else {}),
     }
 
 
@@ -304,6 +331,17 @@ def print_header() -> None:
 
 def print_row(r: dict) -> None:
     print("| " + " | ".join(row_cells(r)) + " |", flush=True)
+
+
+def print_curve(r: dict) -> None:
+    label = r["family"] + (f":{r['variant']}" if r["variant"] else "")
+    print(f"\n{r['cell']} {r['tokens'] / 1e6:.0f}M {label}, validation during training:\n")
+    print("| step | L0 | FVU | dead | recov |")
+    print("|---|---|---|---|---|")
+    for p in r["curve"]:
+        cells = [str(p["step"]), fmt(p.get("L0"), ".1f"), fmt(p.get("FVU"), ".4f")]
+        cells += [fmt(p.get("dead"), ".1%"), fmt(p.get("recov"), ".1%")]
+        print("| " + " | ".join(cells) + " |")
 
 
 def targets(jumprelu: dict, topk: dict) -> dict[str, str]:
@@ -398,6 +436,14 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--long", action="store_true", help="synthetic cells at 30M tokens (10x the 3M budget)"
     )
+    parser.add_argument(
+        "--curve",
+        type=int,
+        default=0,
+        metavar="N",
+        help="validate every N steps and print each run's curve (separate runs: the validation "
+        "interval is part of the recipe)",
+    )
     parser.add_argument("--results", type=Path, default=RESULTS, help="JSONL of finished runs")
     parser.add_argument("--table", action="store_true", help="print the table only; run nothing")
     args = parser.parse_args(argv)
@@ -419,7 +465,9 @@ def main(argv=None) -> None:
                 for name, variant in variants.items():
                     for seed in args.seeds:
                         tokens = max(1, round(b / BATCH)) * BATCH
-                        overrides, _ = overrides_for(cell, family, variant, tokens, seed)
+                        overrides, _ = overrides_for(
+                            cell, family, variant, tokens, seed, args.curve
+                        )
                         key = run_key(cell, family, tokens, seed, recipe(overrides))
                         wanted.setdefault(key, (cell, family, name, b, seed))
     # Rows without a recipe predate it (their defaults are unknown): history, never matched.
@@ -434,11 +482,15 @@ def main(argv=None) -> None:
         for key, (cell, family, name, budget, seed) in wanted.items():
             if key in done:
                 continue
-            r = run(cell, family, variants[name], int(budget), seed)
+            r = run(cell, family, variants[name], int(budget), seed, args.curve)
             r = {"family": family, "variant": name, **r}
             append_result(args.results, r)
             done[key] = r
             print_row(r)
+    if args.curve:
+        for key in wanted:
+            if key in done and done[key].get("curve"):
+                print_curve(done[key])
     print(f"\nAll selected results ({args.results.name}):\n")
     print_header()
     for key in wanted:

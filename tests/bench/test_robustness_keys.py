@@ -62,3 +62,25 @@ def test_targets_compare_jumprelu_with_topk_on_the_issue_criteria():
     t = bench.targets(synthetic, {**synthetic, "recov": 0.5})
     assert t["dead <= 1%"].startswith("**no") and t["L0 within 5%"].startswith("**no")
     assert t["dLM or recovered vs TopK"] == "**no** (recovered 40.0% vs 50.0%)"
+
+
+def test_a_curve_run_validates_every_n_steps_and_is_its_own_recipe():
+    bench = _bench()
+    plain, _ = bench.overrides_for("syn-plc", "jumprelu", [], 1024 * 10, 0)
+    curve, _ = bench.overrides_for("syn-plc", "jumprelu", [], 1024 * 10, 0, curve=5)
+    assert [o for o in curve if o.startswith("logger=")] == ["logger=tensorboard"]
+    assert "trainer.val_check_interval=5" in curve and "trainer.val_check_interval=10" in plain
+    assert bench.recipe(curve) != bench.recipe(plain)
+
+
+@pytest.mark.slow
+def test_a_curve_is_read_back_from_the_run(tmp_path, capsys):
+    bench = _bench()
+    results = tmp_path / "results.jsonl"
+    args = ["--cells", "syn-plc", "--families", "topk", "--budgets", "10240", "--curve", "5"]
+    bench.main([*args, "--results", str(results)])
+    (row,) = bench.load_results(results)
+    assert [p["step"] for p in row["curve"]] == [4, 9]  # Lightning logs validation at step - 1
+    last = row["curve"][-1]
+    assert last["FVU"] == pytest.approx(row["FVU"]) and last["recov"] == pytest.approx(row["recov"])
+    assert "validation during training" in capsys.readouterr().out
