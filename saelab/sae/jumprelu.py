@@ -152,9 +152,9 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Integral gain (dual-ascent step size) of the L0 controller."""
     target_l0_kp: float = 5.0
     """Proportional gain of the L0 controller."""
-    threshold_lr_scale: float = 1.0
-    """The thresholds' learning rate as a multiple of ``lr`` (their own Adam parameter group).
-    Below 1 the thresholds stop drifting once the warm-up hands over (docs/maths.md §8.10)."""
+    threshold_lr_scale: float | None = None
+    """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
+    (docs/maths.md §8.10); None = 1, one group."""
     l0_coefficient: float = 5e-4
     """lambda: the controller's starting value, the quadratic penalty's weight, or (target_l0
     None) the paper's fixed L0 penalty (~5e-4 gave Gemma Scope L0 ~50-100)."""
@@ -236,7 +236,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         require_choice(self, "target_l0_method", ("dual", "quadratic"))
         check(self, "target_l0_lr", self.target_l0_lr >= 0, "a number >= 0")
         check(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
-        check(self, "threshold_lr_scale", self.threshold_lr_scale > 0, "a number > 0")
+        scale = self.threshold_lr_scale
+        check(self, "threshold_lr_scale", scale is None or scale > 0, "a number > 0 or null")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
@@ -566,7 +567,8 @@ class JumpReLUObjective(Objective):
         return theta.float().clamp_min(1e-6)
 
     def lr_scales(self) -> dict[str, float]:
-        return {"log_threshold": self.cfg.threshold_lr_scale}
+        scale = self.cfg.threshold_lr_scale
+        return {} if scale is None else {"log_threshold": scale}
 
     # --- after the step ----------------------------------------------------------------------
     def after_optimizer_step(self, sae: JumpReLUSAE) -> None:

@@ -13,7 +13,7 @@ from tests.conftest import TINY_RUN, compose_config, fit_module
 RUN = [*TINY_RUN, "logger=none", "sae=jumprelu", "sae.threshold_warmup_fraction=0"]
 
 
-def _one_step(tmp_path, scale: float) -> tuple[dict, dict, torch.optim.Optimizer]:
+def _one_step(tmp_path, scale) -> tuple[dict, dict, torch.optim.Optimizer]:
     torch.manual_seed(0)
     datamodule, module = build(compose_config([*RUN, f"sae.threshold_lr_scale={scale}"], tmp_path))
     before = {k: v.detach().clone() for k, v in module.sae.named_parameters()}
@@ -23,7 +23,7 @@ def _one_step(tmp_path, scale: float) -> tuple[dict, dict, torch.optim.Optimizer
 
 
 def test_thresholds_step_at_the_scaled_rate_and_nothing_else_changes(tmp_path):
-    before, plain, optimizer = _one_step(tmp_path / "plain", 1.0)
+    before, plain, optimizer = _one_step(tmp_path / "plain", "null")  # the default: one group
     assert len(optimizer.param_groups) == 1
     before_s, scaled, optimizer_s = _one_step(tmp_path / "scaled", 0.1)
     for name in before:
