@@ -166,6 +166,8 @@ class SAELitModule(pl.LightningModule):
         scales = {name: s for name, s in self.objective.lr_scales().items() if s != 1}
         hyper = {"betas": (cfg.adam_beta1, cfg.adam_beta2), "eps": cfg.adam_eps}
         named = dict(self.sae.named_parameters())
+        if missing := sorted(set(scales) - set(named)):  # e.g. parameters renamed by a wrapper
+            raise ValueError(f"lr scales name {missing}, not parameters of {type(self.sae)}")
         rest = [p for name, p in named.items() if name not in scales]
         groups = [{"params": rest, "lr": cfg.lr, **hyper}]
         groups += [
