@@ -233,8 +233,12 @@ def read_curve(folder: str) -> list[dict]:
     """The run's validations from its TensorBoard events: one dict per validated step."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    names = {"val/fvu": "FVU", "val/l0": "L0", "val/dead_fraction": "dead"}
-    names["val/recovered_fraction"] = "recov"
+    names = {
+        "val/fvu": "FVU",
+        "val/l0": "L0",
+        "val/dead_fraction": "dead",
+        "val/recovered_fraction": "recov",
+    }
     points: dict[int, dict] = {}
     for events in sorted(Path(folder).rglob("events.out.tfevents*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})

@@ -74,8 +74,7 @@ class MultiSAELit(pl.LightningModule):
         # "name" labels each group's learning rate in TensorBoard (lr-Adam/<member>[/<i>]).
         groups, schedules = [], []
         for name, m in self.members.items():
-            own = m.optimizer_groups()
-            for i, group in enumerate(own):
+            for i, group in enumerate(m.optimizer_groups()):
                 groups.append({**group, "name": name if i == 0 else f"{name}/{i}"})
                 schedules.append(m.lr_lambda())
         sharded = any(sharding.is_sharded(m.sae) for m in members)
