@@ -230,7 +230,8 @@ def overrides_for(
 
 
 def read_curve(folder: str) -> list[dict]:
-    """The run's validations from its TensorBoard events: one dict per validated step."""
+    """The run's validations from its TensorBoard events: one dict per validated step, with
+    JumpReLU's threshold statistics and lambda as last logged in training at or before it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     names = {
@@ -239,13 +240,28 @@ def read_curve(folder: str) -> list[dict]:
         "val/dead_fraction": "dead",
         "val/recovered_fraction": "recov",
     }
+    training = {
+        "train/threshold/max": "theta_max",
+        "train/threshold/median": "theta_median",
+        "train/l0_multiplier": "lambda",
+    }
     points: dict[int, dict] = {}
+    logged: dict[str, list] = {}
     for events in sorted(Path(folder).rglob("events.out.tfevents*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
-        for tag in set(names) & set(acc.Tags()["scalars"]):
+        tags = set(acc.Tags()["scalars"])
+        for tag in set(names) & tags:
             for e in acc.Scalars(tag):
                 points.setdefault(e.step, {"step": e.step})[names[tag]] = e.value
+        for tag in set(training) & tags:
+            logged.setdefault(training[tag], []).extend((e.step, e.value) for e in acc.Scalars(tag))
+    for key, series in logged.items():
+        series.sort()
+        for step, point in points.items():
+            before = [v for s, v in series if s <= step]
+            if before:
+                point[key] = before[-1]
     curve: list[dict] = []
     for k in sorted(points):  # the end-of-run validation repeats the last one: kept once
         same = curve and {**curve[-1], "step": k} == points[k]
@@ -340,11 +356,14 @@ def print_row(r: dict) -> None:
 def print_curve(r: dict) -> None:
     label = r["family"] + (f":{r['variant']}" if r["variant"] else "")
     print(f"\n{r['cell']} {r['tokens'] / 1e6:.0f}M {label}, validation during training:\n")
-    print("| step | L0 | FVU | dead | recov |")
-    print("|---|---|---|---|---|")
+    # JumpReLU's thresholds and lambda, where the row has them (rows before they were read do not)
+    extra = [k for k in ("theta_median", "theta_max", "lambda") if any(k in p for p in r["curve"])]
+    print("| step | L0 | FVU | dead | recov |" + "".join(f" {k} |" for k in extra))
+    print("|---|---|---|---|---|" + "---|" * len(extra))
     for p in r["curve"]:
         cells = [str(p["step"]), fmt(p.get("L0"), ".1f"), fmt(p.get("FVU"), ".4f")]
         cells += [fmt(p.get("dead"), ".1%"), fmt(p.get("recov"), ".1%")]
+        cells += [fmt(p.get(k), ".3g") for k in extra]
         print("| " + " | ".join(cells) + " |")
 
 

@@ -84,3 +84,20 @@ def test_a_curve_is_read_back_from_the_run(tmp_path, capsys):
     last = row["curve"][-1]
     assert last["FVU"] == pytest.approx(row["FVU"]) and last["recov"] == pytest.approx(row["recov"])
     assert "validation during training" in capsys.readouterr().out
+
+
+def test_a_curve_point_carries_the_thresholds_last_logged_at_or_before_it(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in (0, 3, 6, 9):  # training logs every 3 steps
+        writer.add_scalar("train/threshold/max", 10.0 + step, step)
+        writer.add_scalar("train/l0_multiplier", -step, step)
+    for step in (4, 9, 10):  # validation; step 10 is the end-of-run repeat of step 9
+        writer.add_scalar("val/fvu", 0.5 if step == 4 else 0.25, step)
+    writer.close()
+    curve = _bench().read_curve(str(tmp_path))
+    assert [p["step"] for p in curve] == [4, 9]
+    assert [p["theta_max"] for p in curve] == [13.0, 19.0]
+    assert [p["lambda"] for p in curve] == [-3.0, -9.0]
+    assert "theta_median" not in curve[0], "a tag the run did not log is left out"
