@@ -4,15 +4,11 @@ one thread per process). The run spans several epochs, so the per-epoch reshuffl
 
 from __future__ import annotations
 
-import signal
-import time
-
 import numpy as np
 import pytest
 import torch
 
-from saelab.lit.checkpointing import find_checkpoint
-from tests.scale.helpers import checkpoint, start_train_py, train_py
+from tests.scale.helpers import checkpoint, kill_when, saved_step, start_train_py, train_py
 
 STEPS = 240
 
@@ -62,13 +58,7 @@ def state(run) -> dict[str, torch.Tensor]:
 def test_kill_9_then_rerun_on_activation_files_ends_with_identical_weights(tmp_path, shards):
     train_py(args(shards, tmp_path / "whole", STEPS))
     run = tmp_path / "killed"
-    proc = start_train_py(args(shards, run, 20))
-    deadline = time.time() + 300
-    while find_checkpoint(run) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed:\n" + err[-3000:]
+    kill_when(start_train_py(args(shards, run, 20)), lambda: saved_step(run) > 0)
     assert 0 < checkpoint(run)["global_step"] < STEPS
     rerun = train_py(args(shards, run, 20))
     assert "resuming from" in rerun.stderr + rerun.stdout

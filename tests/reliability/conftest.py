@@ -4,9 +4,6 @@ no-home-cache guard of tests/data, and helpers to damage files."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +54,6 @@ SPARSE = [*DENSE, "sae.expansion_factor=32", "sae.target_l0=8"]
 def final_state(run: Path) -> dict[str, torch.Tensor]:
     """Weights, buffers and Adam moments of the run's final checkpoint (at STEPS)."""
     return helpers.final_state(run, STEPS)
-
-
-def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` as soon as ``ready()`` is true; fails if it ended first."""
-    deadline = time.time() + timeout
-    while proc.poll() is None and time.time() < deadline and not ready():
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed:\n" + err[-3000:]
 
 
 def step_of(path: Path) -> int:

@@ -22,14 +22,13 @@ from saelab.lit.checkpoint_files import (
     find_verified,
 )
 from saelab.lit.checkpointing import AtomicCheckpointIO, find_checkpoint
-from tests.scale.helpers import ROOT, assert_same, env, start_train_py, train_py
+from tests.scale.helpers import ROOT, assert_same, env, kill_when, start_train_py, train_py
 
 from .conftest import (
     DENSE,
     EVERY,
     final_state,
     flip_byte,
-    kill_when,
     nan_bytes,
     step_of,
     truncate,
@@ -117,8 +116,13 @@ def test_resume_after_damage_to_last_ckpt_takes_the_previous_and_ends_bit_for_bi
 ):
     run = tmp_path / "run"
     args = [*DENSE, f"hydra.run.dir={run}"]
-    kill_when(start_train_py(args), lambda: step_of(run / "checkpoints" / "previous.ckpt") > 0)
     last = run / "checkpoints" / "last.ckpt"
+    # Killed once a previous.ckpt exists to fall back on, and a last.ckpt to damage (a kill
+    # between a commit's two renames leaves none: the same command again moves past it).
+    for _ in range(3):
+        kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
+        if last.exists():
+            break
     DAMAGE[damage](last)
     done = train_py(args)
     log = done.stdout + done.stderr

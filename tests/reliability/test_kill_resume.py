@@ -13,19 +13,18 @@ import json
 import pytest
 
 from saelab.sae.sparse import SPARSE_MAX_DENSITY
-from tests.scale.helpers import assert_same, start_train_py, train_py
+from tests.scale.helpers import assert_same, kill_when, saved_step, start_train_py, train_py
 
-from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state, kill_when, step_of
+from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state
 
 
 def _killed_twice_then_finished(run, args) -> list[int]:
     """Kill right after the first checkpoint, rerun, kill again two checkpoints later, rerun
     to the end; returns the steps the reruns resumed from."""
-    last = run / "checkpoints" / "last.ckpt"
-    kill_when(start_train_py(args), lambda: step_of(last) >= EVERY)
-    first = step_of(last)
-    kill_when(start_train_py(args), lambda: step_of(last) >= first + 2 * EVERY)
-    second = step_of(last)
+    kill_when(start_train_py(args), lambda: saved_step(run) >= EVERY)
+    first = saved_step(run)
+    kill_when(start_train_py(args), lambda: saved_step(run) >= first + 2 * EVERY)
+    second = saved_step(run)
     done = train_py(args)
     assert "resuming from" in done.stdout + done.stderr
     return [first, second]

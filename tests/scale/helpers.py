@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
+from saelab.lit.checkpointing import checkpoint_step, find_checkpoint
 from saelab.sae import load_sae
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +76,34 @@ def exported(folder: Path) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in sae.state_dict().items()}
 
 
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` is true; fails if it ended first."""
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not ready():
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it was killed:\n" + err[-3000:]
+
+
+def saved_step(run: Path) -> int:
+    """The step a rerun in ``run`` would resume from (``find_checkpoint``: last.ckpt, else
+    previous.ckpt); -1 while there is none. Safe to poll while the run writes: a commit renames
+    last.ckpt away before it renames the new one in, so a read can lose the file mid-way; that
+    read counts as none yet."""
+    try:
+        path = find_checkpoint(run)
+        return -1 if path is None else int(checkpoint_step(path))
+    except (OSError, RuntimeError):
+        return -1
+
+
 def checkpoint(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    """The checkpoint a rerun in ``run`` would resume from (last.ckpt, or previous.ckpt if the
+    run was killed between a commit's two renames). Read it only once the run has stopped."""
+    path = find_checkpoint(run)
+    assert path is not None, f"no checkpoint in {run}"
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def final_state(run: Path, steps: int) -> dict[str, torch.Tensor]:

@@ -22,13 +22,21 @@ from saelab.lit.checkpointing import (
     AtomicCheckpointIO,
     capture_rng,
     config_differences,
-    find_checkpoint,
     restore_rng,
 )
 from saelab.runner import train
 from tests.conftest import TINY_RUN, compose_config
 
-from .helpers import TINY, assert_same, checkpoint, final_state, start_train_py, train_py
+from .helpers import (
+    TINY,
+    assert_same,
+    checkpoint,
+    final_state,
+    kill_when,
+    saved_step,
+    start_train_py,
+    train_py,
+)
 
 STEPS = 600
 LONG = [
@@ -53,15 +61,7 @@ def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weight
     # The sparse regime, killed twice: tests/reliability/test_kill_resume.py.
     run = tmp_path / "run"
     args = [*LONG, "checkpoint_every_n_steps=50", f"hydra.run.dir={run}"]
-    proc = start_train_py(args)
-    deadline = time.time() + 300
-    while find_checkpoint(run) is None and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, (
-        "the run ended before it could be killed:\n" + err[-3000:]
-    )
+    kill_when(start_train_py(args), lambda: saved_step(run) > 0)
     killed_at = checkpoint(run)["global_step"]  # complete and loadable, even if killed mid-write
     assert 0 < killed_at < STEPS
 

@@ -10,15 +10,11 @@ the SAE's own sparse-path choice survives a resume is tested with the SAE.
 from __future__ import annotations
 
 import json
-import signal
-import time
 
 import pytest
 import torch
 
-from saelab.lit.checkpointing import find_checkpoint
-
-from .helpers import checkpoint, start_train_py, train_py
+from .helpers import checkpoint, kill_when, saved_step, start_train_py, train_py
 
 STEPS = 60
 STREAM = [
@@ -61,16 +57,8 @@ def test_stream_kill_9_then_rerun_ends_with_identical_weights(tmp_path):
 
     run = tmp_path / "killed"
     args = [*STREAM, "checkpoint_every_n_steps=5", f"hydra.run.dir={run}"]
-    proc = start_train_py(args)
-    deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        if find_checkpoint(run) is not None and checkpoint(run)["global_step"] >= 15:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before the kill:\n" + err[-3000:]
-    killed_at = checkpoint(run)["global_step"]
+    kill_when(start_train_py(args), lambda: saved_step(run) >= 15)
+    killed_at = saved_step(run)
     assert 0 < killed_at < STEPS
     rerun = train_py(args)
     assert "resuming from" in rerun.stderr + rerun.stdout
