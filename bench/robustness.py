@@ -416,6 +416,52 @@ def print_targets(rows: list[dict]) -> None:
         print("| " + " | ".join(cells) + " |")
 
 
+def seed_spread(rows: list[dict]) -> list[dict]:
+    """Per cell, tokens, family and variant run at two or more seeds: the seeds, and the mean,
+    lowest and highest of L0, FVU, dead and recovered. The seed changes the SAE's initialisation
+    and batch order, and on the synthetic tune cells the generator's draw too (their data.seed
+    follows it; the held-out ones fix theirs). The spread is what one run of a recipe varies by:
+    a difference between recipes smaller than it is not evidence."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["cell"], r["tokens"], r["family"], r["variant"]), []).append(r)
+    out = []
+    for (cell, tokens, family, variant), group in groups.items():
+        seeds = sorted({r["seed"] for r in group})
+        if len(seeds) < 2:
+            continue
+        stats = {}
+        for key in ("L0", "FVU", "dead", "recov"):
+            values = [r[key] for r in group if r.get(key) is not None]
+            if values:
+                stats[key] = (sum(values) / len(values), min(values), max(values))
+        out.append(
+            {"cell": cell, "tokens": tokens, "family": family, "variant": variant}
+            | {"seeds": seeds, **stats}
+        )
+    return out
+
+
+def print_seed_spread(rows: list[dict]) -> None:
+    spread = seed_spread(rows)
+    if not spread:
+        return
+    keys = [("L0", ".1f"), ("FVU", ".4f"), ("dead", ".1%"), ("recov", ".1%")]
+    print("\nAcross seeds (mean, lowest-highest):\n")
+    print("| cell | tokens | family | seeds | " + " | ".join(k for k, _ in keys) + " |")
+    print("|" + "---|" * (4 + len(keys)))
+    for g in spread:
+        label = g["family"] + (f":{g['variant']}" if g["variant"] else "")
+        cells = [g["cell"], f"{g['tokens'] / 1e6:.0f}M", label, ",".join(map(str, g["seeds"]))]
+        for key, spec in keys:
+            if key in g:
+                mean, low, high = g[key]
+                cells.append(f"{mean:{spec}} ({low:{spec}}-{high:{spec}})")
+            else:
+                cells.append("-")
+        print("| " + " | ".join(cells) + " |")
+
+
 def load_results(path: Path) -> list[dict]:
     if not path.is_file():
         return []
@@ -520,6 +566,8 @@ def main(argv=None) -> None:
     for key in wanted:
         if key in done:
             print_row(done[key])
+    selected = [done[k] for k in wanted if k in done]
+    print_seed_spread(selected)
     if "" in variants:
         print_targets([done[k] for k, w in wanted.items() if k in done and w[2] == ""])
 

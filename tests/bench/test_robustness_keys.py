@@ -64,6 +64,23 @@ def test_targets_compare_jumprelu_with_topk_on_the_issue_criteria():
     assert t["dLM or recovered vs TopK"] == "**no** (recovered 40.0% vs 50.0%)"
 
 
+def test_the_seed_spread_groups_runs_that_differ_only_in_seed():
+    bench = _bench()
+    base = {"cell": "syn-iid", "tokens": 3072, "family": "jumprelu", "variant": ""}
+    base |= {"L0": 8.0, "dLM": None, "recov": 0.9}
+    rows = [
+        {**base, "seed": 0, "FVU": 0.30, "dead": 0.02},
+        {**base, "seed": 1, "FVU": 0.34, "dead": 0.00},
+        {**base, "seed": 2, "FVU": 0.32, "dead": 0.07, "recov": 0.6},
+        {**base, "variant": "kp0", "seed": 0, "FVU": 0.1, "dead": 0.0},  # one seed: no spread
+    ]
+    (spread,) = bench.seed_spread(rows)
+    assert spread["seeds"] == [0, 1, 2] and spread["variant"] == ""
+    mean, low, high = spread["FVU"]
+    assert (round(mean, 6), low, high) == (0.32, 0.30, 0.34)
+    assert spread["dead"][1:] == (0.0, 0.07) and spread["recov"][1:] == (0.6, 0.9)
+
+
 def test_a_curve_run_validates_every_n_steps_and_is_its_own_recipe():
     bench = _bench()
     plain, _ = bench.overrides_for("syn-plc", "jumprelu", [], 1024 * 10, 0)
