@@ -152,6 +152,7 @@ def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
         "adam_beta2": 0.999,
         "adam_eps": 1e-8,
         "lr_warmup_steps": 1000,
+        "lr_decay_fraction": 0.0,
         "sparsity_warmup_steps": 10_000,
     }
     cfg = build(compose_config(["sae=jumprelu_paper", *TINY_RUN], tmp_path))[1].cfg

@@ -211,6 +211,11 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     more latents and can cost reconstruction; longer ones leave more latents dead
     (docs/robustness.md)."""
     adam_beta1: float = 0.9
+    lr_decay_fraction: float = 0.5
+    """The lr decays linearly to 0 over this final fraction of the run: with the default
+    threshold warm-up, all of the per-latent phase. Without it the thresholds keep moving by
+    about lr per step after the hand-over, and on long runs silent latents ratchet theirs up
+    until the run diverges (docs/robustness.md, phases 5 and 6; docs/maths.md §8.7)."""
     sparsity_warmup_steps: int | None = 10_000
 
     def default_lr(self) -> float:
