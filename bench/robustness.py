@@ -26,6 +26,7 @@ decoder row has cosine > 0.9).
         --variant per_latent=sae.threshold_warmup=per_latent          # a JumpReLU variant
     python bench/robustness.py --cells syn-plc --budgets 3e6 --curve 293  # validate every 293 steps
                                                   # (JumpReLU: + theta median, max, lambda)
+    python bench/robustness.py --cells syn-iid --budgets 3e6 --seeds 0 1 2  # + the spread across seeds
     python bench/robustness.py --table                                # print the table, run nothing
 
 A variant's overrides may use {L0}, {STEPS}, {TOKENS}, {WIDTH} and {BATCH} (the run's target L0,
