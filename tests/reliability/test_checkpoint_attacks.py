@@ -123,6 +123,7 @@ def test_resume_after_damage_to_last_ckpt_takes_the_previous_and_ends_bit_for_bi
         kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
         if last.exists():
             break
+    assert last.exists(), "three kills all landed between a commit's two renames"
     DAMAGE[damage](last)
     done = train_py(args)
     log = done.stdout + done.stderr
