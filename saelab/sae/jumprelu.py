@@ -152,12 +152,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Integral gain (dual-ascent step size) of the L0 controller."""
     target_l0_kp: float = 5.0
     """Proportional gain of the L0 controller."""
-    threshold_shift_gain: float | None = None
-    """After the threshold warm-up, every log-threshold moves by this gain times the L0 error e
-    (averaged over the step's batches) after each optimiser step: integral control of L0 that
-    acts on the thresholds directly, not through Adam, so L0 holds however slowly the
-    thresholds learn (``threshold_lr_scale``) and while the lr decays to 0 (docs/maths.md
-    §8.11). Needs the dual target. None or 0 = off."""
     threshold_lr_scale: float | None = None
     """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
     (docs/maths.md §8.10); None = 1, one group."""
@@ -249,13 +243,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         check(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
         scale = self.threshold_lr_scale
         check(self, "threshold_lr_scale", scale is None or scale > 0, "a number > 0 or null")
-        gain = self.threshold_shift_gain
-        check(self, "threshold_shift_gain", gain is None or gain >= 0, "a number >= 0 or null")
-        if gain and not self.dual_target:
-            raise ValueError(
-                f"threshold_shift_gain={gain} steers L0 to target_l0 with the dual controller: "
-                "set sae.target_l0 (and sae.target_l0_method=dual), or sae.threshold_shift_gain=null."
-            )
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
@@ -322,10 +309,6 @@ class JumpReLUObjective(Objective):
             # The controller's integral lambda_I, and lambda as last used.
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
-        if cfg.threshold_shift_gain:
-            # The L0 errors of the batches since the last optimiser step, summed, and their count:
-            # the shift is applied once per step, outside the forward (§8.11).
-            self.register_buffer("shift_error", torch.zeros(2), persistent=False)
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
 
@@ -476,8 +459,6 @@ class JumpReLUObjective(Objective):
         error = self.sync.mean(l0.detach().to(self.l0_integral.dtype)) / cfg.target_l0 - 1
         self.l0_multiplier.copy_(self.l0_integral + cfg.target_l0_kp * error)
         self.l0_integral.add_(cfg.target_l0_lr * error)
-        if cfg.threshold_shift_gain:
-            self.shift_error.add_(torch.stack([error, torch.ones_like(error)]))
         if cfg.l0_multiplier_min is not None:  # the integral too, so it cannot wind up below
             self.l0_multiplier.clamp_(min=cfg.l0_multiplier_min)
             self.l0_integral.clamp_(min=cfg.l0_multiplier_min)
@@ -601,15 +582,6 @@ class JumpReLUObjective(Objective):
         if self.warmup_threshold is not None:
             self.sync.assign(sae.log_threshold, self.warmup_threshold.log())
             self.warmup_threshold = None
-        elif self.cfg.threshold_shift_gain:
-            # log theta += gain * mean e: every threshold alike, so the latents' order is the
-            # learnt one and only the overall level follows the controller.
-            total, count = self.shift_error
-            self.sync.add(
-                sae.log_threshold, self.cfg.threshold_shift_gain * total / count.clamp_min(1)
-            )
-        if self.cfg.threshold_shift_gain:
-            self.shift_error.zero_()
 
     def after_step(self, sae: JumpReLUSAE, out, step: Step) -> dict[str, Tensor]:
         # Thresholds must be seen to move (with the paper's eps = theta_init = 1e-3 L0 can stay
