@@ -136,10 +136,3 @@ def assign(target: Tensor, value: Tensor) -> None:
         target.to_local().copy_(value.to_local())
     else:
         target.copy_(value.to(target.device, target.dtype))
-
-
-@torch.no_grad()
-def add(target: Tensor, amount: Tensor) -> None:
-    """target += amount, a scalar every rank holds alike: each rank shifts its own shard."""
-    local = target.to_local() if isinstance(target, DTensor) else target
-    local.add_(amount.to(local.device, local.dtype))

@@ -14,17 +14,7 @@ from saelab.sae.objective import Sync
 from . import sharding
 
 
-class ShardedWrites(Sync):
-    """Writes to parameters that also work when they are sharded (FSDP2 DTensors)."""
-
-    def assign(self, target: Tensor, value: Tensor) -> None:
-        sharding.assign(target, value)
-
-    def add(self, target: Tensor, amount: Tensor) -> None:
-        sharding.add(target, amount)
-
-
-class DistributedSync(ShardedWrites):
+class DistributedSync(Sync):
     def __init__(self) -> None:
         self.world_size = dist.get_world_size()
 
@@ -44,9 +34,15 @@ class DistributedSync(ShardedWrites):
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t.bool()
 
+    def assign(self, target: Tensor, value: Tensor) -> None:
+        sharding.assign(target, value)
 
-class LocalSync(ShardedWrites):
-    """One process; writes still handle a sharded parameter."""
+
+class LocalSync(Sync):
+    """One process; ``assign`` still handles a sharded parameter."""
+
+    def assign(self, target: Tensor, value: Tensor) -> None:
+        sharding.assign(target, value)
 
 
 def sync_for_run() -> Sync:

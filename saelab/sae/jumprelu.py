@@ -152,12 +152,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Integral gain (dual-ascent step size) of the L0 controller."""
     target_l0_kp: float = 5.0
     """Proportional gain of the L0 controller."""
-    calibrate_l0_at_end: bool | None = None
-    """On the run's last training step, shift every log-threshold by one common amount so that
-    L0 on that step's batch is target_l0 (bisection on the shift; docs/maths.md §8.11). The
-    controller holds L0 at the target on average, but the thresholds stop wherever its
-    oscillation (or, with a small ``threshold_lr_scale``, its lag) leaves them. Needs target_l0.
-    None = off."""
     threshold_lr_scale: float | None = None
     """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
     (docs/maths.md §8.10); None = 1, one group."""
@@ -249,11 +243,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         check(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
         scale = self.threshold_lr_scale
         check(self, "threshold_lr_scale", scale is None or scale > 0, "a number > 0 or null")
-        if self.calibrate_l0_at_end and self.target_l0 is None:
-            raise ValueError(
-                "calibrate_l0_at_end=true sets the final thresholds to give target_l0: set "
-                "sae.target_l0, or sae.calibrate_l0_at_end=null."
-            )
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
@@ -281,10 +270,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         """The L0 the run aims at: target_l0, else threshold_init_l0."""
         return self.target_l0 if self.target_l0 is not None else self.threshold_init_l0
 
-
-# Rows of the last batch the final L0 calibration reads (per rank): enough for an L0 within about
-# a percent, small enough to hold at any width.
-CALIBRATION_ROWS = 4096
 
 # Entries of z the per-token warm-up's rate-matched thresholds copy (as z^T) at once: 16M, 64 MiB
 # of float32 values.
@@ -324,14 +309,8 @@ class JumpReLUObjective(Objective):
             # The controller's integral lambda_I, and lambda as last used.
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
-        if cfg.calibrate_l0_at_end:
-            # The shift the calibration applied (0 until it has): in checkpoints, for the record.
-            self.register_buffer("l0_calibration_shift", torch.zeros(()))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
-        # The last step's pre-activations (at most CALIBRATION_ROWS rows) and thresholds, kept for
-        # the calibration after its optimiser step.
-        self.calibration: tuple[Tensor, Tensor] | None = None
 
     # --- set-up ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -520,9 +499,6 @@ class JumpReLUObjective(Objective):
         l0 = self.warmup_l0(step)
         self.warmup_threshold = self.row_threshold = None
         if l0 is None:
-            last = self.training and step.total > 0 and step.index == step.total - 1
-            if last and self.cfg.calibrate_l0_at_end:
-                self.calibration = (z.detach()[:CALIBRATION_ROWS].clone(), theta.detach().clone())
             return theta
         if self.cfg.threshold_warmup == "per_token":
             self.row_threshold, self.warmup_threshold = self.per_token_thresholds(z.detach(), l0)
@@ -606,26 +582,6 @@ class JumpReLUObjective(Objective):
         if self.warmup_threshold is not None:
             self.sync.assign(sae.log_threshold, self.warmup_threshold.log())
             self.warmup_threshold = None
-        if self.calibration is not None:
-            z, theta = self.calibration
-            self.calibration = None
-            shift = self.l0_shift(z, theta, self.cfg.target_l0)
-            self.sync.add(sae.log_threshold, shift)
-            self.l0_calibration_shift.copy_(shift)
-
-    @torch.no_grad()
-    def l0_shift(self, z: Tensor, theta: Tensor, target: float) -> Tensor:
-        """The common shift c of log theta at which rows z have mean L0 (over all ranks) equal to
-        ``target``: L0 falls as c grows, so bisect on c in [-8, 8] (theta x e^-8 .. e^8)."""
-        low, high = -8.0, 8.0
-        for _ in range(40):  # 16 / 2^40: far below any threshold's float precision
-            mid = (low + high) / 2
-            l0 = self.sync.mean((z > theta * math.exp(mid)).sum(-1).double().mean())
-            if float(l0) > target:
-                low = mid
-            else:
-                high = mid
-        return torch.tensor(high, dtype=torch.float32, device=z.device)
 
     def after_step(self, sae: JumpReLUSAE, out, step: Step) -> dict[str, Tensor]:
         # Thresholds must be seen to move (with the paper's eps = theta_init = 1e-3 L0 can stay

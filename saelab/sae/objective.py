@@ -51,11 +51,6 @@ class Sync:
         with torch.no_grad():
             target.copy_(value.to(target.device, target.dtype))
 
-    def add(self, target: Tensor, amount: Tensor) -> None:
-        """``target += amount`` (a scalar every rank holds alike), also for a sharded parameter."""
-        with torch.no_grad():
-            target.add_(amount.to(target.device, target.dtype))
-
 
 @dataclass
 class Step:
