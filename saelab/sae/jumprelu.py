@@ -169,6 +169,13 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     early collapse of L0 and the dead latents it leaves, and with 'per_token' the dictionary
     learns under TopK's selection first, which finds features a JumpReLU trained from the start
     does not (docs/robustness.md). 0 = off (the paper)."""
+    threshold_warmup_ema: float | None = None
+    """If set, the thresholds the warm-up stores are an exponential moving average (this decay,
+    in log theta, over optimiser steps) of each step's batch thresholds, instead of the last
+    batch's alone: one batch gives each latent a few dozen firings to set its quantile from, the
+    average some thousands. Matters at the hand-over, and above all with
+    threshold_warmup_fraction = 1, where the thresholds exported are the warm-up's
+    (docs/maths.md §8.3). None = off."""
     threshold_warmup: str = "per_token"
     """'per_token': each token keeps its L0 largest pre-activations (TopK's selection); the
     stored thresholds make each latent fire on the batch as often as TopK chose it, so the
@@ -245,6 +252,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         check(self, "threshold_lr_scale", scale is None or scale > 0, "a number > 0 or null")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
+        ema = self.threshold_warmup_ema
+        check(self, "threshold_warmup_ema", ema is None or 0 <= ema < 1, "in [0, 1) or null")
         require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
         if self.preact_coefficient is None:
             self.preact_coefficient = 0.0 if self.reference_l0 is None else PREACT_COEFFICIENT
@@ -309,6 +318,10 @@ class JumpReLUObjective(Objective):
             # The controller's integral lambda_I, and lambda as last used.
             self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
             self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
+        if cfg.threshold_warmup_ema is not None:
+            # The warm-up's averaged log-thresholds and the steps averaged so far (checkpointed).
+            self.register_buffer("warmup_log_threshold", torch.zeros(d_sae))
+            self.register_buffer("warmup_steps", torch.zeros((), dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
 
@@ -580,7 +593,14 @@ class JumpReLUObjective(Objective):
         # The warm-up's thresholds become the parameter's value here, outside the forward, where
         # writing works for a sharded SAE too.
         if self.warmup_threshold is not None:
-            self.sync.assign(sae.log_threshold, self.warmup_threshold.log())
+            log_theta = self.warmup_threshold.log()
+            if self.cfg.threshold_warmup_ema is not None:
+                # The first step's thresholds start the average (the initial theta is no estimate).
+                decay = self.cfg.threshold_warmup_ema if int(self.warmup_steps) > 0 else 0.0
+                self.warmup_log_threshold.lerp_(log_theta.to(self.warmup_log_threshold), 1 - decay)
+                self.warmup_steps += 1
+                log_theta = self.warmup_log_threshold
+            self.sync.assign(sae.log_threshold, log_theta)
             self.warmup_threshold = None
 
     def after_step(self, sae: JumpReLUSAE, out, step: Step) -> dict[str, Tensor]:
