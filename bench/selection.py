@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.robustness import CELLS  # noqa: E402
-from tests.conftest import compose_config  # noqa: E402
+from tests.conftest import compose_config, fit_module  # noqa: E402
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
@@ -44,8 +44,6 @@ def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 def trained(cell: str, family: str, tokens: int, seed: int):
     """The cell's datamodule and LightningModule after training as bench/robustness.py does."""
-    import lightning.pytorch as pl
-
     from bench.robustness import overrides_for
     from saelab.runner import build
 
@@ -55,14 +53,7 @@ def trained(cell: str, family: str, tokens: int, seed: int):
         ensure_tiny_llama()
     overrides, steps = overrides_for(cell, family, [], tokens, seed)
     datamodule, module = build(compose_config(overrides, "/selection"))
-    pl.Trainer(
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    ).fit(module, datamodule=datamodule)
+    fit_module(datamodule, module, steps=steps)
     module.eval()
     return datamodule, module
 

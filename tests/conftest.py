@@ -86,7 +86,7 @@ def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F82
         return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
 
 
-def fit_module(datamodule, module, steps: int = 6):
+def fit_module(datamodule, module, steps: int = 6, callbacks=()):
     """A real Trainer fitted for ``steps`` steps, quietly: no logger, checkpoints or validation.
     Returns the trainer (its callback_metrics hold the last step's logs)."""
     import lightning.pytorch as pl
@@ -98,6 +98,7 @@ def fit_module(datamodule, module, steps: int = 6):
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
+        callbacks=list(callbacks),
     )
     trainer.fit(module, datamodule=datamodule)
     return trainer

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from saelab.runner import build
-from tests.conftest import TINY_RUN, compose_config
+from tests.conftest import TINY_RUN, compose_config, fit_module
 
 # The whole run under the warm-up; no pre-activation loss, the one term of the warm-up whose
 # gradient reads theta, so both runs below train the same encoder and decoder.
@@ -35,15 +35,7 @@ def _fit(tmp_path, ema: str) -> tuple[list[torch.Tensor], object]:
     torch.manual_seed(0)
     datamodule, module = build(compose_config([*RUN, f"sae.threshold_warmup_ema={ema}"], tmp_path))
     record = Thresholds()
-    pl.Trainer(
-        max_steps=STEPS,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[record],
-    ).fit(module, datamodule=datamodule)
+    fit_module(datamodule, module, steps=STEPS, callbacks=[record])
     return record.seen, module
 
 
