@@ -35,6 +35,8 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from bench.robustness import CELLS  # noqa: E402
+from saelab.sae.auxk import scatter_topk  # noqa: E402
+from saelab.sae.jumprelu import JumpReLUObjective, JumpReLUTrainConfig  # noqa: E402
 from tests.conftest import compose_config, fit_module  # noqa: E402
 
 
@@ -58,18 +60,13 @@ def trained(cell: str, family: str, tokens: int, seed: int):
     return datamodule, module
 
 
-def ranked(z: torch.Tensor, k: int) -> torch.Tensor:
-    values, index = z.topk(k, dim=-1)
-    return torch.zeros_like(z).scatter(-1, index, values.clamp_min(0))
-
-
 @torch.no_grad()
 def read_jumprelu(sae, x: torch.Tensor, k: int) -> dict[str, float]:
     """A JumpReLU SAE on tokens x (normalised), with its own thresholds and with TopK's ranking."""
     own = sae.encode(x)
     return {
         "JumpReLU, own thresholds": fvu(x, sae.decode(own)),
-        "JumpReLU, TopK's ranking": fvu(x, sae.decode(ranked(sae.pre_acts(x), k))),
+        "JumpReLU, TopK's ranking": fvu(x, sae.decode(scatter_topk(sae.pre_acts(x), k))),
         "JumpReLU L0": float((own > 0).sum(-1).float().mean()),
     }
 
@@ -80,19 +77,14 @@ def read_topk(sae, x: torch.Tensor, k: int) -> dict[str, float]:
     first half of x; both measured on the second half."""
     half = x.shape[0] // 2
     z = sae.pre_acts(x)
-    rate = (ranked(z[:half], k) > 0).float().mean(0)
-    # theta_i: the value z_i exceeds on a fraction rate_i of the first half (never-chosen latents
-    # at their largest value there, so they stay off).
-    theta = torch.stack(
-        [
-            torch.quantile(z[:half, i], 1 - float(r)) if r > 0 else z[:half, i].max()
-            for i, r in enumerate(rate)
-        ]
-    )
+    # The per-token warm-up's own thresholds: latent i at the (c_i + 1)-th largest z_i of the
+    # first half, c_i = the rows TopK's selection kept it on (never kept: its largest value).
+    warmup = JumpReLUObjective(JumpReLUTrainConfig(d_in=sae.d_in, d_sae=sae.d_sae, target_l0=k))
+    _, theta = warmup.per_token_thresholds(z[:half], k)
     zt, xt = z[half:], x[half:]
     thresholded = zt * (zt > theta)
     return {
-        "TopK, own ranking": fvu(xt, sae.decode(ranked(zt, k))),
+        "TopK, own ranking": fvu(xt, sae.decode(scatter_topk(zt, k))),
         "TopK, per-latent thresholds": fvu(xt, sae.decode(thresholded)),
         "TopK thresholds L0": float((thresholded > 0).sum(-1).float().mean()),
     }

@@ -595,8 +595,9 @@ class JumpReLUObjective(Objective):
         if self.warmup_threshold is not None:
             log_theta = self.warmup_threshold.log()
             if self.cfg.threshold_warmup_ema is not None:
-                # The first step's thresholds start the average (the initial theta is no estimate).
-                decay = self.cfg.threshold_warmup_ema if int(self.warmup_steps) > 0 else 0.0
+                # The first step's thresholds start the average (the initial theta is no estimate);
+                # the weight stays a tensor, so no step waits on the device to read the count.
+                decay = self.cfg.threshold_warmup_ema * (self.warmup_steps > 0)
                 self.warmup_log_threshold.lerp_(log_theta.to(self.warmup_log_threshold), 1 - decay)
                 self.warmup_steps += 1
                 log_theta = self.warmup_log_threshold
