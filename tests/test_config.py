@@ -145,6 +145,7 @@ def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
         "target_l0": None,
         "threshold_init_l0": None,
         "threshold_warmup_fraction": 0.0,
+        "threshold_warmup_ema": None,
         "aux_coefficient": 0.0,
         "bandwidth_rule": "fixed",
         "lr": 7e-5,

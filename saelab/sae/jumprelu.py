@@ -169,13 +169,14 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     early collapse of L0 and the dead latents it leaves, and with 'per_token' the dictionary
     learns under TopK's selection first, which finds features a JumpReLU trained from the start
     does not (docs/robustness.md). 0 = off (the paper)."""
-    threshold_warmup_ema: float | None = None
-    """If set, the thresholds the warm-up stores are an exponential moving average (this decay,
-    in log theta, over optimiser steps) of each step's batch thresholds, instead of the last
-    batch's alone: one batch gives each latent a few dozen firings to set its quantile from, the
-    average some thousands. Matters at the hand-over, and above all with
-    threshold_warmup_fraction = 1, where the thresholds exported are the warm-up's
-    (docs/maths.md §8.3). None = off."""
+    threshold_warmup_ema: float | None = 0.99
+    """The thresholds the warm-up stores are an exponential moving average (this decay, in log
+    theta, over optimiser steps; 0.99 is about 100 steps) of each step's batch thresholds,
+    instead of the last batch's alone: one batch gives each latent a few dozen firings to set
+    its quantile from, the average some thousands, so the per-latent half starts from thresholds
+    that fit the dictionary rather than one batch's noise. Matters at the hand-over, and above
+    all with threshold_warmup_fraction = 1, where the thresholds exported are the warm-up's
+    (docs/maths.md §8.3). None = the last batch's."""
     threshold_warmup: str = "per_token"
     """'per_token': each token keeps its L0 largest pre-activations (TopK's selection); the
     stored thresholds make each latent fire on the batch as often as TopK chose it, so the
