@@ -15,7 +15,9 @@ before they are trusted.
   weights as if it had never been interrupted.
 
 Checkpoints written before digests existed (no ``digests.json``) are accepted with a warning
-(and still checked for non-finite weights when loaded).
+(and still checked for non-finite weights when loaded). A ``digests.json`` that exists but is
+unreadable or malformed is a ``CheckpointError``: nothing in that folder is loaded, and no save
+rotates its checkpoints.
 """
 
 from __future__ import annotations
@@ -61,16 +63,43 @@ def digest_of(path: Path) -> str:
 
 
 def _registry(folder: Path) -> list[dict[str, Any]] | None:
-    """The recorded digests, newest first; None when the folder has none (older saelab)."""
+    """The recorded digests, newest first; None when the folder has none (older saelab).
+
+    A registry that exists but cannot be read, or does not hold what saelab writes, is a
+    ``CheckpointError``: treating it as absent would load a tampered checkpoint unverified
+    and rotate the good one away at the next save."""
     path = Path(folder) / DIGESTS
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
     try:
-        entries = json.loads(path.read_text())["checkpoints"]
-        return [e for e in entries if isinstance(e, dict) and "blake2b" in e]
+        entries = json.loads(path.read_text(encoding="utf-8"))["checkpoints"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        log.warning("%s is unreadable (%s): checkpoints in that folder cannot be verified", path, e)
-        return None
+        raise _registry_error(path, f"it is unreadable ({type(e).__name__}: {e})") from None
+    if not isinstance(entries, list):
+        raise _registry_error(path, '"checkpoints" is not a list')
+    for i, entry in enumerate(entries):
+        digest = entry.get("blake2b") if isinstance(entry, dict) else None
+        if not (isinstance(digest, str) and _is_hex(digest)):
+            raise _registry_error(path, f"entry {i} has no blake2b digest ({entry!r:.80})")
+    return entries
+
+
+def _is_hex(text: str) -> bool:
+    return bool(text) and all(c in "0123456789abcdef" for c in text)
+
+
+def _registry_error(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{path}: {problem}, so no checkpoint in {path.parent} can be verified and none is "
+        "loaded or replaced. Restore the file from a backup, start the run again in a new "
+        f"folder, or delete {path.parent} to restart this run from step 0"
+    )
+
+
+def check_registry(folder: Path) -> None:
+    """Raise ``CheckpointError`` now if the folder's registry is damaged (before a save spends
+    time writing a checkpoint that could not be committed)."""
+    _registry(folder)
 
 
 def record_digest(folder: Path, digest: str, step: int | None) -> None:
@@ -107,14 +136,16 @@ def verify(path: Path) -> str:
     what is wrong with it."""
     path = Path(path)
     key = str(path.resolve())
+    # The registry first, even for a file this process verified: a damaged registry means
+    # the folder can no longer be trusted, whatever was checked before.
+    entries = _registry(path.parent)
+    if entries is None:
+        return UNCHECKED
     try:
         if _VERIFIED.get(key) == _signature(path):
             return OK
     except OSError:
         pass
-    entries = _registry(path.parent)
-    if entries is None:
-        return UNCHECKED
     try:
         digest = digest_of(path)
     except OSError as e:
@@ -163,7 +194,11 @@ def commit(tmp: Path, path: Path, digest: str, step: int | None) -> None:
     """Make the complete, fsynced ``tmp`` (file or folder) the checkpoint ``path``: record its
     digest, rotate the current one to the previous slot, rename ``tmp`` in."""
     tmp, path = Path(tmp), Path(path)
-    record_digest(path.parent, digest, step)
+    try:
+        record_digest(path.parent, digest, step)
+    except CheckpointError:  # a damaged registry: the folder is left exactly as it was
+        _remove(tmp)
+        raise
     _retire(path)
     os.replace(tmp, path)
     fsync_path(path.parent)

@@ -34,6 +34,7 @@ from .checkpoint_files import (
     OK,
     UNCHECKED,
     CheckpointError,
+    check_registry,
     commit,
     find_verified,
     non_finite_tensors,
@@ -90,6 +91,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 "diverged; the last good checkpoint is kept (lower sae.lr, check the data)"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_registry(path.parent)
         tmp = path.with_name(path.name + ".tmp")
         writer = None
         try:

@@ -161,3 +161,62 @@ def test_a_full_disk_while_checkpointing_fails_naming_the_file_and_keeps_the_goo
     assert not (run / "sae").exists() and not (run / "metrics.json").exists()
     train_py(args)  # space again: the same command finishes the run exactly
     assert_same(final_state(run), dense_reference)
+
+
+# --- the digest registry itself damaged ------------------------------------------------------
+REGISTRY_DAMAGE = {
+    "truncated": lambda p: p.write_text('{"checkpoints": ['),
+    "not-a-list": lambda p: p.write_text('{"checkpoints": {"blake2b": "00"}}'),
+    "entry-without-digest": lambda p: p.write_text('{"checkpoints": [{"global_step": 2}]}'),
+    "binary": lambda p: p.write_bytes(b"\xff\xfe\x00garbage"),
+}
+
+
+@pytest.mark.parametrize("damage", REGISTRY_DAMAGE)
+def test_a_damaged_digest_registry_is_refused_and_never_loads_unverified(tmp_path, caplog, damage):
+    io, path = _two_checkpoints(tmp_path)
+    registry = path.with_name(DIGESTS)
+    previous = path.with_name("previous.ckpt")
+    flip_byte(path, -200)  # tampered: only the registry could tell
+    REGISTRY_DAMAGE[damage](registry)
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    with pytest.raises(CheckpointError, match=rf"{registry}") as e:
+        find_checkpoint(tmp_path)
+    assert "new folder" in str(e.value) and "backup" in str(e.value)
+    with pytest.raises(CheckpointError, match=rf"{registry}"):
+        io.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=rf"{registry}"):
+        io.load_checkpoint(previous)
+    assert "unverified" not in caplog.text
+    # Saving over it is refused too: the good previous.ckpt is never rotated away.
+    with pytest.raises(CheckpointError, match=rf"{registry}"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(256)}, "global_step": 3}, path)
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+
+
+@pytest.mark.slow
+def test_train_py_refuses_a_truncated_registry_and_keeps_both_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    args = [*DENSE, f"hydra.run.dir={run}"]
+    last = run / "checkpoints" / "last.ckpt"
+    for _ in range(3):
+        kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
+        if last.exists():
+            break
+    assert last.exists(), "three kills all landed between a commit's two renames"
+    nan_bytes(last, last.stat().st_size // 2, 64)
+    last.with_name(DIGESTS).write_text('{"checkpoints": [')
+    before = {p.name: p.read_bytes() for p in last.parent.iterdir()}
+    done = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode != 0
+    assert f"{last.with_name(DIGESTS)}: it is unreadable" in done.stderr, done.stderr[-3000:]
+    assert "unverified" not in done.stdout + done.stderr
+    assert {p.name: p.read_bytes() for p in last.parent.iterdir()} == before
+    assert not (run / "sae").exists() and not (run / "metrics.json").exists()
