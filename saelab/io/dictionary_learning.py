@@ -101,7 +101,9 @@ def read_dictionary_learning_folder(folder: str | os.PathLike) -> SAEFile:
             f"{weights_path}: a {dict_class} holds {list(names)}; missing {missing}, "
             f"unexpected {extra}."
         )
-    architecture, config_fields, tensors = _translate(dict_class, state, trainer, str(config_path))
+    architecture, config_fields, tensors = _translate(
+        dict_class, state, trainer, str(config_path), str(weights_path)
+    )
     check_tensors(tensors, str(weights_path))
     metadata = {"dict_class": dict_class}
     for ours, theirs in (("model_name", "lm_name"), ("hook_layer", "layer")):
@@ -119,9 +121,9 @@ def read_dictionary_learning_folder(folder: str | os.PathLike) -> SAEFile:
     )
 
 
-def _translate(dict_class: str, state: dict, trainer: dict, where: str):
+def _translate(dict_class: str, state: dict, trainer: dict, where: str, weights: str):
     k = int(state["k"]) if "k" in state else None
-    s = as_float({n: v for n, v in state.items() if n not in ("k", "group_sizes")})
+    s = as_float({n: v for n, v in state.items() if n not in ("k", "group_sizes")}, weights)
     if dict_class == "AutoEncoder":
         W_enc = s["encoder.weight"].T.contiguous()
         t = {

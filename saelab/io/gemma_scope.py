@@ -69,7 +69,9 @@ def load_gemma_scope_npz(path: str | os.PathLike) -> SAEFile:
     for key, array in arrays.items():
         if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"{path}: {key} has dtype {array.dtype}, expected floats.")
-    tensors = as_float({k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()})
+    tensors = as_float(
+        {k: torch.from_numpy(np.ascontiguousarray(a)) for k, a in arrays.items()}, str(path)
+    )
     check_tensors(tensors, str(path))
     if tensors["threshold"].dim() != 1:
         raise ValueError(f"{path}: threshold must hold one theta per latent.")

@@ -32,10 +32,20 @@ class SAEFile:
     path: str = ""
     metadata: dict = field(default_factory=dict)
     """What the file says about where the SAE reads (model_name, hook_name, hook_layer, ...)."""
+    config_prefix: str = ""
+    """Where the config fields sit in the file (``saelab_config.``), for messages."""
 
 
-def as_float(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """float32 copies: saelab's SAEs hold float32 weights (bf16/fp16 convert exactly)."""
+def as_float(tensors: dict[str, Tensor], where: str) -> dict[str, Tensor]:
+    """float32 copies: saelab's SAEs hold float32 weights (bf16/fp16 convert exactly). Integer
+    or bool tensors are refused: cast, they would load as weights nobody trained."""
+    for name, tensor in tensors.items():
+        if not tensor.is_floating_point():
+            dtype = str(tensor.dtype).removeprefix("torch.")
+            raise ValueError(
+                f"{where}: {name} holds {dtype} values; SAE weights must be floats (float16, "
+                "bfloat16, float32 or float64). The file is damaged or not an SAE's weights."
+            )
     return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()}
 
 

@@ -181,11 +181,26 @@ def _saelab_export(cfg: dict, tensors: dict, folder: Path) -> SAEFile:
     require_keys(config, ("architecture",), where, "saelab_config")
     config = dict(config)
     architecture = config.pop("architecture")
-    tensors = as_float(tensors)
+    tensors = as_float(tensors, str(folder / WEIGHTS_NAME))
     check_tensors(tensors, str(folder / WEIGHTS_NAME))
-    metadata = _plain(cfg.get("metadata"))
+    metadata = _file_metadata(cfg, where)
     metadata.pop("sae_lens_version", None)
-    return SAEFile(architecture, config, tensors, "saelab export", str(folder), metadata)
+    return SAEFile(
+        architecture, config, tensors, "saelab export", str(folder), metadata, "saelab_config."
+    )
+
+
+def _file_metadata(cfg: dict, where: str) -> dict:
+    """cfg.json's ``metadata``: a JSON object (or absent), kept as written."""
+    metadata = cfg.get("metadata")
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{where}: metadata must be a JSON object (model_name, hook_name, ...), not "
+            f"{type(metadata).__name__}; fix or remove the field."
+        )
+    return dict(metadata)
 
 
 def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile:
@@ -228,7 +243,7 @@ def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile
             f"{folder / WEIGHTS_NAME}: a SAELens {arch!r} SAE holds {list(names)}; missing "
             f"{missing}, unexpected {extra}."
         )
-    t = as_float(tensors)
+    t = as_float(tensors, str(folder / WEIGHTS_NAME))
     if tuple(t["W_enc"].shape) != (d_in, d_sae):
         raise ValueError(
             f"{folder / WEIGHTS_NAME}: W_enc has shape {tuple(t['W_enc'].shape)} but cfg.json "
@@ -258,7 +273,7 @@ def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile
     elif apply_b_dec:  # standard / jumprelu: saelab's encoder reads x itself
         t["b_enc"] = fold_into_encoder_bias(t["b_enc"], t["W_enc"], -t["b_dec"])
     metadata = {k: cfg[k] for k in METADATA_KEYS if k in cfg}
-    metadata.update(_plain(cfg.get("metadata")))
+    metadata.update(_file_metadata(cfg, where))
     metadata.pop("sae_lens_version", None)
     metadata["reshape_activations"] = cfg.get("reshape_activations", "none")
     return SAEFile(SAELAB_FAMILY[arch], config, t, f"SAELens {arch!r}", str(folder), metadata)

@@ -62,7 +62,7 @@ def read_sparsify_folder(folder: str | os.PathLike) -> SAEFile:
             f"{weights_path}: a sparsify SparseCoder holds {list(TENSORS)}; missing {missing}, "
             f"unexpected {extra}."
         )
-    s = as_float(tensors)
+    s = as_float(tensors, str(weights_path))
     t = {
         "W_enc": s["encoder.weight"].T.contiguous(),
         "b_enc": s["encoder.bias"],

@@ -96,6 +96,7 @@ def build_from_record(record: SAEFile) -> SAE:
             f"{where}: architecture={record.architecture!r} is not a saelab family; the families "
             f"are {', '.join(SAE_CLASSES)}."
         )
+    _check_sizes(record)
     config = cls.config_class(**_config_fields(cls.config_class, record.config, where))
     sae = cls(config)
     state = dict(record.tensors)
@@ -120,7 +121,38 @@ def build_from_record(record: SAEFile) -> SAE:
     return sae
 
 
-def attach_metadata(sae: SAE, **fields) -> SAE:
+# Beyond any SAE anyone trains (16M latents is among the largest published), and a size torch
+# can index: a larger claim in a config is damage or an attack, refused before it is allocated.
+MAX_SIZE = 2**31 - 1
+
+
+def _check_sizes(record: SAEFile) -> None:
+    """``d_in`` and ``d_sae`` are sane integers that match the tensors read from the file,
+    checked before the SAE is built: a config is a few bytes and can claim any size, and
+    building allocates what it claims."""
+    where = record.path or record.source
+    if record.config_prefix:  # a saelab export: the fields are in its cfg.json
+        where = str(Path(where) / "cfg.json")
+    W_enc = record.tensors.get("W_enc")
+    for axis, name in enumerate(("d_in", "d_sae")):
+        value = record.config.get(name)
+        if value is None:
+            continue  # a missing field is reported by _config_fields, naming it
+        field = f"{record.config_prefix}{name}"
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE:
+            raise ValueError(
+                f"{where}: {field}={value!r} is invalid: it must be int, in [1, {MAX_SIZE}]."
+                f" The config is damaged; fix it or re-export the SAE."
+            )
+        if W_enc is not None and W_enc.shape[axis] != value:
+            raise ValueError(
+                f"{where}: {field}={value} does not match the weights: W_enc has shape "
+                f"{tuple(W_enc.shape)} (d_in={W_enc.shape[0]}, d_sae={W_enc.shape[1]}). The "
+                "config or the weights file is damaged; fix the field or re-export the SAE."
+            )
+
+
+def attach_metadata(sae: SAE, /, **fields) -> SAE:
     """Record where ``sae`` reads (model_name, hook_name, hook_layer, ...) in
     ``sae.cfg.metadata``: ``save_sae`` writes it, SAEBench reads it (docs/interop.md)."""
     current = dict(vars(getattr(sae.cfg, "metadata", None) or types.SimpleNamespace()))

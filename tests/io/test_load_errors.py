@@ -61,7 +61,10 @@ def test_export_with_a_bad_value_is_refused_by_name(tmp_path, key, value, messag
 def test_export_whose_tensors_disagree_with_its_config_is_refused(tmp_path):
     _, folder = export(tmp_path)
     edit_cfg(folder, lambda c: c["saelab_config"].update(d_sae=32))
-    with pytest.raises(ValueError, match=r"W_dec has shape \(64, 16\) but the config"):
+    with pytest.raises(
+        ValueError,
+        match=r"saelab_config\.d_sae=32 does not match the weights: W_enc has shape \(16, 64\)",
+    ):
         load_sae(folder)
 
 
