@@ -164,3 +164,23 @@ class HashingWriter:
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()
+
+
+def unreadable_reason(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be read as a regular file (a symbolic link that loops or whose
+    target is gone, as on an unmounted disk; a folder; a permission), or None when it can.
+    Folders of data list their files with this so that nothing is skipped silently."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "a symbolic link that loops (it points, directly or not, to itself)"
+        if path.is_symlink():
+            return f"a dangling symbolic link: its target {os.readlink(path)} does not exist"
+        return f"unreadable ({error.strerror})"
+    if not path.is_file():
+        return "not a regular file"
+    if not os.access(path, os.R_OK):
+        return "unreadable (permission denied)"
+    return None

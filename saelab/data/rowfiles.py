@@ -24,6 +24,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from saelab.fileio import unreadable_reason
+
 SUFFIXES = (".npy", ".safetensors", ".pt")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 _SAFETENSORS_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
@@ -145,18 +147,38 @@ class RowFile:
         return self._tensor()[start:stop].to(torch.float32, copy=True)
 
 
+def _check_readable(folder: Path, files: list[Path]) -> None:
+    """Every shard of a folder is read, or the run stops naming the ones it cannot read:
+    training on what is left would quietly change the data."""
+    bad = [(p, unreadable_reason(p)) for p in files]
+    bad = [(p, why) for p, why in bad if why]
+    if bad:
+        listing = "; ".join(f"{p.name} is {why}" for p, why in bad[:8])
+        raise ValueError(
+            f"data.path={str(folder)!r}: {len(bad)} of its {len(files)} shard(s) cannot be read "
+            f"({listing}). Mount or restore them, or move them out of the folder to train "
+            "without them."
+        )
+
+
 class RowTable:
     """The files at ``path`` as one table of rows (a folder's files in name order)."""
 
     def __init__(self, path: str | os.PathLike, key: str | None = None):
         path = Path(path).expanduser()
+        if path.is_symlink() and not path.exists():
+            raise FileNotFoundError(
+                f"data.path={str(path)!r} is {unreadable_reason(path)}; point it at the "
+                "activations themselves (is the disk they are on mounted?)."
+            )
         if not path.exists():
             raise FileNotFoundError(
                 f"data.path={str(path)!r} does not exist; point it at a .npy, .safetensors or .pt "
                 "file of activations [tokens, d_in], or a folder of them."
             )
         if path.is_dir():
-            files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file())
+            files = sorted(p for p in path.iterdir() if p.suffix in SUFFIXES)
+            _check_readable(path, files)
             if not files:
                 found = sorted(p.name for p in path.iterdir())[:10]
                 raise ValueError(

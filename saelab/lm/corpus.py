@@ -27,6 +27,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from saelab.fileio import unreadable_reason
+
 STDLIB = "python-stdlib"
 DEFAULT_CHUNK_CHARS = 16_384  # ~4k tokens of English: 50 chunks per 800 kB of text
 HF_PREFIX = "hf:"
@@ -155,6 +157,11 @@ def stdlib_files() -> list[tuple[str, Path]]:
 
 
 def _local_files(root: Path) -> list[tuple[str, Path]]:
+    if root.is_symlink() and not root.exists():
+        raise FileNotFoundError(
+            f"corpus.source={str(root)!r} is {unreadable_reason(root)}; point it at the text "
+            "itself (is the disk it is on mounted?)"
+        )
     if not root.exists():
         raise FileNotFoundError(
             f"corpus.source={str(root)!r} does not exist: give an existing .txt/.jsonl file or "
@@ -162,15 +169,65 @@ def _local_files(root: Path) -> list[tuple[str, Path]]:
         )
     if root.is_file():
         return [(root.name, root)]
-    files = [p for p in root.rglob("*") if p.is_file() and p.suffix in (".txt", ".jsonl")]
+    files = [p for p in root.rglob("*") if p.suffix in (".txt", ".jsonl") and not p.is_dir()]
+    _check_readable(root, files)
     if not files:
         raise FileNotFoundError(f"corpus.source={str(root)!r} holds no .txt or .jsonl files")
     return sorted((p.relative_to(root).as_posix(), p) for p in files)
 
 
+def _check_readable(root: Path, files: list[Path]) -> None:
+    """Every file of the corpus is read, or the run stops naming the ones it cannot read:
+    training on what is left would quietly change the corpus."""
+    bad = [(p, unreadable_reason(p)) for p in files]
+    bad = [(p, why) for p, why in bad if why]
+    if bad:
+        listing = "; ".join(f"{p.relative_to(root)} is {why}" for p, why in bad[:8])
+        raise FileNotFoundError(
+            f"corpus.source={str(root)!r}: {len(bad)} of its {len(files)} text file(s) cannot "
+            f"be read ({listing}). Mount or restore them, or move them out of the folder."
+        )
+
+
+# A document is refused as "not text" when more than this fraction of its characters are
+# U+FFFD (bytes that are not UTF-8) or NUL, and there are at least NOT_TEXT_MIN of them: binary
+# data or UTF-16 decodes to far more (about half of random bytes), while a stray bad byte in
+# real text, or Latin-1 accents read as UTF-8, stays well below.
+NOT_TEXT_FRACTION = 0.1
+NOT_TEXT_MIN = 16
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` itself, or a ValueError naming ``where`` when it is mostly undecodable bytes."""
+    bad = text.count("\ufffd") + text.count("\0")
+    if bad >= NOT_TEXT_MIN and bad > NOT_TEXT_FRACTION * len(text):
+        raise ValueError(
+            f"{where} is not UTF-8 text: {bad:,} of its {len(text):,} characters are NUL or "
+            "bytes that do not decode (binary data, or another encoding such as UTF-16). "
+            "Training on it would teach the SAE noise; remove it from the corpus or convert "
+            "it to UTF-8."
+        )
+    return text
+
+
 def _read_text(path: Path) -> str:
-    # errors="replace": a stray non-UTF-8 byte in one file must not stop a run.
-    return path.read_text(encoding="utf-8", errors="replace")
+    # errors="replace": a stray non-UTF-8 byte in one file must not stop a run; a file that is
+    # mostly such bytes is not text and does (check_text).
+    return check_text(path.read_text(encoding="utf-8", errors="replace"), str(path))
+
+
+def _jsonl_row(line: str, path: Path, number: int) -> dict:
+    try:
+        row = json.loads(line)
+    except ValueError as error:
+        raise ValueError(
+            f"{path}:{number} is not valid JSON ({error}); fix or remove the line"
+        ) from None
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{path}:{number} holds a {type(row).__name__}, not a JSON object with the text field"
+        )
+    return row
 
 
 def _file_documents(files: list[tuple[str, Path]], field: str) -> Iterator[tuple[str, str]]:
@@ -182,10 +239,14 @@ def _file_documents(files: list[tuple[str, Path]], field: str) -> Iterator[tuple
         for i, line in enumerate(_read_text(path).splitlines()):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = _jsonl_row(line, path, i + 1)
             if field not in row:
                 raise ValueError(f"{path}:{i + 1} has no {field!r} field; set corpus.text_field")
-            yield f"{rel}:{i}", row[field]
+            if not isinstance(row[field], str):
+                raise ValueError(
+                    f"{path}:{i + 1}: {field!r} is a {type(row[field]).__name__}, not text"
+                )
+            yield f"{rel}:{i}", check_text(row[field], f"{path}:{i + 1}")
 
 
 def _hf_documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
@@ -202,7 +263,7 @@ def _hf_documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
         name, cfg.hf_config, split=cfg.hf_split, revision=cfg.hf_revision, streaming=True
     )
     for i, row in enumerate(ds):
-        yield str(i), row[cfg.text_field]
+        yield str(i), check_text(row[cfg.text_field], f"{cfg.source} row {i}")
 
 
 def _documents(cfg: CorpusConfig) -> Iterator[tuple[str, str]]:
