@@ -67,6 +67,8 @@ def _evaluate(
     progress,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """evaluate_sae's results and the per-latent feature density [d_sae]."""
+    check_tokens(n_tokens)
+    check_width(sae, model, point)
     device = next(model.parameters()).device  # the SAE and the sums go where the LM runs
     sae = sae.eval().to(device)
     l0, fvu = L0().to(device), FVU(sae.d_in).to(device)
@@ -127,6 +129,31 @@ def _evaluate(
     return results, dens
 
 
+def check_tokens(n_tokens) -> None:
+    """A positive number of held-out tokens (evaluate.py's ``--tokens``): fewer would evaluate
+    nothing and still overwrite eval.json."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0:
+        raise ValueError(
+            f"--tokens={n_tokens!r} is invalid: the number of held-out tokens must be an "
+            "integer > 0 (e.g. --tokens 16384)."
+        )
+
+
+def check_width(sae, model, point: SitePoint) -> None:
+    """The SAE reads activations as wide as the site's: else it was trained on another site or
+    model, and splicing it in would fail deep inside a matmul."""
+    from saelab.lm.sites import site_width
+
+    width = site_width(model, point.site)
+    if sae.d_in != width:
+        name = getattr(getattr(model, "config", None), "_name_or_path", "the model")
+        raise ValueError(
+            f"the SAE reads d_in={sae.d_in} but the {point.site} site of {name} (layer "
+            f"{point.layer}) is {width} wide: the SAE was trained on another model or site. "
+            "Give the model and site it was trained on (--model, --site, --layer)."
+        )
+
+
 def strict(results: dict) -> dict:
     """The results with undefined numbers (NaN/inf) as null plus the reason: strict JSON."""
     return finite_or_null(results, "undefined on the evaluated tokens (e.g. a zero denominator)")
@@ -146,6 +173,7 @@ def evaluate_on_validation(
     from saelab.lm.corpus import iter_documents
     from saelab.lm.load import lm_device, load_lm
 
+    check_tokens(n_tokens)  # before the model loads
     m = data_cfg.model
     model, tokenizer = load_lm(m, lm_device(getattr(data_cfg, "device", "auto")))
     results, density = _evaluate(

@@ -40,6 +40,10 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def target_from_args(args: argparse.Namespace) -> Target:
+    if getattr(args, "tokens", None) is not None:
+        from saelab.evaluation import check_tokens
+
+        check_tokens(args.tokens)  # before anything loads, and before eval.json is touched
     return resolve_target(
         args.path,
         args.model,
@@ -102,6 +106,24 @@ def _remote_code_decision(model: dict, trust_remote_code: bool, source: Path | N
     return {**model, "trust_remote_code": bool(trust_remote_code)}
 
 
+def _run_config(path: Path) -> dict:
+    """A run folder's config.json, or a ValueError naming it (never a bare JSON error)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as error:
+        raise ValueError(
+            f"{path} is not a readable run config ({error}); restore it from the run's "
+            ".hydra/config.yaml, or pass the SAE folder with --model, --site and --layer"
+        ) from None
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object with a 'data' object (as train.py writes it); "
+            "pass the SAE folder with --model, --site and --layer instead"
+        )
+    return config
+
+
 @dataclass
 class Target:
     """What to browse: the SAE file, the run folder (if any) and the data config it implies."""
@@ -162,7 +184,7 @@ def resolve_target(
             f"{path} is neither a run folder (config.json + sae/cfg.json), an SAE folder "
             "(cfg.json + sae_weights.safetensors) nor a Gemma Scope .npz file"
         )
-    run_cfg = json.loads((run_dir / "config.json").read_text()) if run_dir else {}
+    run_cfg = _run_config(run_dir / "config.json") if run_dir else {}
     if run_cfg and "site" not in run_cfg.get("data", {}):
         raise ValueError(
             f"{run_dir} was not trained on LM activations "

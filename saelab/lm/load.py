@@ -18,6 +18,8 @@ import huggingface_hub
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from saelab.fileio import unreadable_reason
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 EMBEDDED = {"tiny-gemma-2": ASSETS / "tiny-gemma-2"}
 PRETRAIN_COMMAND = "python -m saelab.lm.pretrain --out saelab/lm/assets/tiny-gemma-2 --seed 0"
@@ -51,12 +53,18 @@ def resolve(name_or_path: str | os.PathLike) -> str:
             )
         return str(folder)
     path = Path(name).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise ModelLoadError(
+            f"model.name_or_path={name!r} is {unreadable_reason(path)}; point it at the model "
+            "folder itself (is the disk it is on mounted?)"
+        )
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"model.name_or_path={name!r} is a local path but has no config.json; point it "
                 "at a folder written by save_pretrained (config.json + weights)"
             )
+        _check_safe_weights(path, name)
         return str(path)
     if _looks_like_path(name):
         raise ModelLoadError(
@@ -64,6 +72,24 @@ def resolve(name_or_path: str | os.PathLike) -> str:
             "id (e.g. google/gemma-2-2b) or model=tiny-gemma-2 (embedded, offline)"
         )
     return name  # a hub id
+
+
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def _check_safe_weights(folder: Path, name: str) -> None:
+    """A local model folder must hold safetensors weights: saelab never unpickles a model's
+    weights (a pickle can run code), so a folder of only pickled ones cannot load."""
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLED_WEIGHTS)
+    if pickled:
+        raise ModelLoadError(
+            f"model.name_or_path={name!r} holds only pickled weights ({', '.join(pickled[:4])}); "
+            "saelab loads safetensors only, since unpickling a file can run code. Convert them "
+            "once, with a model you trust: AutoModelForCausalLM.from_pretrained(path)"
+            ".save_pretrained(path, safe_serialization=True)"
+        )
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
@@ -114,7 +140,8 @@ def explain(name: str, what: str, err: Exception) -> ModelLoadError:
         where = ", then the network)."
     lines = [
         f"could not load the {what} {name!r}.",
-        f"Tried: the embedded names {sorted(EMBEDDED)}, a local folder {name!r} (not found), "
+        f"Tried: the embedded names {sorted(EMBEDDED)}, a local folder {name!r} "
+        f"({'found, but it did not load' if Path(name).expanduser().exists() else 'not found'}), "
         f"and the Hugging Face hub id {name!r} (local cache" + where,
         f"Cause: {type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}",
         "What to do:",

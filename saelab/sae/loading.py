@@ -48,6 +48,10 @@ def read_sae_file(path: str | os.PathLike) -> SAEFile:
     from saelab.io import dictionary_learning, gemma_scope, saelens, sparsify
 
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        from saelab.fileio import unreadable_reason
+
+        raise FileNotFoundError(f"{path} is {unreadable_reason(path)}; load_sae reads {ACCEPTED}.")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; load_sae reads {ACCEPTED}.")
     if path.is_file():
