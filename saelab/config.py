@@ -11,6 +11,7 @@ from saelab.data.activations import ActivationsDataConfig
 from saelab.data.files import FilesDataConfig, data_width
 from saelab.data.lm_stream import StreamDataConfig
 from saelab.data.synthetic import SyntheticDataConfig
+from saelab.data.synthsaebench import SynthSAEBenchDataConfig
 from saelab.lm.config import ModelConfig
 from saelab.lm.shape import model_shape
 from saelab.lm.sites import SiteConfig
@@ -23,6 +24,7 @@ SCHEMAS = {
         "activations_schema": ActivationsDataConfig,
         "files_schema": FilesDataConfig,
         "stream_schema": StreamDataConfig,
+        "synthsaebench_schema": SynthSAEBenchDataConfig,
     },
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},
