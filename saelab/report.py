@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from saelab.sae.registry import FAMILIES
+from saelab.summary import MIN_ABLATION_COST, ablation_cost, ce_recovered_is_meaningful
 
 METRICS = (
     "l0",
@@ -55,6 +56,8 @@ class Run:
     dead_fraction: float = math.nan
     dense_1pct_fraction: float = math.nan
     dense_10pct_fraction: float = math.nan
+    # What zero-ablating the site costs the LM (nats): CE loss recovered's denominator.
+    ablation_cost: float = math.nan
 
     @property
     def group(self) -> str:
@@ -119,6 +122,9 @@ def _run(
     if eval_file.is_file():
         evaluation = json.loads(eval_file.read_text())
         values = {k: float(evaluation[k]) for k in METRICS if k in evaluation}
+        cost = ablation_cost(evaluation.get("ce_clean"), evaluation.get("ce_zero_ablation"))
+        if cost is not None:
+            values["ablation_cost"] = cost
         source, eval_tokens = "eval", int(evaluation["tokens"])
     else:
         values = {
@@ -208,6 +214,26 @@ def _fmt(value: float, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if value == 0 or abs(value) >= 1e-3 else f"{value:.2e}"
 
 
+def _flagged(run: Run) -> bool:
+    return math.isfinite(run.ablation_cost) and not ce_recovered_is_meaningful(run.ablation_cost)
+
+
+def _ce_recovered(run: Run) -> str:
+    return _fmt(run.ce_loss_recovered) + ("*" if _flagged(run) else "")
+
+
+def _ce_recovered_note(runs: list[Run]) -> list[str]:
+    costs = [r.ablation_cost for r in runs if _flagged(r)]
+    if not costs:
+        return []
+    return [
+        f"* CE loss recovered is not meaningful here: zero-ablating the site costs the LM only "
+        f"{_fmt(max(costs))} nats at most (under {MIN_ABLATION_COST}), so the ratio divides by "
+        "almost nothing; compare delta LM loss.",
+        "",
+    ]
+
+
 def markdown(runs: list[Run]) -> str:
     lines = ["# Sweep report", ""]
     by_group: dict[str, list[Run]] = {}
@@ -230,10 +256,11 @@ def markdown(runs: list[Run]) -> str:
         for r in group_runs:
             lines.append(
                 f"| {r.family} | {r.knob}={_fmt(r.knob_value)} | {_fmt(r.l0)} | {_fmt(r.fvu)} | "
-                f"{_fmt(r.delta_lm_loss)} | {_fmt(r.ce_loss_recovered)} | {_fmt(r.dead_fraction)} | "
+                f"{_fmt(r.delta_lm_loss)} | {_ce_recovered(r)} | {_fmt(r.dead_fraction)} | "
                 f"{_fmt(r.dense_10pct_fraction)} |"
             )
         lines.append("")
+        lines += _ce_recovered_note(group_runs)
         for metric in ("delta_lm_loss", "fvu"):
             family_curves = curves(group_runs, metric)[group]
             anchors = shared_l0s(family_curves)
