@@ -7,10 +7,13 @@ python train.py trainer=ddp trainer.devices=4    # DDP (docs/scaling.md)
 python train.py resume=outputs/<date>/<time>     # continue a stopped run exactly
 """
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from saelab.config import register_configs
+from saelab.console import ConfigError, exit_on_config_error
 from saelab.launch import compose_job, launched_job
 from saelab.runner import train
 
@@ -21,7 +24,10 @@ OmegaConf.register_new_resolver("saelab.run_dir", lambda resume, new: resume or 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except ConfigError as error:  # one line, and no run folder for a run that never started
+        exit_on_config_error(error, Path(cfg.output_dir))
     if "interrupted" in metrics:  # SIGTERM/SIGINT: checkpointed; tell the scheduler/shell
         raise SystemExit(metrics["exit_code"])
     return metrics.get("val/fvu", float("nan"))

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from saelab.console import ConfigError, is_terminal, quiet_lightning
 from saelab.data.lm_data import LMDataConfig
 from saelab.evaluation import evaluate_on_validation
 from saelab.fileio import finite_or_null, write_json
@@ -41,6 +42,11 @@ from saelab.summary import run_summary
 # Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
 # computed: Lightning's advice to add sync_dist=True to them does not apply.
 warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+# An SAE run is sized in steps, not epochs: Lightning's advice about an epoch shorter than the
+# logging interval, and about the data loader's workers (the batches are slices of a memory-mapped
+# cache or a stream, not per-item loading), does not apply.
+warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 
 
 def build(cfg: DictConfig):
@@ -48,6 +54,8 @@ def build(cfg: DictConfig):
     before any work starts. With ``multi.saes`` set, the module trains all of them at once."""
     check_run_config(cfg)
     data_cfg = _to_object(cfg, "data")
+    if hasattr(data_cfg, "progress") and not is_terminal():
+        data_cfg.progress = False  # a bar in a log file is carriage returns, not progress
     members = multi_configs(cfg)
     if members:
         module = MultiSAELit({name: _member(cfg.seed, c) for name, c in members.items()})
@@ -128,12 +136,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 def _train(cfg: DictConfig) -> dict[str, float]:
-    pl.seed_everything(cfg.seed, workers=True)
+    quiet_lightning()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
     output_dir = Path(cfg.output_dir)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    datamodule, module = build(cfg)  # validates everything before touching the run folder
+    try:
+        datamodule, module = build(cfg)  # validates everything before touching the run folder
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     if cfg.get("resume") and Path(cfg.resume).resolve() != output_dir.resolve():
-        raise ValueError(
+        raise ConfigError(
             f"resume={cfg.resume} continues a run in its own folder, but this run writes to "
             f"{output_dir}. Drop hydra.run.dir/output_dir overrides; and do not combine resume= "
             "with -m: to resume a sweep, rerun it with the same hydra.sweep.dir (every job "
@@ -182,8 +194,27 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         metrics[_key(name, "family")] = member.family.name
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
+        _log_evaluation(trainer, metrics)
         print(run_summary(output_dir, metrics, list(members), exported=cfg.export), flush=True)
     return metrics
+
+
+def _evaluate(sae, data_cfg, tokens: int, folder: Path) -> dict:
+    terminal = is_terminal()
+    if not terminal:
+        print(f"evaluating on {tokens:,} held-out tokens, SAE spliced into the LM", flush=True)
+    return evaluate_on_validation(sae, data_cfg, tokens, progress=terminal, output_dir=folder)
+
+
+def _log_evaluation(trainer: pl.Trainer, metrics: dict) -> None:
+    """The held-out evaluation's numbers as TensorBoard scalars at the last step, so the curves
+    show the figures eval.json, the summary and report.py show."""
+    evaluation = {k: v for k, v in metrics.items() if "eval/" in k}
+    if not evaluation:
+        return
+    for logger in trainer.loggers:
+        logger.log_metrics(evaluation, step=trainer.global_step)
+        logger.finalize("success")  # the fit already closed it: flush what was added
 
 
 def _finite(metrics: dict) -> dict:
@@ -214,9 +245,13 @@ def _write_outputs(
             # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
             # Writes eval.json and the feature-density picture into the run (or member) folder.
             folder = output_dir / "eval" / name if name else output_dir
-            evaluation = evaluate_on_validation(sae, data_cfg, cfg.eval_tokens, output_dir=folder)
+            evaluation = _evaluate(sae, data_cfg, cfg.eval_tokens, folder)
             metrics.update(
-                {_key(name, f"eval/{k}"): v for k, v in evaluation.items() if isinstance(v, float)}
+                {
+                    _key(name, f"eval/{k}"): float(v)
+                    for k, v in evaluation.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
             )
     for name, sae in saes.items():
         if cfg.export:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny shapes so the whole default suite runs in about a minute on 2 CPU cores."""
+"""Shared fixtures: tiny shapes, so each test takes seconds on 2 CPU cores (the whole suite
+takes minutes: run the files you touch, or `-m "not slow"`)."""
 
 from __future__ import annotations
 
@@ -140,3 +141,47 @@ def llama_dir(tmp_path_factory) -> Path:
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(EMBEDDED[TINY] / name, folder / name)
     return folder
+
+
+def lm_run_overrides(model_dir, site: str, cache_dir) -> list[str]:
+    """A tiny data=activations run on ``model_dir`` (no shape key anywhere): 20 steps, 128
+    held-out tokens evaluated with the SAE spliced in."""
+    return [
+        f"model.name_or_path={model_dir}",
+        f"site={site}",
+        "layer=2",
+        "data.context_length=64",
+        "data.train_tokens=4096",
+        "data.val_tokens=1024",
+        "data.batch_size=512",
+        "data.shard_tokens=2048",
+        "data.device=cpu",
+        f"data.cache_dir={cache_dir}",
+        "sae.expansion_factor=4",
+        "sae.normalization_tokens=2048",
+        "trainer.max_steps=20",
+        "trainer.val_check_interval=10",
+        "trainer.limit_val_batches=2",
+        "eval_tokens=128",
+    ]
+
+
+@pytest.fixture(scope="session")
+def llama_run(tmp_path_factory, llama_dir):
+    """``python train.py`` as a user runs it (a real subprocess, stdout not a terminal) on the
+    3-layer llama folder, with TensorBoard: (run folder, completed process). Shared by the
+    tests that read what one real LM run printed and wrote."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("llama-run")
+    run = root / "run"
+    args = [*lm_run_overrides(llama_dir, "resid", root / "cache"), f"hydra.run.dir={run}"]
+    result = subprocess.run(
+        [sys.executable, "train.py", *args], cwd=CONF_DIR.parent, capture_output=True, timeout=300
+    )
+    # Decoded by hand: text mode would turn the carriage returns a progress bar writes into
+    # newlines, hiding what a log file of the console holds.
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return run, result
