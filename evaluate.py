@@ -6,6 +6,11 @@
 A model's own code (auto_map) runs only with --trust-remote-code, never because a run folder's
 config.json asks for it.
 
+A run's own eval.json (written by train.py, and what its summary, metrics.json, report.py and
+TensorBoard show) is kept: the new evaluation goes to <run>/eval-<N>-tokens/ (or --out), and
+the command prints where. --overwrite replaces the run's eval.json instead, and its eval/ keys
+in metrics.json with it.
+
 Reports L0, FVU, dead / dense fractions, relative reconstruction bias, and, with the
 reconstruction spliced into the model at the site, delta LM loss, CE loss recovered and KL.
 """
@@ -14,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from saelab.evaluation import evaluate_on_validation, strict
+from saelab.fileio import write_json
 from saelab.sae import load_sae
 from saelab.targets import add_target_arguments, target_from_args
 
@@ -26,20 +33,57 @@ def main() -> None:
     )
     add_target_arguments(parser)
     parser.add_argument("--tokens", type=int, default=16_384, help="held-out tokens to evaluate")
+    parser.add_argument("--out", type=Path, help="folder for eval.json (default: see above)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run's own eval.json (and metrics.json's eval/ keys)",
+    )
     args = parser.parse_args()
     try:
         target = target_from_args(args)  # validates site, layer range, sizes
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
+    out = output_folder(target.home, args.tokens, args.out, args.overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     results = evaluate_on_validation(
         load_sae(target.sae_path),
         target.data_cfg,
         args.tokens,
-        output_dir=target.home,
+        output_dir=out,
         extra={"sae": str(target.sae_path)},
     )
     print(json.dumps(strict(results), indent=2))
-    print(f"written: {target.home / 'eval.json'} and {target.home / 'feature_density.png'}")
+    if out == target.home and args.overwrite:
+        keep_metrics_in_step(target.home / "metrics.json", results)
+    print(f"written: {out / 'eval.json'}")
+    print(f"written: {out / 'feature_density.png'}")
+
+
+def output_folder(home: Path, tokens: int, out: Path | None, overwrite: bool) -> Path:
+    """Where this evaluation goes: --out; else beside the SAE when nothing is there yet (or
+    --overwrite); else a folder of its own, so the run's evaluation stays as it was."""
+    if out is not None:
+        return out
+    if overwrite or not (home / "eval.json").exists():
+        return home
+    return home / f"eval-{tokens}-tokens"
+
+
+def keep_metrics_in_step(metrics_file: Path, results: dict) -> None:
+    """A run's metrics.json holds its evaluation's numbers as eval/ keys: replace them."""
+    if not metrics_file.is_file():
+        return
+    metrics = json.loads(metrics_file.read_text())
+    metrics.update(
+        {
+            f"eval/{k}": v
+            for k, v in strict(results).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+    )
+    write_json(metrics_file, metrics)
+    print(f"written: {metrics_file} (eval/ keys; TensorBoard keeps the run's own)")
 
 
 if __name__ == "__main__":

@@ -73,3 +73,22 @@ def test_density_histogram_is_a_picture_and_copes_with_all_dead(tmp_path):
     for name in ("a.png", "b.png"):
         assert matplotlib.image.imread(tmp_path / name).ndim == 3
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+@pytest.mark.slow
+def test_evaluate_cli_writes_beside_a_run_without_clobbering_its_own_evaluation(llama_run):
+    """The run's eval.json, density picture and metrics.json stay as train.py wrote them (they
+    are what its summary, report.py and TensorBoard show); the new evaluation goes to a folder
+    of its own in the run, which the command names."""
+    run, _ = llama_run
+    own = {name: (run / name).read_bytes() for name in RUN_FILES}
+    done = _evaluate(run)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert {name: (run / name).read_bytes() for name in RUN_FILES} == own
+    written = [line.removeprefix("written: ") for line in done.stdout.splitlines()]
+    evaluation = next(Path(p) for p in written if p.endswith("eval.json"))
+    assert evaluation.parent.parent == run and json.loads(evaluation.read_text())["tokens"] >= 300
+    assert (evaluation.parent / "feature_density.png").is_file()
+
+
+RUN_FILES = ("eval.json", "feature_density.png", "metrics.json")
