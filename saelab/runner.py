@@ -47,6 +47,8 @@ warnings.filterwarnings("ignore", message=r".*when logging on epoch level in dis
 # cache or a stream, not per-item loading), does not apply.
 warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+# Lightning's own use of a torch API torch has deprecated: nothing a user can change.
+warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.*")
 
 
 def build(cfg: DictConfig):

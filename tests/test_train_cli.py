@@ -163,6 +163,7 @@ NOISE = (
     "Trainer.fit` stopped",
     "Seed set",
     "Warning",
+    "deprecated",
     "Validation",  # one bar per phase: no bar per validation
 )
 

@@ -184,6 +184,9 @@ def scan_latents(
         bar.update(int(keep.sum()))
         if scanner.tokens >= n_tokens:
             break
+    # Whole batches overshoot n_tokens, and a short split ends below it: the bar ends at what
+    # was scanned, so it reads 100% instead of stopping part-way.
+    bar.total = bar.n
     bar.close()
     if scanner.tokens == 0:
         raise ValueError(

@@ -135,3 +135,23 @@ def test_a_latent_built_for_one_token_shows_it_in_every_top_context(lm):
     assert (res.window_ids[0, :, 4] == target).all()  # the centre of every context
     on = res.window_acts[0] > 0
     assert (res.window_ids[0][on] == target).all()  # shading only ever on that token
+
+
+def test_the_scan_bar_ends_at_100_percent_of_what_it_scanned(lm, capsys):
+    """Asked for more tokens than the texts hold, the bar ends at what was scanned, 100%,
+    rather than stopping part-way as if the scan had been cut short."""
+    model, tok = lm
+    sae = detector_sae(model, tok, [" self"], d_sae=24)
+    texts = ["def f(self):\n    return self.x\n" * 20] * 3
+    res = scan_latents(
+        sae,
+        model,
+        tok,
+        SitePoint("resid", 0),
+        texts,
+        context_length=64,
+        n_tokens=100_000,
+        lm_batch_size=4,
+    )
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "100%" in last and f"{res.tokens}/{res.tokens}" in last
