@@ -15,6 +15,16 @@ def test_the_readme_names_what_the_skipped_prose_test_needs():
     assert prose.INSTALL_HINT in README
 
 
-def test_the_readme_quotes_the_real_error_of_its_example():
-    # The README's example of a bad value is the default TopK run's: d_sae = 128 x 8.
-    assert "sae.k=100000 is invalid: it must be an integer in [1, d_sae=1024]." in README
+def test_the_readme_quotes_the_real_error_of_its_example(tmp_path):
+    # The README's example of a bad value must be the message the code really gives.
+    import pytest
+
+    from saelab.runner import build
+    from tests.conftest import compose_config
+
+    cfg = compose_config(["sae=topk", "sae.k=100000"], tmp_path)
+    with pytest.raises(ValueError) as error:
+        build(cfg)
+    message = str(error.value)
+    assert message.startswith("sae.k=100000 is invalid")
+    assert f"`Error: {message}`" in README
