@@ -1,38 +1,65 @@
-"""One LightningModule class per registered SAE family (``JumpReLULit``, ``TopKLit``, ...), made
-from the registry: a family declares everything it trains with in its own module
-(saelab/sae/<family>.py), so nothing here changes when a family is added."""
+"""The LightningModule of each SAE family. All the behaviour is in ``SAELitModule`` and in the
+family's own module (saelab/sae/<family>.py); a class here only names which family it trains,
+so that ``JumpReLULit`` and its siblings are ordinary classes to import, read and subclass."""
 
 from __future__ import annotations
 
-from saelab.sae.registry import FAMILIES, Family
+from saelab.sae.registry import FAMILIES
 
 from .base import SAELitModule
 
 
-def _lit_class(family: Family) -> type[SAELitModule]:
-    name = family.sae.__name__.removesuffix("SAE") + "Lit"
-    namespace = {
-        "family": family,
-        "config_class": family.train_config,
-        "__module__": __name__,
-        "__qualname__": name,
-        "__doc__": f"The LightningModule of the {family.name!r} family ({family.sae.__name__}).",
-    }
-    return type(name, (SAELitModule,), namespace)
+class JumpReLULit(SAELitModule):
+    """Trains a JumpReLU SAE (``sae=jumprelu``, ``sae=jumprelu_paper``)."""
+
+    family = FAMILIES["jumprelu"]
+    config_class = family.train_config
+
+
+class TopKLit(SAELitModule):
+    """Trains a TopK SAE (``sae=topk``)."""
+
+    family = FAMILIES["topk"]
+    config_class = family.train_config
+
+
+class BatchTopKLit(SAELitModule):
+    """Trains a BatchTopK SAE (``sae=batchtopk``)."""
+
+    family = FAMILIES["batchtopk"]
+    config_class = family.train_config
+
+
+class MatryoshkaLit(SAELitModule):
+    """Trains a Matryoshka BatchTopK SAE (``sae=matryoshka``)."""
+
+    family = FAMILIES["matryoshka"]
+    config_class = family.train_config
+
+
+class GatedLit(SAELitModule):
+    """Trains a Gated SAE (``sae=gated``)."""
+
+    family = FAMILIES["gated"]
+    config_class = family.train_config
+
+
+class ReLULit(SAELitModule):
+    """Trains a ReLU SAE with an L1 penalty (``sae=relu``)."""
+
+    family = FAMILIES["relu"]
+    config_class = family.train_config
 
 
 LIT_CLASSES: dict[str, type[SAELitModule]] = {
-    name: _lit_class(family) for name, family in FAMILIES.items()
+    cls.family.name: cls
+    for cls in (JumpReLULit, TopKLit, BatchTopKLit, MatryoshkaLit, GatedLit, ReLULit)
 }
+if set(LIT_CLASSES) != set(FAMILIES):  # a new family needs its class here
+    missing = sorted(set(FAMILIES) - set(LIT_CLASSES))
+    raise ImportError(f"saelab/lit/families.py has no LightningModule for the families {missing}")
 
 
 def lit_class_for(config) -> type[SAELitModule]:
     """The LightningModule class for a family config (instance or class)."""
     return LIT_CLASSES[config.architecture]
-
-
-def __getattr__(name: str) -> type[SAELitModule]:
-    for cls in LIT_CLASSES.values():
-        if cls.__name__ == name:
-            return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,6 +12,7 @@ from .batchtopk import BatchTopKConfig, BatchTopKSAE, BatchTopKTrainConfig
 from .gated import GatedConfig, GatedSAE, GatedTrainConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, JumpReLUTrainConfig
 from .loading import load_sae
+from .matryoshka import MatryoshkaConfig, MatryoshkaSAE, MatryoshkaTrainConfig
 from .objective import Objective, Step, Sync
 from .registry import FAMILIES, Family, family
 from .relu import ReLUConfig, ReLUSAE, ReLUTrainConfig
@@ -53,6 +54,9 @@ __all__ = [
     "JumpReLUConfig",
     "JumpReLUSAE",
     "JumpReLUTrainConfig",
+    "MatryoshkaConfig",
+    "MatryoshkaSAE",
+    "MatryoshkaTrainConfig",
     "Objective",
     "ReLUConfig",
     "ReLUSAE",
