@@ -34,6 +34,29 @@ def is_terminal() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
+def start_timing(bar, n: int) -> None:
+    """Advance a tqdm bar by ``n`` (work done while starting up: the first batch, with the
+    reading, tokenising and warm-up before it) and time its rate from now on.
+
+    Counted as throughput, a slow start makes the first ETA many times the real one, and the
+    bar's smoothing takes minutes to forget it. The elapsed time still counts from the bar's
+    start: only the rate, and so the ETA, leaves the start-up out.
+    """
+    if bar.disable:
+        return
+    bar.n += n
+    bar.initial = bar.last_print_n = bar.n  # the rate counts what comes after this
+    bar.last_print_t = bar._time()  # the bar's own clock, as tqdm's unpause() reads it
+    bar.refresh()
+
+
+def finish_bar(bar) -> None:
+    """Close a tqdm bar at 100% of what it counted: work done in whole batches overshoots
+    the total asked for, and a source that runs short ends below it."""
+    bar.total = bar.n
+    bar.close()
+
+
 def quiet_loaders() -> None:
     """Off a terminal, no bar for loading a model's weights (Hugging Face's own)."""
     if not is_terminal():

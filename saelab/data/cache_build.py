@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from saelab.console import is_terminal, start_timing
 from saelab.data import shards
 from saelab.data.cache import MANIFEST, ActivationCache, CacheSpec, folder_lock, read_manifest
 from saelab.fileio import write_json
@@ -272,17 +273,8 @@ class CacheBuilder:
         start = min(
             (w.start_row for w, f in zip(writers, finished) if not f), default=spec.n_tokens
         )
-        sites = ", ".join(f"{p.site}@{p.layer}" for p in points)
-        bar = tqdm(
-            total=spec.n_tokens,
-            initial=min(start, spec.n_tokens),
-            unit="tok",
-            unit_scale=True,
-            desc=f"caching {sites} ({spec.split})",
-            disable=not self.source.progress,
-            mininterval=1.0,
-        )
-        row, t0 = 0, time.perf_counter()
+        bar = self._bar(spec, points, start)
+        row, t0, timed = 0, time.perf_counter(), False
         rows = iter_rows(
             model,
             tokenizer,
@@ -309,7 +301,11 @@ class CacheBuilder:
                     self.folder(writer.spec),
                 )
                 writer.feed(batch.row0, acts)
-            bar.update(row - max(batch.row0, start))
+            if timed:
+                bar.update(row - max(batch.row0, start))
+            else:  # the first batch carries the start-up: its rows count, its time does not
+                start_timing(bar, row - max(batch.row0, start))
+                timed = True
         bar.close()
         self._seconds = time.perf_counter() - t0
         if row < spec.n_tokens and start < spec.n_tokens:
@@ -321,6 +317,24 @@ class CacheBuilder:
             )
         for writer in writers:
             writer.flush()
+
+    def _bar(self, spec: CacheSpec, points, start: int) -> tqdm:
+        """A bar on a terminal; off one (a log file) a plain line, as a bar there is a carriage
+        return per refresh."""
+        desc = f"caching {', '.join(f'{p.site}@{p.layer}' for p in points)} ({spec.split})"
+        show = self.source.progress and is_terminal()
+        if self.source.progress and not show and start < spec.n_tokens:
+            resumed = f", resuming at {start:,}" if start else ""
+            print(f"{desc}: {spec.n_tokens:,} tokens{resumed}", flush=True)
+        return tqdm(
+            total=spec.n_tokens,
+            initial=min(start, spec.n_tokens),
+            unit="tok",
+            unit_scale=True,
+            desc=desc,
+            disable=not show,
+            mininterval=1.0,
+        )
 
     def _write_manifest(self, model, writer: _ShardWriter, point: SitePoint) -> None:
         spec, entries = writer.spec, writer.entries
