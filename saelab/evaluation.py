@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from saelab.console import finish_bar
 from saelab.fileio import finite_or_null, write_json
 from saelab.lm.contexts import iter_token_batches, keep_mask, special_ids
 from saelab.lm.sites import SitePoint, capture
@@ -108,7 +109,7 @@ def _evaluate(
         bar.update(int(keep.sum()))
         if tokens >= n_tokens:
             break
-    bar.close()
+    finish_bar(bar)  # whole batches of contexts overshoot n_tokens
     if tokens == 0:
         raise ValueError(
             "no tokens to evaluate: the corpus split is empty or shorter than one context"

@@ -83,3 +83,22 @@ def test_bad_sae_costs_loss_and_metrics_match_direct_computation(lm):
         if n >= 600:
             break
     assert out["l0"] == pytest.approx(counts / n, rel=1e-4)
+
+
+def test_the_evaluation_bar_ends_at_100_percent_of_what_it_evaluated(tiny_lm, capsys):
+    """Whole batches of contexts overshoot the tokens asked for: the bar ends at the tokens
+    evaluated, 100%, not past it."""
+    model, tok = tiny_lm
+    out = evaluate_sae(
+        identity_sae(128),
+        model,
+        tok,
+        SitePoint("resid", 1),
+        iter_documents(None, "validation"),
+        context_length=64,
+        n_tokens=100,
+        lm_batch_size=4,
+    )
+    last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert out["tokens"] > 100  # one batch of 4 contexts
+    assert "100%" in last and f"{out['tokens']}/{out['tokens']}" in last, last
