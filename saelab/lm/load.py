@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 import huggingface_hub
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from saelab.fileio import unreadable_reason
 
@@ -189,16 +191,10 @@ def load_model(
         config = load_config(target, revision, trust_remote_code)
         if attn_implementation is None and config.model_type in _EAGER_MODEL_TYPES:
             attn_implementation = "eager"
-        model = AutoModelForCausalLM.from_pretrained(
-            target,
-            config=config,
-            revision=revision,
-            dtype=_as_dtype(dtype),
-            trust_remote_code=trust_remote_code,
-            attn_implementation=attn_implementation,
-            use_safetensors=True,  # never unpickle .bin weights
-            local_files_only=_local_only(target),
-        )
+        with _no_weight_loading_bar():
+            model = _from_pretrained(
+                target, config, revision, dtype, trust_remote_code, attn_implementation
+            )
     except OSError as e:
         if isinstance(e, ModelLoadError):
             raise
@@ -206,6 +202,42 @@ def load_model(
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _from_pretrained(target, config, revision, dtype, trust_remote_code, attn_implementation):
+    return AutoModelForCausalLM.from_pretrained(
+        target,
+        config=config,
+        revision=revision,
+        dtype=_as_dtype(dtype),
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
+        use_safetensors=True,  # never unpickle .bin weights
+        local_files_only=_local_only(target),
+    )
+
+
+@contextmanager
+def _no_weight_loading_bar():
+    """No bar of transformers' own while it copies the weights into the model ("Loading
+    weights"): a phase of seconds that would draw a bar between saelab's. Its warnings, and
+    huggingface_hub's download bars (not drawn through this hook), are left as they are.
+    transformers before 5 has no hook, and draws such a bar only for sharded checkpoints."""
+    set_hook = getattr(hf_logging, "set_tqdm_hook", None)
+    if set_hook is None:
+        yield
+        return
+    previous = set_hook(None)
+
+    def disabled(factory, args, kwargs):
+        kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+
+    set_hook(disabled)
+    try:
+        yield
+    finally:
+        set_hook(previous)
 
 
 def load_tokenizer(

@@ -122,3 +122,42 @@ def test_without_network_an_unknown_hub_id_fails_without_waiting_on_retries():
     assert time.perf_counter() - start < 10
     assert "https://huggingface.co is unreachable from here" in str(e.value)
     assert "model=tiny-gemma-2" in str(e.value)
+
+
+@pytest.fixture
+def bars_on():
+    """transformers' bars as a fresh process has them (a run off a terminal turns them off)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
+    yield
+    if not was_on:
+        hf_logging.disable_progress_bar()
+
+
+def test_loading_the_embedded_model_draws_no_bar_of_transformers(offline, bars_on, capfd):
+    load_model("tiny-gemma-2")
+    assert "Loading weights" not in capfd.readouterr().err
+
+
+def test_transformers_still_warns_of_weights_the_folder_lacks(tmp_path, offline, bars_on):
+    """Only the bar is silenced: a checkpoint short of a weight is still reported."""
+    import logging
+
+    from safetensors.torch import load_file, save_file
+
+    _tiny_llama().save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        load_model(tmp_path)
+    finally:
+        logger.removeHandler(handler)
+    assert any("model.norm.weight" in r.getMessage() for r in records)
