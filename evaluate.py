@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
+from saelab.console import is_terminal
 from saelab.evaluation import evaluate_on_validation, strict
 from saelab.fileio import write_json
 from saelab.sae import load_sae
@@ -46,10 +48,14 @@ def main() -> None:
         parser.error(str(error))
     out = output_folder(target.home, args.tokens, args.out, args.overwrite)
     out.mkdir(parents=True, exist_ok=True)
+    terminal = is_terminal()
+    if not terminal:  # a bar in a log file is carriage returns, not progress
+        print(f"evaluating on {args.tokens:,} held-out tokens", file=sys.stderr, flush=True)
     results = evaluate_on_validation(
         load_sae(target.sae_path),
         target.data_cfg,
         args.tokens,
+        progress=terminal,
         output_dir=out,
         extra={"sae": str(target.sae_path)},
     )

@@ -52,6 +52,8 @@ def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
     )
     done = _evaluate(path, "--site", "resid", "--layer", "12")
     assert done.returncode == 0, done.stderr[-2000:]
+    # Off a terminal, a line saying what runs instead of a bar's carriage returns.
+    assert "evaluating on 300 held-out tokens" in done.stderr and "%|" not in done.stderr
     out_dir = path if path.is_dir() else path.parent
     results = json.loads((out_dir / "eval.json").read_text())
     assert results["tokens"] >= 300 and results["site"] == "resid" and results["layer"] == 12
