@@ -39,7 +39,7 @@ from .sync import sync_for_run
 def adam(groups: list[dict[str, Any]], sharded: bool, precision: str) -> torch.optim.Adam:
     """Adam over the parameter groups: the fused implementation (one pass per step, and none of
     the two [d_sae, d_in] temporaries the per-tensor one builds for its denominators, which
-    dominate the transient memory of a wide SAE: README, "Real shapes") unless the parameters
+    dominate the transient memory of a wide SAE: docs/speed.md, "Real shapes") unless the parameters
     are FSDP shards, which it does not take, or the step runs under mixed precision, where
     Lightning refuses to clip a fused optimiser's gradients."""
     fused = not sharded and str(precision) not in ("16-mixed", "bf16-mixed")

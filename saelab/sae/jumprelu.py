@@ -126,8 +126,8 @@ class JumpReLUSAE(SAE):
 
 # --- training ------------------------------------------------------------------------------------
 JUMPRELU_LR_AT_1024 = 3e-3
-"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens (README, "Choosing eps and
-lambda"); TopK was best at 3e-3 too."""
+"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens (docs/results.md, "Choosing eps
+and lambda"); TopK was best at 3e-3 too."""
 
 
 PREACT_COEFFICIENT = 1e-3
@@ -223,7 +223,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """The lr decays linearly to 0 over this final fraction of the run: with the default
     threshold warm-up, all of the per-latent phase. Without it the thresholds keep moving by
     about lr per step after the hand-over, and on long runs silent latents ratchet theirs up
-    until the run diverges (docs/robustness.md, phases 5 and 6; docs/maths.md §8.7)."""
+    until the run diverges (docs/robustness.md, "Why JumpReLU misses"; docs/maths.md §8.7)."""
     sparsity_warmup_steps: int | None = 10_000
 
     def default_lr(self) -> float:
