@@ -94,11 +94,11 @@ def test_the_evaluation_bar_ends_at_100_percent_of_what_it_evaluated(tiny_lm, ca
         model,
         tok,
         SitePoint("resid", 1),
-        iter_documents(None, "validation"),
-        context_length=64,
-        n_tokens=100,
-        lm_batch_size=4,
+        ["def f(self):\n    return self.x\n" * 20] * 3,
+        context_length=32,
+        n_tokens=40,
+        lm_batch_size=2,
     )
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
-    assert out["tokens"] > 100  # one batch of 4 contexts
+    assert out["tokens"] > 40  # one batch of 2 contexts
     assert "100%" in last and f"{out['tokens']}/{out['tokens']}" in last, last

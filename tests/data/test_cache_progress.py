@@ -26,7 +26,7 @@ def _seconds(clock: str) -> int:
     return seconds
 
 
-def _build(lm, corpus_cfg, root, n_tokens=2000):
+def _build(lm, corpus_cfg, root, n_tokens=1200):
     source = LMSource(model=model_config(), corpus=corpus_cfg, device="cpu", lm_batch_size=4)
     builder = CacheBuilder(source, root, lm=lm)
     return builder.ensure([source.spec("train", "resid", 1, n_tokens, shard_tokens=512)])[0]
@@ -50,8 +50,8 @@ def test_the_caching_eta_leaves_the_slow_first_batch_out(
     tiny_lm, text_corpus, tmp_path, capsys, monkeypatch
 ):
     """Every ETA shown foresees the end the pass really had. Timed from the start, the first
-    batch's seconds read as the pace of the whole pass: an ETA of ~15 x START_UP (25 minutes)
-    where the rest takes ~15 x PER_BATCH."""
+    batch's seconds read as the pace of the whole pass: an ETA of ~9 x START_UP (15 minutes)
+    where the rest takes ~9 x PER_BATCH."""
     for stream in (sys.stdout, sys.stderr):  # a terminal, where the bar is drawn
         monkeypatch.setattr(stream, "isatty", lambda: True)
     hook = _timed_forwards(tiny_lm[0], monkeypatch)
@@ -63,7 +63,7 @@ def test_the_caching_eta_leaves_the_slow_first_batch_out(
     clocks = [CLOCKS.search(line) for line in frames]
     timed = [(_seconds(c[1]), _seconds(c[2])) for c in clocks if c]  # (elapsed, ETA)
     end = timed[-1][0]
-    assert len(cache) == 2000 and "100%" in frames[-1]
+    assert len(cache) == 1200 and "100%" in frames[-1]
     assert end >= START_UP, frames  # the elapsed time still holds the start-up
     assert len(timed) >= 5, frames  # refreshes mid-pass, and the end
     for elapsed, eta in timed:
