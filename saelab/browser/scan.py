@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from saelab.console import finish_bar
 from saelab.lm.contexts import iter_token_batches, keep_mask
 from saelab.lm.sites import SitePoint, forward_until
 
@@ -184,10 +185,7 @@ def scan_latents(
         bar.update(int(keep.sum()))
         if scanner.tokens >= n_tokens:
             break
-    # Whole batches overshoot n_tokens, and a short split ends below it: the bar ends at what
-    # was scanned, so it reads 100% instead of stopping part-way.
-    bar.total = bar.n
-    bar.close()
+    finish_bar(bar)  # whole batches overshoot n_tokens; a short split ends below it
     if scanner.tokens == 0:
         raise ValueError(
             "no tokens to scan: the validation split is empty or shorter than one context"
