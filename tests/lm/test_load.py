@@ -155,9 +155,20 @@ def test_transformers_still_warns_of_weights_the_folder_lacks(tmp_path, offline,
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append
     logger = logging.getLogger("transformers")
+    # transformers' loggers as a fresh process has them: logging set up by another test in
+    # this process (disabled loggers, a raised level) must not decide this one.
+    report = logging.getLogger("transformers.utils.loading_report")
+    chain = [logger, report]
+    saved = [(lg.disabled, lg.level, lg.propagate) for lg in chain]
+    logger.disabled = report.disabled = False
+    report.propagate = True
+    logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
     try:
         load_model(tmp_path)
     finally:
         logger.removeHandler(handler)
+        for lg, (disabled, level, propagate) in zip(chain, saved):
+            lg.disabled, lg.propagate = disabled, propagate
+            lg.setLevel(level)
     assert any("model.norm.weight" in r.getMessage() for r in records)

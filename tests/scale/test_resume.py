@@ -74,10 +74,12 @@ def test_kill_9_mid_run_then_rerun_in_the_same_folder_ends_with_identical_weight
 def test_sigterm_saves_a_checkpoint_stops_and_resume_continues_exactly(tmp_path, uninterrupted):
     run = tmp_path / "run"
     # No interval checkpoint before the end: any checkpoint found must come from the signal.
-    args = [*LONG, f"checkpoint_every_n_steps={STEPS}", f"hydra.run.dir={run}"]
+    # Off a terminal the progress is plain lines, the first a tenth of the way into the run.
+    progress = "trainer.enable_progress_bar=true"
+    args = [*LONG, progress, f"checkpoint_every_n_steps={STEPS}", f"hydra.run.dir={run}"]
     proc = start_train_py(args)
-    for line in proc.stdout:  # Lightning prints the model summary just before the first step
-        if "Total estimated model params size" in line:
+    for line in proc.stdout:
+        if line.startswith("training steps "):
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
@@ -108,10 +110,11 @@ def test_sigterm_to_rank_0_of_a_ddp_run_stops_both_ranks_at_one_step_with_a_chec
         f"hydra.run.dir={run}",
         "trainer.val_check_interval=1000",
         "checkpoint_every_n_steps=5000",
+        "trainer.enable_progress_bar=true",
     ]
     proc = start_train_py([*args, "trainer.max_steps=3000"])
-    for line in proc.stdout:
-        if "Total estimated model params size" in line:
+    for line in proc.stdout:  # rank 0's first plain progress line, a tenth into the run
+        if line.startswith("training steps "):
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns it through the all-reduce
