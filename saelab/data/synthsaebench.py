@@ -3,8 +3,8 @@ built by SAELens's own code (``sae_lens.synthetic``) from the published configur
 trained here are scored on the same problem as the field's (docs/synthsaebench.md).
 
 The benchmark model (feature directions, firing probabilities, hierarchy, correlations) is built
-once per configuration and kept in saelab's cache: its orthogonalisation is the slow part (about
-1.5 h on this project's 2-core CPU for the 16k model; seconds on a GPU). Training samples are
+once per configuration and kept in saelab's cache: its orthogonalisation is the slow part on a CPU
+(docs/synthsaebench.md has the times). Training samples are
 generated alongside training, never stored: global batch g of a split is
 ``model.sample(batch_size)`` under a seed that is a pure function of (seed, split, g), so any rank,
 any resumed run and any order of reads sees the same tokens.
@@ -229,6 +229,9 @@ def store(model, folder: Path) -> None:
 
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide a shared cache from its users
     try:
         model.save(tmp)
         digests = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
