@@ -161,7 +161,7 @@ def test_a_trained_export_is_scored_by_sae_lens_on_the_same_ground_truth(cache_d
     )
     # The samples SAELens scored, through saelab's own SAE and the data module's dictionary.
     acts = torch.cat(generator.seen)
-    x = acts @ dm.true_features + dm.model.feature_dict.bias
+    x = acts @ dm.true_features + dm.model.feature_dict.bias.detach()
     ours = load_sae(tmp_path / "sae")
     with torch.no_grad():
         f = ours.encode(x)
