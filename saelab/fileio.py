@@ -184,3 +184,14 @@ def unreadable_reason(path: str | os.PathLike) -> str | None:
     if not os.access(path, os.R_OK):
         return "unreadable (permission denied)"
     return None
+
+
+def unreadable_files(root: Path, files: list[Path], most: int = 8) -> str | None:
+    """None when every one of ``files`` (under the folder ``root``) can be read, else how many
+    cannot and why for the first ``most`` of them (paths relative to ``root``): folders of data
+    refuse to go on without some of their files, which would quietly change the data."""
+    bad = [(p, why) for p in files if (why := unreadable_reason(p))]
+    if not bad:
+        return None
+    listing = "; ".join(f"{p.relative_to(root)} is {why}" for p, why in bad[:most])
+    return f"{len(bad)} of its {len(files)} file(s) cannot be read ({listing})"

@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from saelab.fileio import unreadable_reason
+from saelab.fileio import unreadable_files, unreadable_reason
 
 SUFFIXES = (".npy", ".safetensors", ".pt")
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -148,16 +148,11 @@ class RowFile:
 
 
 def _check_readable(folder: Path, files: list[Path]) -> None:
-    """Every shard of a folder is read, or the run stops naming the ones it cannot read:
-    training on what is left would quietly change the data."""
-    bad = [(p, unreadable_reason(p)) for p in files]
-    bad = [(p, why) for p, why in bad if why]
-    if bad:
-        listing = "; ".join(f"{p.name} is {why}" for p, why in bad[:8])
+    problem = unreadable_files(folder, files)
+    if problem:
         raise ValueError(
-            f"data.path={str(folder)!r}: {len(bad)} of its {len(files)} shard(s) cannot be read "
-            f"({listing}). Mount or restore them, or move them out of the folder to train "
-            "without them."
+            f"data.path={str(folder)!r}: {problem}. Mount or restore them, or move them out of "
+            "the folder to train without them."
         )
 
 

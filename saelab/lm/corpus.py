@@ -27,7 +27,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from saelab.fileio import unreadable_reason
+from saelab.fileio import unreadable_files, unreadable_reason
 
 STDLIB = "python-stdlib"
 DEFAULT_CHUNK_CHARS = 16_384  # ~4k tokens of English: 50 chunks per 800 kB of text
@@ -177,15 +177,11 @@ def _local_files(root: Path) -> list[tuple[str, Path]]:
 
 
 def _check_readable(root: Path, files: list[Path]) -> None:
-    """Every file of the corpus is read, or the run stops naming the ones it cannot read:
-    training on what is left would quietly change the corpus."""
-    bad = [(p, unreadable_reason(p)) for p in files]
-    bad = [(p, why) for p, why in bad if why]
-    if bad:
-        listing = "; ".join(f"{p.relative_to(root)} is {why}" for p, why in bad[:8])
+    problem = unreadable_files(root, files)
+    if problem:
         raise FileNotFoundError(
-            f"corpus.source={str(root)!r}: {len(bad)} of its {len(files)} text file(s) cannot "
-            f"be read ({listing}). Mount or restore them, or move them out of the folder."
+            f"corpus.source={str(root)!r}: {problem}. Mount or restore them, or move them out "
+            "of the folder."
         )
 
 
