@@ -109,6 +109,16 @@ def test_sharded_folder_checkpoints_are_checksummed_and_rotated_too(tmp_path):
 
 
 # --- end to end: train.py, kill -9, damage, the same command again ------------------------
+def kill_with_two_checkpoints(args: list[str], last) -> None:
+    """train.py killed once a previous.ckpt exists to fall back on and a last.ckpt to damage
+    (a kill between a commit's two renames leaves none: the same command again moves past it)."""
+    for _ in range(3):
+        kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
+        if last.exists():
+            return
+    raise AssertionError("three kills all landed between a commit's two renames")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("damage", ["nan-bytes", "truncated"])
 def test_resume_after_damage_to_last_ckpt_takes_the_previous_and_ends_bit_for_bit(
@@ -117,13 +127,7 @@ def test_resume_after_damage_to_last_ckpt_takes_the_previous_and_ends_bit_for_bi
     run = tmp_path / "run"
     args = [*DENSE, f"hydra.run.dir={run}"]
     last = run / "checkpoints" / "last.ckpt"
-    # Killed once a previous.ckpt exists to fall back on, and a last.ckpt to damage (a kill
-    # between a commit's two renames leaves none: the same command again moves past it).
-    for _ in range(3):
-        kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
-        if last.exists():
-            break
-    assert last.exists(), "three kills all landed between a commit's two renames"
+    kill_with_two_checkpoints(args, last)
     DAMAGE[damage](last)
     done = train_py(args)
     log = done.stdout + done.stderr
@@ -199,11 +203,7 @@ def test_train_py_refuses_a_truncated_registry_and_keeps_both_checkpoints(tmp_pa
     run = tmp_path / "run"
     args = [*DENSE, f"hydra.run.dir={run}"]
     last = run / "checkpoints" / "last.ckpt"
-    for _ in range(3):
-        kill_when(start_train_py(args), lambda: step_of(last.with_name("previous.ckpt")) > 0)
-        if last.exists():
-            break
-    assert last.exists(), "three kills all landed between a commit's two renames"
+    kill_with_two_checkpoints(args, last)
     nan_bytes(last, last.stat().st_size // 2, 64)
     last.with_name(DIGESTS).write_text('{"checkpoints": [')
     before = {p.name: p.read_bytes() for p in last.parent.iterdir()}
