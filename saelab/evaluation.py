@@ -92,6 +92,11 @@ def _evaluate(
         tokenizer, texts, context_length, lm_batch_size, prepend_bos
     ):
         keep = torch.from_numpy(keep_mask(ids, mask, tokenizer)).to(device)
+        # The SAE's own metrics read exactly the first n_tokens kept positions, in the row order
+        # of the activation cache, so at n_tokens = data.val_tokens they are computed on the
+        # very rows the validation batches hold (docs/maths.md §6). The LM metrics need whole
+        # contexts: they cover every context those rows sit in.
+        keep = keep & (keep.flatten().cumsum(0) <= n_tokens - tokens).view_as(keep)
         ids, mask = torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
         # One clean forward gives both the site's activations and the clean logits.
         with capture(model, [point]) as store:
@@ -109,7 +114,7 @@ def _evaluate(
         bar.update(int(keep.sum()))
         if tokens >= n_tokens:
             break
-    finish_bar(bar)  # whole batches of contexts overshoot n_tokens
+    finish_bar(bar)
     if tokens == 0:
         raise ValueError(
             "no tokens to evaluate: the corpus split is empty or shorter than one context"
@@ -118,6 +123,7 @@ def _evaluate(
     dens = density.compute().cpu()
     results = {
         "tokens": tokens,
+        "lm_targets": targets,
         "l0": float(l0.compute()),
         "fvu": float(fvu.compute()),
         "relative_reconstruction_bias": float(bias.compute()),

@@ -46,9 +46,11 @@ def check_run_config(cfg: DictConfig) -> None:
     if not _is_int(get("seed", 0)):
         raise _invalid("seed", get("seed"), "it must be an integer")
     eval_tokens = get("eval_tokens", 0)
-    if not _is_int(eval_tokens) or eval_tokens < 0:
+    if eval_tokens is not None and (not _is_int(eval_tokens) or eval_tokens < 0):
         raise _invalid(
-            "eval_tokens", eval_tokens, "it must be an integer >= 0 (0 = no end-of-run evaluation)"
+            "eval_tokens",
+            eval_tokens,
+            "it must be an integer >= 0 (0 = no end-of-run evaluation) or null (data.val_tokens)",
         )
     every = get("checkpoint_every_n_steps", 1)
     if not _is_int(every) or every <= 0:

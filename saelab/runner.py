@@ -197,7 +197,9 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
         _log_evaluation(trainer, metrics)
-        print(run_summary(output_dir, metrics, list(members), exported=cfg.export), flush=True)
+        same_rows = eval_tokens(cfg, datamodule.cfg) == getattr(datamodule.cfg, "val_tokens", -1)
+        summary = run_summary(output_dir, metrics, list(members), cfg.export, same_rows)
+        print(summary, flush=True)
     return metrics
 
 
@@ -236,18 +238,28 @@ def _export_metadata(data_cfg) -> dict:
     return describe() if describe is not None else {}
 
 
+def eval_tokens(cfg: DictConfig, data_cfg) -> int:
+    """Held-out tokens of the end-of-run evaluation; 0 where there is none (it needs LM data).
+    ``eval_tokens=null`` reads the validation batches' own rows (``data.val_tokens``), so the
+    summary's held-out and validation L0/FVU are computed on the same tokens."""
+    if not isinstance(data_cfg, LMDataConfig):
+        return 0
+    return data_cfg.val_tokens if cfg.eval_tokens is None else cfg.eval_tokens
+
+
 def _write_outputs(
     cfg: DictConfig, output_dir: Path, data_cfg, saes: dict, metrics: dict, resolved
 ) -> None:
     """Rank 0 only: evaluation with the LM, the exported SAEs, metrics.json and config.json.
     A single SAE goes to ``sae/``; the members of a multi-SAE run to ``sae/<name>/``."""
     output_dir.mkdir(parents=True, exist_ok=True)
+    tokens = eval_tokens(cfg, data_cfg)
     for name, sae in saes.items():
-        if cfg.eval_tokens > 0 and isinstance(data_cfg, LMDataConfig):
+        if tokens > 0:
             # The paper's headline metric needs the LM: splice the raw-activation SAE back in.
             # Writes eval.json and the feature-density picture into the run (or member) folder.
             folder = output_dir / "eval" / name if name else output_dir
-            evaluation = _evaluate(sae, data_cfg, cfg.eval_tokens, folder)
+            evaluation = _evaluate(sae, data_cfg, tokens, folder)
             metrics.update(
                 {
                     _key(name, f"eval/{k}"): float(v)

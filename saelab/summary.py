@@ -75,9 +75,17 @@ def held_out_lines(metrics: dict, prefix: str = "") -> list[str]:
     return lines
 
 
-def validation_lines(metrics: dict, prefix: str = "", held_out: bool = True) -> list[str]:
+def validation_lines(
+    metrics: dict, prefix: str = "", held_out: bool = True, same_rows: bool = False
+) -> list[str]:
     get = _getter(metrics, f"{prefix}val/")
     why = "" if held_out else "; no held-out evaluation: it needs LM data and eval_tokens > 0"
+    if held_out:
+        why = (
+            "; the rows the evaluation's L0 and FVU read, so they agree"
+            if same_rows
+            else "; other rows than the evaluation's (eval_tokens != data.val_tokens)"
+        )
     return [
         f"validation batches (metrics.json val/*, TensorBoard val/{why}):",
         f"  L0 {_number(get('l0'), '.1f')}  FVU {_number(get('fvu'), '.4f')}  "
@@ -85,13 +93,17 @@ def validation_lines(metrics: dict, prefix: str = "", held_out: bool = True) -> 
     ]
 
 
-def member_lines(metrics: dict, prefix: str = "") -> list[str]:
+def member_lines(metrics: dict, prefix: str = "", same_rows: bool = False) -> list[str]:
     held_out = held_out_lines(metrics, prefix)
-    return [*held_out, *validation_lines(metrics, prefix, held_out=bool(held_out))]
+    return [*held_out, *validation_lines(metrics, prefix, bool(held_out), same_rows)]
 
 
-def run_summary(output_dir: Path, metrics: dict, members: list[str], exported: bool) -> str:
-    """``members``: the member names of a multi-SAE run, ``[""]`` for a single SAE."""
+def run_summary(
+    output_dir: Path, metrics: dict, members: list[str], exported: bool, same_rows: bool = False
+) -> str:
+    """``members``: the member names of a multi-SAE run, ``[""]`` for a single SAE.
+    ``same_rows``: the held-out evaluation read the validation batches' rows (its L0 and FVU
+    are then theirs)."""
     output_dir = Path(output_dir)
     lines = [
         f"saelab: finished at step {int(metrics.get('steps', 0))}. Run folder: {output_dir}",
@@ -102,5 +114,5 @@ def run_summary(output_dir: Path, metrics: dict, members: list[str], exported: b
         label = f"{name}: " if name else ""
         prefix = f"{name}/" if name else ""
         lines.append(f"  {label}SAE {where}")
-        lines += [f"    {line}" for line in member_lines(metrics, prefix)]
+        lines += [f"    {line}" for line in member_lines(metrics, prefix, same_rows)]
     return "\n".join(lines)

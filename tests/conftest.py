@@ -161,8 +161,7 @@ def lm_run_overrides(model_dir, site: str, cache_dir) -> list[str]:
         "sae.normalization_tokens=2048",
         "trainer.max_steps=20",
         "trainer.val_check_interval=10",
-        "trainer.limit_val_batches=2",
-        "eval_tokens=128",
+        "trainer.limit_val_batches=2",  # 2 x 512 = every validation row (data.val_tokens)
     ]
 
 

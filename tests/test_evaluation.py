@@ -86,8 +86,8 @@ def test_bad_sae_costs_loss_and_metrics_match_direct_computation(lm):
 
 
 def test_the_evaluation_bar_ends_at_100_percent_of_what_it_evaluated(tiny_lm, capsys):
-    """Whole batches of contexts overshoot the tokens asked for: the bar ends at the tokens
-    evaluated, 100%, not past it."""
+    """The SAE's metrics read exactly the tokens asked for, the LM's the contexts they sit in
+    (more targets); the bar ends at those tokens, 100%, not past it."""
     model, tok = tiny_lm
     out = evaluate_sae(
         identity_sae(128),
@@ -100,5 +100,5 @@ def test_the_evaluation_bar_ends_at_100_percent_of_what_it_evaluated(tiny_lm, ca
         lm_batch_size=2,
     )
     last = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
-    assert out["tokens"] > 40  # one batch of 2 contexts
+    assert out["tokens"] == 40 and out["lm_targets"] > 40  # one batch of 2 contexts
     assert "100%" in last and f"{out['tokens']}/{out['tokens']}" in last, last

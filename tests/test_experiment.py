@@ -52,7 +52,7 @@ def test_every_paper_pareto_job_composes_with_its_knob(tmp_path):
             assert (
                 sae.expansion_factor == 8 and sae.lr == LR[family] and cfg.trainer.max_steps == 250
             )
-            assert cfg.eval_tokens == 4096
+            assert cfg.eval_tokens == 6119
             values.append(getattr(sae, KNOB[family]))
         # levels aim at increasing L0: k / target_l0 rise, L1 coefficients fall
         expected = sorted(values, reverse=KNOB[family] == "l1_coefficient")

@@ -141,6 +141,20 @@ def test_the_summary_leads_with_the_held_out_numbers_that_report_and_tensorboard
         assert metrics[f"eval/{key}"] == pytest.approx(evaluation[key], rel=1e-5), key
 
 
+@pytest.mark.slow
+def test_the_default_evaluation_reads_the_validation_rows_so_the_two_agree(llama_run):
+    """eval_tokens=null evaluates exactly the data.val_tokens rows the validation batches hold
+    (not whole batches of contexts rounded up), so the summary's two L0/FVU pairs are one."""
+    run, result = llama_run
+    evaluation = json.loads((run / "eval.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert evaluation["tokens"] == 1024  # data.val_tokens of lm_run_overrides
+    assert evaluation["lm_targets"] >= evaluation["tokens"]  # whole contexts for the LM
+    for key in ("l0", "fvu", "dead_fraction", "relative_reconstruction_bias"):
+        assert evaluation[key] == pytest.approx(metrics[f"val/{key}"], rel=1e-4, abs=1e-6), key
+    assert "the rows the evaluation's L0 and FVU read, so they agree" in _summary(result.stdout)
+
+
 def _tensorboard_scalars(folder: Path) -> dict[str, float]:
     """The last value of each scalar in the run's event files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
