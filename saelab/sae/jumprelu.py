@@ -168,7 +168,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     per-latent thresholds from where the warm-up left them. On small budgets this stops the
     early collapse of L0 and the dead latents it leaves, and with 'per_token' the dictionary
     learns under TopK's selection first, which finds features a JumpReLU trained from the start
-    does not (docs/robustness.md). 0 = off (the paper)."""
+    does not (docs/robustness.md). 0 = off (the paper). A run whose per-latent half would be
+    shorter than the controller's response time 1 / target_l0_lr is all warm-up (§8.3)."""
     threshold_warmup_ema: float | None = 0.99
     """The thresholds the warm-up stores are an exponential moving average (this decay, in log
     theta, over optimiser steps; 0.99 is about 100 steps) of each step's batch thresholds,
@@ -176,7 +177,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     its quantile from, the average some thousands, so the per-latent half starts from thresholds
     that fit the dictionary rather than one batch's noise. Matters at the hand-over, and above
     all with threshold_warmup_fraction = 1, where the thresholds exported are the warm-up's
-    (docs/maths.md §8.3). None = the last batch's."""
+    (docs/maths.md §8.3). None = the last batch's. On warm-ups under 400 steps the average
+    spans at most a quarter of the warm-up (``warmup_decay``)."""
     threshold_warmup: str = "per_token"
     """'per_token': each token keeps its L0 largest pre-activations (TopK's selection); the
     stored thresholds make each latent fire on the batch as often as TopK chose it, so the
@@ -288,6 +290,20 @@ PER_TOKEN_BLOCK_ELEMENTS = 1 << 24
 PER_TOKEN_BLOCK_COLUMNS = 16
 
 
+# The hand-over average spans at most this fraction of the warm-up: its first steps set thresholds
+# for an encoder that has since moved, and must be forgotten by the hand-over (docs/maths.md §8.3).
+WARMUP_AVERAGE_SPAN = 0.25
+
+
+def warmup_decay(ema: float, warmup_steps: float) -> float:
+    """The warm-up average's decay: ``ema``, shortened on warm-ups under 1 / (span * (1 - ema))
+    steps so that its horizon 1 / (1 - decay) is at most WARMUP_AVERAGE_SPAN of the warm-up
+    (a 10-step warm-up averages about its last 2.5 steps; 400 steps and more keep ``ema``)."""
+    if warmup_steps <= 0:
+        return ema
+    return min(ema, max(0.0, 1.0 - 1.0 / (WARMUP_AVERAGE_SPAN * warmup_steps)))
+
+
 def _kth_largest(values: Tensor, k: int, dim: int, sync: Sync) -> Tensor:
     """The k-th largest entry along ``dim`` (1-based, clamped to what there is), over ``values``
     and the same-shaped ``values`` of every rank: the k largest of the union are among the union
@@ -324,6 +340,7 @@ class JumpReLUObjective(Objective):
             self.register_buffer("warmup_log_threshold", torch.zeros(d_sae))
             self.register_buffer("warmup_steps", torch.zeros((), dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
+        self.warmup_decay = cfg.threshold_warmup_ema or 0.0
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
 
     # --- set-up ------------------------------------------------------------------------------
@@ -498,10 +515,21 @@ class JumpReLUObjective(Objective):
         self.bandwidth_updates += 1
 
     # --- the threshold warm-up -----------------------------------------------------------------
+    def warmup_length(self, step: Step) -> float:
+        """The warm-up's length in steps: threshold_warmup_fraction of the run, or all of it when
+        the per-latent half would be shorter than the L0 controller's response time
+        1 / target_l0_lr (its integral moves lambda by target_l0_lr per step per unit of L0
+        error): a per-latent half that short cannot steer L0 and ends far from the target
+        (a 20-step trainer=debug run ended at L0 0.9 for 32; docs/maths.md §8.3)."""
+        cfg = self.cfg
+        warmup = cfg.threshold_warmup_fraction * step.total
+        if warmup > 0 and cfg.dual_target and step.total - warmup < 1 / cfg.target_l0_lr:
+            return step.total
+        return warmup
+
     def warmup_l0(self, step: Step) -> float | None:
         """The L0 this step's thresholds are set to give the batch, or None after the warm-up."""
-        frac = self.cfg.threshold_warmup_fraction
-        if frac > 0 and self.training and step.index < frac * step.total:
+        if self.training and step.index < self.warmup_length(step):
             return self.cfg.target_l0 or self.cfg.threshold_init_l0
         return None
 
@@ -514,6 +542,10 @@ class JumpReLUObjective(Objective):
         self.warmup_threshold = self.row_threshold = None
         if l0 is None:
             return theta
+        if self.cfg.threshold_warmup_ema is not None:
+            self.warmup_decay = warmup_decay(
+                self.cfg.threshold_warmup_ema, self.warmup_length(step)
+            )
         if self.cfg.threshold_warmup == "per_token":
             self.row_threshold, self.warmup_threshold = self.per_token_thresholds(z.detach(), l0)
         else:
@@ -598,7 +630,7 @@ class JumpReLUObjective(Objective):
             if self.cfg.threshold_warmup_ema is not None:
                 # The first step's thresholds start the average (the initial theta is no estimate);
                 # the weight stays a tensor, so no step waits on the device to read the count.
-                decay = self.cfg.threshold_warmup_ema * (self.warmup_steps > 0)
+                decay = self.warmup_decay * (self.warmup_steps > 0)
                 self.warmup_log_threshold.lerp_(log_theta.to(self.warmup_log_threshold), 1 - decay)
                 self.warmup_steps += 1
                 log_theta = self.warmup_log_threshold

@@ -79,6 +79,9 @@ def _fit(tmp_path, warmup: float, steps: int = 8):
             f"sae.lr={lr}",
             f"sae.threshold_warmup_fraction={warmup}",
             "sae.lr_warmup_steps=0",
+            # A controller that responds within the 4-step per-latent half: else an 8-step run is
+            # all warm-up (test_jumprelu_short_runs.py).
+            "sae.target_l0_lr=1",
         ],
         tmp_path,
     )
