@@ -22,8 +22,9 @@ DDP: LM batch k of the corpus goes to rank k % world_size, so ranks read disjoin
 every rank's stream is unbounded, so they always take the same number of steps.
 
 Validation: the first ``val_tokens`` rows of the corpus's validation split, computed once per
-process and kept in memory. Normalisation: ``sample_activations`` runs the LM over the first
-tokens of the train split, the rows a one-process stream starts with.
+process and kept in memory. Normalisation: the scale is estimated on the first shuffle window
+(at most ``buffer_tokens`` rows of the train split, the rows a one-process stream starts with),
+and a one-process stream then trains on those rows instead of running the LM over them again.
 """
 
 from __future__ import annotations
@@ -171,9 +172,15 @@ class _Filler:
     """Copies one pass's row stream into buffers, row ``start`` onwards, carrying the rows of
     an LM batch that straddles two windows."""
 
-    def __init__(self, rows: Iterator[RowBatch], start: int, lm: StreamLM):
+    def __init__(
+        self, rows: Iterator[RowBatch], start: int, lm: StreamLM, prefix: Tensor | None = None
+    ):
+        """``prefix``: rows [0, P) of the pass, already computed; rows ``start`` to P come from
+        it (``rows`` must then begin at row P)."""
         self.rows, self.next_row, self.lm = rows, start, lm
         self.carry: Tensor | None = None
+        if prefix is not None and start < len(prefix):
+            self.carry = prefix[start:].to(lm.device)  # next_row reaches P as it is taken
         self.ended = False
         self.rows_seen = 0  # rows of the pass counted so far (LM run or not)
 
@@ -200,7 +207,17 @@ class _Filler:
 class LMActivationStream(BatchStream):
     """One rank's unbounded stream of shuffled training batches; see the module docstring."""
 
-    def __init__(self, lm: StreamLM, cfg: StreamDataConfig, rank=0, world_size=1, track="yield"):
+    def __init__(
+        self,
+        lm: StreamLM,
+        cfg: StreamDataConfig,
+        rank=0,
+        world_size=1,
+        track="yield",
+        prefix: Tensor | None = None,
+    ):
+        """``prefix``: the first rows of the train split, already computed (the normalisation's
+        sample): a one-process stream trains on them instead of running the LM again."""
         super().__init__(
             cfg.batch_size,
             rank=rank,
@@ -209,6 +226,8 @@ class LMActivationStream(BatchStream):
             track=track,
         )
         self.lm, self.cfg = lm, cfg
+        # Rank r of several reads LM batches r, r + world, ...: not the prefix's rows.
+        self.prefix = prefix if world_size == 1 else None
         self.window = cfg.buffer_tokens
         self.per_window = cfg.buffer_tokens // cfg.batch_size
         self.global_batches = UNBOUNDED
@@ -244,8 +263,11 @@ class LMActivationStream(BatchStream):
         pass_ = 0
         while True:
             window, first = divmod(skip, self.per_window)
-            rows = self.lm.rows("train", start_row=window * W, take=self._take)
-            filler = _Filler(rows, window * W, self.lm)
+            prefix = self.prefix if pass_ == 0 else None
+            start = max(window * W, 0 if prefix is None else len(prefix))
+            rows = self.lm.rows("train", start_row=start, take=self._take)
+            filler = _Filler(rows, window * W, self.lm, prefix)
+            self.prefix = None  # the filler holds what it still needs
             with tqdm(
                 total=W,
                 desc=f"streaming {self.cfg.site}@{self.cfg.layer}: filling the shuffle buffer",
@@ -312,6 +334,7 @@ class StreamDataModule(ActivationSource):
         self.cfg = cfg
         self._lm = lm
         self._val_rows: Tensor | None = None
+        self._first_rows: Tensor | None = None
 
     def lm(self) -> StreamLM:
         if self._lm is None:
@@ -344,13 +367,27 @@ class StreamDataModule(ActivationSource):
 
     def sample_activations(self, n_tokens: int) -> Tensor:
         """The first ``n_tokens`` rows of the train split (those a one-process stream starts
-        with), float32 on the CPU."""
-        c = self.cfg
-        return self.lm().first_rows("train", n_tokens, f"streaming {c.site}@{c.layer} (scale)")
+        with), float32 on the CPU. Kept: the training stream starts with them rather than
+        running the LM over them again, and a smaller request is a slice."""
+        if self._first_rows is None or len(self._first_rows) < n_tokens:
+            c = self.cfg
+            desc = f"streaming {c.site}@{c.layer} (scale)"
+            self._first_rows = self.lm().first_rows("train", n_tokens, desc)
+        return self._first_rows[:n_tokens]
+
+    def activation_chunks(self, n_tokens: int, chunk_tokens: int) -> Iterator[Tensor]:
+        """The normalisation's sample: at most the first shuffle window (``buffer_tokens``),
+        the rows a run fills before its first step anyway and then trains on; a larger
+        ``sae.normalization_tokens`` would make every run, however short, run the LM over them
+        first (docs/streaming.md)."""
+        yield self.sample_activations(min(n_tokens, self.cfg.buffer_tokens))
 
     def train_dataloader(self) -> LMActivationStream:
         rank, world = self.rank_and_world()
-        stream = LMActivationStream(self.lm(), self.cfg, rank, world, self.train_track())
+        stream = LMActivationStream(
+            self.lm(), self.cfg, rank, world, self.train_track(), prefix=self._first_rows
+        )
+        self._first_rows = None  # the stream holds them now (until it passes them)
         return self.attach_train_stream(stream)
 
     def val_dataloader(self) -> _Rows:

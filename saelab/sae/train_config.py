@@ -34,7 +34,8 @@ class TrainConfig:
     """Train on x / s with s fixed so that E||x/s||^2 = 1 (docs/maths.md §0); s is folded in at
     export."""
     normalization_tokens: int = 1_000_000
-    """Tokens read (in chunks) at the start of training to estimate s."""
+    """Tokens read (in chunks) at the start of training to estimate s. data=stream reads at
+    most its first shuffle window (data.buffer_tokens rows) and trains on them (docs/streaming.md)."""
     token_norm_clip: float | None = None
     """Training only: a token whose norm is above this multiple of its batch's median token norm
     is scaled down to that norm, as input and as target (docs/maths.md §0.8), so that a few

@@ -175,3 +175,52 @@ def test_a_closed_stream_starts_no_forward(text_corpus):
     lm.close()
     with pytest.raises(StreamClosed):
         next(lm.rows("train"))
+
+
+class _Forwarded:
+    """Counts the token positions the LM is run over (a hook on the real model)."""
+
+    def __init__(self, lm: StreamLM):
+        self.tokens = 0
+        self.handle = lm.model.register_forward_pre_hook(self.count, with_kwargs=True)
+
+    def count(self, module, args, kwargs) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.tokens += ids.numel()
+
+
+@pytest.mark.parametrize("prefix_rows", [W // 2, W, W + B])
+def test_a_stream_trains_on_the_normalisation_rows_without_running_the_lm_again(lm, prefix_rows):
+    """The estimate's rows (the first of the train split) start the stream: the same batches,
+    bit for bit, as a stream that runs the LM over them, for fewer forwarded tokens."""
+    counter = _Forwarded(lm)
+    try:
+        reference = _take(LMActivationStream(lm, lm.cfg), 6)
+        plain = counter.tokens
+        prefix = StreamDataModule(lm.cfg, lm).sample_activations(prefix_rows)
+        counter.tokens = 0
+        reused = _take(LMActivationStream(lm, lm.cfg, prefix=prefix), 6)
+    finally:
+        counter.handle.remove()
+    for got, expected in zip(reused, reference):
+        assert torch.equal(got, expected)
+    assert counter.tokens < plain  # the prefix's LM batches were not run again
+
+
+def test_the_stream_scale_is_estimated_on_the_first_window_and_trained_on(lm):
+    """sae.normalization_tokens far beyond the run: the estimate reads one shuffle window, and
+    the run's first batches come from those rows, with no forward between the two."""
+    module = StreamDataModule(lm.cfg, lm)
+    counter = _Forwarded(lm)
+    try:
+        scale = module.mean_squared_norm(1_000_000)
+        estimated = counter.tokens
+        batches = iter(module.train_dataloader())
+        first = [next(batches)]
+        assert counter.tokens == estimated  # the first step's batch cost no forward
+        first += [next(batches) for _ in range(W // B - 1)]  # the rest of the first window
+    finally:
+        counter.handle.remove()
+    rows = _pass_rows(lm)[:W]
+    assert scale == pytest.approx(rows.double().pow(2).sum(-1).mean().item(), rel=1e-6)
+    assert torch.equal(_sorted_rows(torch.cat(first)), _sorted_rows(rows))
