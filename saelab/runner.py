@@ -189,6 +189,11 @@ def _train(cfg: DictConfig) -> dict[str, float]:
         * trainer.world_size
         * trainer.accumulate_grad_batches
     )
+    # Rows the validation batches held together: trainer.limit_val_batches may read fewer than
+    # data.val_tokens, a sample of them (the cache shuffles within a shard), not the first ones.
+    metrics["val_tokens"] = (
+        sum(trainer.num_val_batches) * datamodule.batch_size * trainer.world_size
+    )
     saes = module.export_saes()  # every rank: gathers the shards under trainer=fsdp
     members = getattr(module, "members", {"": module})
     for name, member in members.items():
@@ -197,7 +202,7 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)
         _log_evaluation(trainer, metrics)
-        same_rows = eval_tokens(cfg, datamodule.cfg) == getattr(datamodule.cfg, "val_tokens", -1)
+        same_rows = eval_tokens(cfg, datamodule.cfg) == metrics["val_tokens"]
         summary = run_summary(output_dir, metrics, list(members), cfg.export, same_rows)
         print(summary, flush=True)
     return metrics
@@ -240,8 +245,9 @@ def _export_metadata(data_cfg) -> dict:
 
 def eval_tokens(cfg: DictConfig, data_cfg) -> int:
     """Held-out tokens of the end-of-run evaluation; 0 where there is none (it needs LM data).
-    ``eval_tokens=null`` reads the validation batches' own rows (``data.val_tokens``), so the
-    summary's held-out and validation L0/FVU are computed on the same tokens."""
+    ``eval_tokens=null`` reads the validation split's ``data.val_tokens`` rows, the ones the
+    validation batches hold, so the summary's held-out and validation L0/FVU are computed on
+    the same tokens (unless trainer.limit_val_batches validates only some of the batches)."""
     if not isinstance(data_cfg, LMDataConfig):
         return 0
     return data_cfg.val_tokens if cfg.eval_tokens is None else cfg.eval_tokens

@@ -84,7 +84,7 @@ def validation_lines(
         why = (
             "; the rows the evaluation's L0 and FVU read, so they agree"
             if same_rows
-            else "; other rows than the evaluation's (eval_tokens != data.val_tokens)"
+            else f"; {int(metrics.get('val_tokens', 0)):,} rows, other than the evaluation's"
         )
     return [
         f"validation batches (metrics.json val/*, TensorBoard val/{why}):",

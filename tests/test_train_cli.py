@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TINY_RUN, lm_run_overrides
+from tests.conftest import TINY_RUN, compose_config, lm_run_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -153,6 +153,25 @@ def test_the_default_evaluation_reads_the_validation_rows_so_the_two_agree(llama
     for key in ("l0", "fvu", "dead_fraction", "relative_reconstruction_bias"):
         assert evaluation[key] == pytest.approx(metrics[f"val/{key}"], rel=1e-4, abs=1e-6), key
     assert "the rows the evaluation's L0 and FVU read, so they agree" in _summary(result.stdout)
+
+
+@pytest.mark.slow
+def test_a_summary_over_part_of_the_validation_rows_says_its_rows_differ(
+    llama_dir, tmp_path, capsys
+):
+    """trainer.limit_val_batches=1 validates one batch (512 of the 1,024 validation rows, a
+    shuffled sample): the evaluation still reads all 1,024, and the summary does not claim the
+    two agree."""
+    from saelab.runner import train
+
+    overrides = [*lm_run_overrides(llama_dir, "resid", tmp_path / "cache")]
+    cfg = compose_config(
+        [*overrides, "trainer.limit_val_batches=1", "logger=none"], tmp_path / "run"
+    )
+    metrics = train(cfg)
+    assert metrics["val_tokens"] == 512 and metrics["eval/tokens"] == 1024
+    summary = capsys.readouterr().out
+    assert "512 rows, other than the evaluation's" in summary and "so they agree" not in summary
 
 
 def _tensorboard_scalars(folder: Path) -> dict[str, float]:
