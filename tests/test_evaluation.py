@@ -51,7 +51,7 @@ def _run(lm, sae, site="resid"):
 @pytest.mark.parametrize("site", ["resid", "attn"])
 def test_identity_sae_has_zero_delta_lm_loss(lm, site):
     out = _run(lm, identity_sae(128), site)
-    assert out["tokens"] >= 600
+    assert out["tokens"] == 600
     assert abs(out["delta_lm_loss"]) < 1e-4 and out["kl_div"] < 1e-4
     assert out["fvu"] < 1e-8
     assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-3)
@@ -77,11 +77,12 @@ def test_bad_sae_costs_loss_and_metrics_match_direct_computation(lm):
         point = SitePoint("resid", 12)
         x = forward_until(model, torch.from_numpy(ids), torch.from_numpy(mask), [point])[point][
             keep
-        ]
+        ][: 600 - n]  # exactly the first 600 kept tokens, as the evaluation reads them
         counts += float((x.abs() > 2).sum())
         n += x.shape[0]
         if n >= 600:
             break
+    assert out["tokens"] == n == 600
     assert out["l0"] == pytest.approx(counts / n, rel=1e-4)
 
 

@@ -72,7 +72,8 @@ def test_a_nan_loss_is_named_with_its_terms_and_step(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_exits_non_zero_on_nan_and_exports_nothing(tmp_path):
-    done = train_py([*TINY, "sae.lr=1e8", f"hydra.run.dir={tmp_path}"], check=False)
+    overrides = [*TINY, "sae.lr=1e8", *NO_WARMUP["jumprelu"], f"hydra.run.dir={tmp_path}"]
+    done = train_py(overrides, check=False)
     assert done.returncode != 0
     assert "NonFiniteError: Training stopped" in done.stderr
     _assert_nothing_exported(tmp_path)
