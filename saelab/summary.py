@@ -79,13 +79,12 @@ def validation_lines(
     metrics: dict, prefix: str = "", held_out: bool = True, same_rows: bool = False
 ) -> list[str]:
     get = _getter(metrics, f"{prefix}val/")
-    why = "" if held_out else "; no held-out evaluation: it needs LM data and eval_tokens > 0"
-    if held_out:
-        why = (
-            "; the rows the evaluation's L0 and FVU read, so they agree"
-            if same_rows
-            else f"; {int(metrics.get('val_tokens', 0)):,} rows, other than the evaluation's"
-        )
+    if not held_out:
+        why = "; no held-out evaluation: it needs LM data and eval_tokens > 0"
+    elif same_rows:
+        why = "; the rows the evaluation's L0 and FVU read, so they agree"
+    else:
+        why = f"; {int(metrics.get('val_tokens', 0)):,} rows, other than the evaluation's"
     return [
         f"validation batches (metrics.json val/*, TensorBoard val/{why}):",
         f"  L0 {_number(get('l0'), '.1f')}  FVU {_number(get('fvu'), '.4f')}  "

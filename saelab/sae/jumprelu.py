@@ -520,7 +520,7 @@ class JumpReLUObjective(Objective):
         the per-latent half would be shorter than the L0 controller's response time
         1 / target_l0_lr (its integral moves lambda by target_l0_lr per step per unit of L0
         error): a per-latent half that short cannot steer L0 and ends far from the target
-        (a 20-step trainer=debug run ended at L0 0.9 for 32; docs/maths.md §8.3)."""
+        (docs/maths.md §8.3)."""
         cfg = self.cfg
         warmup = cfg.threshold_warmup_fraction * step.total
         if warmup > 0 and cfg.dual_target and step.total - warmup < 1 / cfg.target_l0_lr:
