@@ -37,8 +37,25 @@ def site_width(model, site: str) -> int:
     return model_shape(model).width(site)
 
 
+def sae_width(data_width: int, site: str) -> int:
+    """``${saelab.sae_width:${data.d_in},${site.name}}``: the width the SAE reads. A transcoder's
+    rows are [input | target], so it reads half of each row (docs/transcoders.md)."""
+    if site != "transcoder":
+        return data_width
+    if data_width % 2:
+        raise ValueError(
+            f"site=transcoder reads rows [input | target] of two equal halves, but the data is "
+            f"{data_width} wide (odd): give it activations written as [x | y] pairs."
+        )
+    return data_width // 2
+
+
 def register_configs() -> None:
     OmegaConf.register_new_resolver("saelab.site_width", site_width, replace=True)
+    OmegaConf.register_new_resolver("saelab.sae_width", sae_width, replace=True)
+    OmegaConf.register_new_resolver(
+        "saelab.is_transcoder", lambda site: site == "transcoder", replace=True
+    )
     cs = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():

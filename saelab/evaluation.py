@@ -79,8 +79,8 @@ def _evaluate(
     sums = dict.fromkeys(LM_KEYS, 0.0)
     targets = tokens = 0
 
-    def reconstruct(acts):
-        return sae.decode(sae.encode(acts.float()))
+    def reconstruct(rows):
+        return output(sae, rows.float())[1]
 
     bar = tqdm(
         total=n_tokens,
@@ -101,9 +101,7 @@ def _evaluate(
         # One clean forward gives both the site's activations and the clean logits.
         with capture(model, [point]) as store:
             clean = next_token_loss(model, ids, mask)
-        x = store[point][keep].float()
-        f = sae.encode(x)
-        x_hat = sae.decode(f)
+        f, x_hat, x = output(sae, store[point][keep].float())
         l0.update(f), fvu.update(x, x_hat), density.update(f), bias.update(x, x_hat)
         lm = spliced_losses(model, point, reconstruct, ids, mask, drop, clean=clean)
         n = int((mask[:, :-1].bool() & mask[:, 1:].bool()).sum())
@@ -136,6 +134,18 @@ def _evaluate(
     return results, dens
 
 
+def output(sae, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features, what the SAE writes, what it should write) for the site's rows: an SAE
+    reconstructs its input; a transcoder reads the rows' input half and writes their output
+    half (with its skip)."""
+    if not getattr(sae, "transcoder", False):
+        f = sae.encode(rows)
+        return f, sae.decode(f), rows
+    x, y = sae.split(rows)
+    f = sae.encode(x)
+    return f, sae.decode(f) + sae.skip(x), y
+
+
 def check_tokens(n_tokens) -> None:
     """A positive number of held-out tokens (evaluate.py's ``--tokens``): fewer would evaluate
     nothing and still overwrite eval.json."""
@@ -152,6 +162,15 @@ def check_width(sae, model, point: SitePoint) -> None:
     from saelab.lm.sites import site_width
 
     width = site_width(model, point.site)
+    transcoder = bool(getattr(sae, "transcoder", False))
+    if transcoder != (point.site == "transcoder"):
+        raise ValueError(
+            f"the {'transcoder' if transcoder else 'SAE'} cannot be evaluated at site "
+            f"{point.site!r}: a transcoder stands in for an MLP (site transcoder) and an SAE "
+            "reconstructs resid, mlp or attn. Give the site it was trained on (--site)."
+        )
+    if transcoder:
+        width //= 2  # rows are [input | output]
     if sae.d_in != width:
         name = getattr(getattr(model, "config", None), "_name_or_path", "the model")
         raise ValueError(

@@ -44,17 +44,22 @@ class ActivationSource(pl.LightningDataModule):
         rows. A source that can read from an offset overrides this to keep memory bounded."""
         yield self.sample_activations(n_tokens)
 
-    def mean_squared_norm(self, n_tokens: int, chunk_tokens: int = 65_536) -> float:
-        """E||x||^2 over the first ``n_tokens`` training activations, summed in float64 chunk by
-        chunk (memoised: every SAE of a several-SAE run asks for the same number)."""
+    def mean_squared_norm(
+        self, n_tokens: int, chunk_tokens: int = 65_536, cols: slice | None = None
+    ) -> float:
+        """E||x||^2 over the first ``n_tokens`` training activations (their columns ``cols``:
+        a transcoder's input or target half), summed in float64 chunk by chunk (memoised: every
+        SAE of a several-SAE run asks for the same number)."""
         memo = self.__dict__.setdefault("_mean_squared_norm", {})
-        if n_tokens not in memo:
+        cols = cols or slice(None)
+        key = (n_tokens, cols.start, cols.stop)
+        if key not in memo:
             total, count = 0.0, 0
             for chunk in self.activation_chunks(n_tokens, chunk_tokens):
-                total += float(chunk.double().pow(2).sum())
+                total += float(chunk[:, cols].double().pow(2).sum())
                 count += chunk.shape[0]
-            memo[n_tokens] = total / max(count, 1)
-        return memo[n_tokens]
+            memo[key] = total / max(count, 1)
+        return memo[key]
 
     # --- ranks and the training position ---------------------------------------------------
     def rank_and_world(self) -> tuple[int, int]:

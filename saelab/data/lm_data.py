@@ -13,13 +13,14 @@ from typing import Any
 from saelab.lm.config import ModelConfig
 from saelab.lm.corpus import CorpusConfig
 from saelab.lm.shape import model_shape
-from saelab.lm.sites import TRANSFORMER_LENS_HOOKS, check_site
+from saelab.lm.sites import HF_MODULES, TRANSFORMER_LENS_HOOKS, check_site
 
 
 @dataclass
 class LMDataConfig:
     site: str = "resid"
-    """resid | mlp | attn (docs/maths.md §5); set through the ``site`` group: ``site=mlp``."""
+    """resid | mlp | attn | transcoder (docs/maths.md §5, docs/transcoders.md); set through the
+    ``site`` group: ``site=mlp``."""
     layer: int = 12
     """Decoder layer 0..n_layers-1; set through the top-level ``layer=``."""
     d_in: int = 128
@@ -75,8 +76,9 @@ class LMDataConfig:
         return self.context_length or self.model.context_length
 
     def export_metadata(self) -> dict:
-        """Where an SAE trained on these activations reads, for its export's cfg.json."""
-        return {
+        """Where an SAE trained on these activations reads, for its export's cfg.json (a
+        transcoder: where it reads and where it writes, as SAELens names both)."""
+        meta = {
             "model_name": self.model.name_or_path,
             "hook_name": TRANSFORMER_LENS_HOOKS[self.site].format(layer=self.layer),
             "hook_layer": self.layer,
@@ -84,6 +86,9 @@ class LMDataConfig:
             "context_size": self.context_length or self.model.context_length,
             "prepend_bos": self.model.prepend_bos,
         }
+        if self.site == "transcoder":
+            meta.update(transcoder_hooks(self.model, self.layer))
+        return meta
 
 
 def check_validation_size(tokens: int, batch_size: int, corpus: CorpusConfig) -> None:
@@ -95,3 +100,21 @@ def check_validation_size(tokens: int, batch_size: int, corpus: CorpusConfig) ->
             f"data.corpus.val_fraction (now {corpus.val_fraction}), lower data.batch_size, or "
             "add more text."
         )
+
+
+def transcoder_hooks(model, layer: int) -> dict:
+    """A transcoder's input and output points: TransformerLens names (``hook_name``,
+    ``hook_name_out``) and, where the layout is known, Hugging Face module outputs
+    (``hf_hook_name``, ``hf_hook_name_out``), as SAELens's cfg.json metadata holds them."""
+    from saelab.lm.shape import model_shape
+
+    hooks = {
+        "hook_name": TRANSFORMER_LENS_HOOKS["transcoder"].format(layer=layer),
+        "hook_name_out": TRANSFORMER_LENS_HOOKS["mlp"].format(layer=layer),
+    }
+    shape_layout = model_shape(model).layout
+    if shape_layout in HF_MODULES:
+        read, write = HF_MODULES[shape_layout]
+        hooks["hf_hook_name"] = f"model.layers.{layer}.{read}.output"
+        hooks["hf_hook_name_out"] = f"model.layers.{layer}.{write}.output"
+    return hooks

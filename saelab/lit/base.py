@@ -76,6 +76,8 @@ class SAELitModule(pl.LightningModule):
         d_sae = self.sae.d_sae
         # Normalisation scale s; 0 means "not estimated yet". A buffer, so checkpoints carry it.
         self.register_buffer("activation_scale", torch.tensor(0.0))
+        if self.sae.transcoder:  # a transcoder's input and target are normalised separately
+            self.register_buffer("target_scale", torch.tensor(0.0))
         self.register_buffer("tokens_since_fired", torch.zeros(d_sae, dtype=torch.long))
         # L0 / d_sae of the last training step (negative: none yet). It picks the next step's
         # dense or sparse path (the same function, other kernels and rounding), so it is
@@ -126,25 +128,29 @@ class SAELitModule(pl.LightningModule):
         # broadcast anyway, so replicas agree even if two devices round differently. The scale
         # is read in chunks and the init sample is only what the objective asks for, so memory
         # stays bounded at any width.
-        if self.cfg.normalize_activations:
-            scale = torch.tensor(dm.mean_squared_norm(self.cfg.normalization_tokens)).sqrt()
-            if not torch.isfinite(scale) or scale <= 0:
-                raise ValueError(
-                    f"Cannot normalise activations: their mean squared norm is "
-                    f"{scale.item() ** 2!r}. Check the data source for NaNs/zeros, or set "
-                    "sae.normalize_activations=false."
-                )
-        else:
+        d = self.sae.d_in
+        parts = {"activation_scale": slice(0, d)}
+        if self.sae.transcoder:
+            parts["target_scale"] = slice(d, 2 * d)
+        for name, cols in parts.items():
             scale = torch.tensor(1.0)
-        scale = self.trainer.strategy.broadcast(scale.float(), src=0)
-        self.activation_scale.copy_(scale)
+            if self.cfg.normalize_activations:
+                n = self.cfg.normalization_tokens
+                cols = cols if self.sae.transcoder else None
+                scale = torch.tensor(dm.mean_squared_norm(n, cols=cols)).sqrt()
+                if not torch.isfinite(scale) or scale <= 0:
+                    what = {"activation_scale": "input", "target_scale": "target"}[name]
+                    raise ValueError(
+                        f"Cannot normalise activations: their mean squared norm ({what}) is "
+                        f"{scale.item() ** 2!r}. Check the data source for NaNs/zeros, or set "
+                        "sae.normalize_activations=false."
+                    )
+            getattr(self, name).copy_(self.trainer.strategy.broadcast(scale.float(), src=0))
         if self.objective.init_tokens > 0:
-            sample = dm.sample_activations(self.objective.init_tokens)
-            sample = sample.to(self.device, torch.float32) / self.activation_scale
-            if self.cfg.token_norm_clip is not None:  # initialise on what training will see
-                sample = clip_token_norms(sample, self.cfg.token_norm_clip)
+            sample = dm.sample_activations(self.objective.init_tokens).to(self.device)
+            x, target = self.normalize(sample.float(), clip=True)  # what training will see
             with sharding.editable(self, "sae"):
-                self.objective.init_from_data(self.sae, sample)
+                self.objective.init_from_data(self.sae, x, target)
         self._broadcast_from_rank_zero()
 
     def _broadcast_from_rank_zero(self) -> None:
@@ -197,8 +203,17 @@ class SAELitModule(pl.LightningModule):
         }
 
     # --- training ---------------------------------------------------------------------------
-    def normalize(self, x: Tensor) -> Tensor:
-        return x / self.activation_scale
+    def normalize(self, rows: Tensor, clip: bool = False) -> tuple[Tensor, Tensor]:
+        """(input, target) of a batch of data rows, each over its normalisation scale; with
+        ``clip`` (what training sees) the input token-norm clipped when ``token_norm_clip`` is
+        set. An SAE's target is its input."""
+        x, y = self.sae.split(rows)
+        x = x / self.activation_scale
+        if clip and self.cfg.token_norm_clip is not None:
+            x = clip_token_norms(x, self.cfg.token_norm_clip)
+        if not self.sae.transcoder:
+            return x, x
+        return x, y / self.target_scale
 
     def sparsity_scale(self) -> float:
         warmup = schedules.effective_warmup(
@@ -210,9 +225,7 @@ class SAELitModule(pl.LightningModule):
         return self.tokens_since_fired >= self._dead_window
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x = self.normalize(batch)
-        if self.cfg.token_norm_clip is not None:
-            x = clip_token_norms(x, self.cfg.token_norm_clip)
+        x, target = self.normalize(batch, clip=True)
         density = float(self.density) if self.density >= 0 else None
         step = Step(
             index=self.global_step,
@@ -222,7 +235,8 @@ class SAELitModule(pl.LightningModule):
             tokens_since_fired=self.tokens_since_fired,
             sparse=self.objective.wants_sparse(self.sae, x.device, density),
         )
-        out = self.sae(x, objective=self.objective, step=step)
+        target = target if self.sae.transcoder else None
+        out = self.sae(x, objective=self.objective, step=step, target=target)
         loss = out.loss
         self.track_firing(out.feature_acts)
         self.track_density(out.metrics["l0"])
@@ -269,12 +283,12 @@ class SAELitModule(pl.LightningModule):
 
     # --- validation -------------------------------------------------------------------------
     def validation_step(self, batch: Tensor, batch_idx: int) -> None:
-        x = self.normalize(batch)
-        out = self.sae(x)
+        x, target = self.normalize(batch)
+        out = self.sae(x, target=target)
         self.val_l0.update(out.feature_acts)
-        self.val_fvu.update(x, out.x_hat)
+        self.val_fvu.update(target, out.x_hat)
         self.val_density.update(out.feature_acts)
-        self.val_bias.update(x, out.x_hat)
+        self.val_bias.update(target, out.x_hat)
 
     def on_validation_epoch_end(self) -> None:
         density = self.val_density.compute()
@@ -308,6 +322,8 @@ class SAELitModule(pl.LightningModule):
         its export form (BatchTopK: the equivalent JumpReLU SAE).
         Under trainer=fsdp this gathers the shards: call it on every rank."""
         sae = sharding.plain_copy(self.sae).eval()
-        if self.activation_scale > 0:
+        if self.sae.transcoder and self.activation_scale > 0:
+            sae.fold_transcoder_scales(float(self.activation_scale), float(self.target_scale))
+        elif self.activation_scale > 0:
             sae.fold_activation_scale(float(self.activation_scale))
         return sae.export_form()

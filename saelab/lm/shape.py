@@ -38,6 +38,8 @@ class ModelShape:
 
     def width(self, site: str) -> int:
         check_site(site)
+        if site == "transcoder":  # rows [MLP input | MLP output]
+            return 2 * self.d_model
         return self.d_attn if site == "attn" else self.d_model
 
     def check_layer(self, layer: int) -> None:

@@ -5,6 +5,11 @@
     mlp    the MLP branch as added to the residual     Gemma 2: output of post_feedforward_layernorm
                                                        Llama-style: output of mlp
     attn   concatenated head outputs before o_proj     INPUT of self_attn.o_proj (pre-hook)
+    transcoder  the MLP's input, then the mlp site     INPUT of mlp (pre-hook), then the mlp
+           ([x | y], 2 * d_model wide)                 site's module as above
+
+A transcoder's input is what the MLP reads, with its norm's gain in it: Gemma 2's
+pre_feedforward_layernorm output, Llama's post_attention_layernorm output (docs/transcoders.md).
 
 The layout is recognised from the modules present, not from a list of model names: a layer
 with a ``post_feedforward_layernorm`` adds the NORMED MLP output to the residual (Gemma 2,
@@ -26,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-SITES = ("resid", "mlp", "attn")
+SITES = ("resid", "mlp", "attn", "transcoder")
 # The same sites in TransformerLens's hook names, which SAELens and SAEBench read from an SAE's
 # cfg.json (``hook_name``): the block output, the MLP output as added to the residual (after
 # Gemma 2's post-MLP norm there too) and the per-head attention outputs before W_O.
@@ -34,6 +39,14 @@ TRANSFORMER_LENS_HOOKS = {
     "resid": "blocks.{layer}.hook_resid_post",
     "mlp": "blocks.{layer}.hook_mlp_out",
     "attn": "blocks.{layer}.attn.hook_z",
+    # What a transcoder reads: the MLP's input, norm gain included (circuit-tracer's name, also
+    # in SAELens's metadata for such transcoders); it writes the mlp site's hook_mlp_out.
+    "transcoder": "blocks.{layer}.mlp.hook_in",
+}
+# The same points as Hugging Face module paths (SAELens's hf_hook_name / hf_hook_name_out).
+HF_MODULES = {
+    "gemma2": ("pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    "llama": ("post_attention_layernorm", "mlp"),
 }
 
 
@@ -107,13 +120,22 @@ def _module_path(model: nn.Module, point: SitePoint) -> tuple[str, str]:
         return "", "output"
     if point.site == "attn":
         return "self_attn.o_proj", "input"
+    if point.site == "transcoder":
+        return "mlp", "pair"
     return ("post_feedforward_layernorm" if layout(model) == "gemma2" else "mlp"), "output"
+
+
+def mlp_output_path(model: nn.Module) -> str:
+    """The module whose output is the MLP's contribution to the residual (the mlp site)."""
+    return _module_path(model, SitePoint("mlp", 0))[0]
 
 
 def describe(model: nn.Module, point: SitePoint) -> str:
     """Human-readable hook location, recorded in cache manifests, e.g.
     ``layers[12].post_feedforward_layernorm (output)``."""
     path, kind = _module_path(model, point)
+    if kind == "pair":
+        return f"layers[{point.layer}].mlp (input) | layers[{point.layer}].{mlp_output_path(model)} (output)"
     return f"layers[{point.layer}]{'.' + path if path else ''} ({kind})"
 
 
@@ -124,6 +146,8 @@ def site_width(model: nn.Module, site: str) -> int:
     layout(model)  # fail on unknown layouts here too
     if site == "attn":
         return int(layer.self_attn.o_proj.in_features)
+    if site == "transcoder":
+        return 2 * int(model.config.hidden_size)
     return int(model.config.hidden_size)
 
 
@@ -163,7 +187,12 @@ def capture(
         def on_input(module, args):
             store[point] = args[0].detach()
 
-        return on_output if kind == "output" else on_input
+        def on_pair_output(module, args, output):
+            # The MLP's input was stored by its pre-hook, which runs first in both layouts.
+            y = output[0] if isinstance(output, (tuple, list)) else output
+            store[point] = torch.cat([store[point], y.detach()], dim=-1)
+
+        return {"output": on_output, "input": on_input, "pair": on_pair_output}[kind]
 
     def stop(module, args, output):
         raise _StopForward
@@ -172,8 +201,11 @@ def capture(
         for point in points:
             path, kind = _module_path(model, point)
             module = layers[point.layer].get_submodule(path) if path else layers[point.layer]
+            if kind == "pair":
+                handles.append(module.register_forward_pre_hook(reader(point, "input")))
+                module = layers[point.layer].get_submodule(mlp_output_path(model))
             hook = reader(point, kind)
-            if kind == "output":
+            if kind in ("output", "pair"):
                 handles.append(module.register_forward_hook(hook))
             else:
                 handles.append(module.register_forward_pre_hook(hook))

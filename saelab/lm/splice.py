@@ -1,5 +1,7 @@
 """Splicing a reconstruction into the model's forward, for the paper's headline metric:
 delta LM loss = CE(next token | x_hat spliced in at the site) - CE(clean) (docs/maths.md §6).
+At ``site=transcoder`` the replacement reads the MLP's input and replaces the MLP's output: the
+transcoder stands in for the MLP (docs/transcoders.md).
 
 The replacement happens only at unmasked positions (BOS, EOS and padding keep their clean
 activations, as they were never trained on). The hook is removed in a ``finally``, so the
@@ -15,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sites import SitePoint, _module_path, check_points, decoder_layers
+from .sites import SitePoint, _module_path, check_points, decoder_layers, mlp_output_path
 
 
 @contextmanager
@@ -32,28 +34,49 @@ def splice(
     layer = decoder_layers(model)[point.layer]
     module = layer.get_submodule(path) if path else layer
 
-    def new_acts(acts: Tensor) -> Tensor:
-        out = replace(acts).to(acts.dtype)
+    def new_acts(acts: Tensor, read: Tensor | None = None) -> Tensor:
+        out = replace(acts if read is None else read).to(acts.dtype)
         return out if keep_mask is None else torch.where(keep_mask[..., None], out, acts)
 
-    if kind == "output":
+    handles = []
+    if kind == "pair":  # a transcoder: the MLP's output := replace([MLP input | MLP output])
+        inputs: list[Tensor] = []
+        handles.append(module.register_forward_pre_hook(lambda mod, args: inputs.append(args[0])))
+        module = layer.get_submodule(mlp_output_path(model))
+
+        def pair_hook(mod, args, output):
+            y = output[0] if isinstance(output, tuple) else output
+            new = new_acts(y, torch.cat([inputs.pop(), y], dim=-1))
+            return (new, *output[1:]) if isinstance(output, tuple) else new
+
+        handles.append(module.register_forward_hook(pair_hook))
+    elif kind == "output":
 
         def hook(mod, args, output):
             if isinstance(output, tuple):
                 return (new_acts(output[0]), *output[1:])
             return new_acts(output)
 
-        handle = module.register_forward_hook(hook)
+        handles.append(module.register_forward_hook(hook))
     else:
 
         def pre_hook(mod, args):
             return (new_acts(args[0]), *args[1:])
 
-        handle = module.register_forward_pre_hook(pre_hook)
+        handles.append(module.register_forward_pre_hook(pre_hook))
     try:
         yield
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+def zero_ablation(point: SitePoint) -> Callable[[Tensor], Tensor]:
+    """The replacement that zero-ablates the site: zeros as wide as what it writes (a
+    transcoder's rows are [input | output]; it writes the output half)."""
+    if point.site == "transcoder":
+        return lambda rows: torch.zeros_like(rows[..., rows.shape[-1] // 2 :])
+    return torch.zeros_like
 
 
 # Positions per float32 slice of the logits: the vocabulary can be 256k wide (Gemma), where
@@ -123,7 +146,7 @@ def spliced_losses(
     )
     with splice(model, point, reconstruct, keep):
         spliced, spliced_logits = next_token_loss(model, input_ids, attention_mask, chunk)
-    with splice(model, point, torch.zeros_like, keep):
+    with splice(model, point, zero_ablation(point), keep):
         zero, _ = next_token_loss(model, input_ids, attention_mask, chunk)
     valid = attention_mask[:, :-1].bool() & attention_mask[:, 1:].bool()
     kl = _kl(clean_logits[:, :-1], spliced_logits[:, :-1], valid, chunk)

@@ -47,6 +47,7 @@ def auxk_loss_sparse(
     bias: Tensor,
     W_dec: Tensor,
     aux_k: int,
+    target: Tensor | None = None,
 ) -> Tensor:
     """:func:`auxk_loss` for z = x @ W_enc + bias given WITHOUT autograd (``z`` may be detached):
     the same value and gradients (to W_enc, bias, W_dec, x), computed on the dead latents only.
@@ -68,7 +69,7 @@ def auxk_loss_sparse(
     sel = Selection(
         arange.repeat_interleave(k), dead[j].reshape(-1), arange * k, values.reshape(-1)
     )
-    e = (x - x_hat).detach()
+    e = ((x if target is None else target) - x_hat).detach()
     e_hat = decode_selected(sel, F.relu(encode_selected(sel, x, W_enc, bias)), W_dec)
     l_aux = (e - e_hat).pow(2).sum() / (e - e.mean(0)).pow(2).sum().clamp_min(1e-12)
     return min(n_dead / aux_k, 1.0) * l_aux
@@ -83,9 +84,11 @@ def auxk(
     bias: Tensor,
     W_dec: Tensor,
     aux_k: int,
+    target: Tensor | None = None,
 ) -> Tensor:
     """AuxK for z = x @ W_enc + bias: the sparse version on a CPU (where it was measured), the
-    dense one elsewhere (z must then carry its autograd graph)."""
+    dense one elsewhere (z must then carry its autograd graph). The residual is
+    ``target - x_hat`` (target None: x; a transcoder's y)."""
     if x.device.type == "cpu":
-        return auxk_loss_sparse(x, x_hat, z, dead_mask, W_enc, bias, W_dec, aux_k)
-    return auxk_loss(x, x_hat, z, dead_mask, W_dec, aux_k)
+        return auxk_loss_sparse(x, x_hat, z, dead_mask, W_enc, bias, W_dec, aux_k, target)
+    return auxk_loss(x if target is None else target, x_hat, z, dead_mask, W_dec, aux_k)

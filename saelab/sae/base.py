@@ -4,6 +4,11 @@ Everything here is plain torch (no Lightning, no Hydra) so an exported SAE runs 
 Conventions (docs/maths.md §0): explicit parameters ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
 ``W_dec [d_sae, d_in]``, ``b_dec [d_in]`` in the orientation of Gemma Scope and SAELens files;
 reconstruction loss is the squared error summed over the model dimensions, averaged over the batch.
+
+Any family is a transcoder with ``transcoder=True`` (docs/transcoders.md): it reads x and is
+trained to write another activation y of the same width (an MLP's input and output), so b_dec
+lives in y's space and is never subtracted from x, and ``skip_connection=True`` adds an affine
+skip ``x @ W_skip.T`` (``W_skip [d_in, d_in]``, zero at init) to the output.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ class SAEConfig:
     """Number of latents M. ``None`` means ``d_in * expansion_factor``."""
     expansion_factor: int = 8
     """Used only when ``d_sae`` is None."""
+    transcoder: bool = False
+    """Read one activation and write another (rows are ``[x | y]``, 2 * d_in wide)."""
+    skip_connection: bool = False
+    """A transcoder's affine skip: the output gains ``x @ W_skip.T``."""
 
     architecture: ClassVar[str] = "base"
 
@@ -40,6 +49,11 @@ class SAEConfig:
             require_positive_int(self, "expansion_factor")
             self.d_sae = self.d_in * self.expansion_factor
         require_positive_int(self, "d_sae")
+        if self.skip_connection and not self.transcoder:
+            raise ValueError(
+                f"{type(self).__name__}.skip_connection=true needs a transcoder: an SAE's skip "
+                "would learn the identity. Use site=transcoder, or drop sae.skip_connection."
+            )
 
     def to_dict(self) -> dict:
         return {"architecture": self.architecture, **dataclasses.asdict(self)}
@@ -131,6 +145,13 @@ class SAE(nn.Module):
         if self.has_b_enc:
             self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(self.d_in))
+        self.transcoder = bool(cfg.transcoder)
+        if self.transcoder:
+            # b_dec is in the output's space: subtracting it from the input would mix spaces.
+            self.apply_b_dec_to_input = False
+        self.W_skip = (
+            nn.Parameter(torch.zeros(self.d_in, self.d_in)) if cfg.skip_connection else None
+        )
 
     # --- the maths ------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -142,17 +163,39 @@ class SAE(nn.Module):
     def decode(self, f: Tensor) -> Tensor:
         return affine(f, self.W_dec, self.b_dec)
 
-    def forward(self, x: Tensor, objective=None, **step) -> SAEOutput:
-        """Without ``objective``: the reconstruction (``encode`` then ``decode``) and its squared
-        error. With one (training): ``objective.loss(self, x, **step)``, the family's training
-        loss. It runs inside this forward so that a sharded SAE (FSDP2) has its parameters
-        gathered, and its gradients reduced, around it."""
+    def skip(self, x: Tensor) -> Tensor | float:
+        """The affine skip's contribution ``x @ W_skip.T`` (0 without one)."""
+        return 0.0 if self.W_skip is None else x @ self.W_skip.T
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """What the SAE writes for input x: ``decode(encode(x))``, plus the skip."""
+        return self.decode(self.encode(x)) + self.skip(x)
+
+    def split(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(input, target) of data rows: a transcoder's rows are ``[x | y]``; an SAE's target is
+        its input."""
+        if not self.transcoder:
+            return rows, rows
+        if rows.shape[-1] != 2 * self.d_in:
+            raise ValueError(
+                f"a transcoder with d_in={self.d_in} reads rows [input | target] "
+                f"{2 * self.d_in} wide, got {rows.shape[-1]}: train it on site=transcoder data."
+            )
+        return rows[..., : self.d_in], rows[..., self.d_in :]
+
+    def forward(self, x: Tensor, objective=None, target: Tensor | None = None, **step) -> SAEOutput:
+        """Without ``objective``: the reconstruction (``encode``, ``decode``, the skip) and its
+        squared error against ``target`` (None: x). With one (training):
+        ``objective.loss(self, x, target=target, **step)``, the family's training loss. It runs
+        inside this forward so that a sharded SAE (FSDP2) has its parameters gathered, and its
+        gradients reduced, around it."""
         if objective is not None:
-            return objective.loss(self, x, **step)
+            return objective.loss(self, x, target=target, **step)
+        target = x if target is None else target
         f = self.encode(x)
-        x_hat = self.decode(f)
-        x2, f2 = x.reshape(-1, self.d_in), f.reshape(-1, self.d_sae)
-        losses = {"mse": reconstruction_loss(x2, x_hat.reshape(-1, self.d_in))}
+        x_hat = self.decode(f) + self.skip(x)
+        y2, f2 = target.reshape(-1, self.d_in), f.reshape(-1, self.d_sae)
+        losses = {"mse": reconstruction_loss(y2, x_hat.reshape(-1, self.d_in))}
         return SAEOutput(x_hat, f, losses, {"l0": (f2 != 0).sum() / f2.shape[0]})
 
     # --- what an export is ------------------------------------------------------------------
@@ -161,12 +204,26 @@ class SAE(nn.Module):
         (BatchTopK is saved as the JumpReLU SAE it is at inference)."""
         return self
 
+    saelens_transcoder: ClassVar[str | None] = None
+    """SAELens's name for this family as a transcoder, with ``{skip}`` where the skip variant
+    adds ``skip_`` (None: SAELens has no such transcoder; docs/transcoders.md)."""
+
     def saelens_cfg(self) -> dict:
         """The cfg.json fields SAELens's loader needs for this family (``saelab.io.save_sae``)."""
-        return {
-            "architecture": self.saelens_architecture,
-            "apply_b_dec_to_input": self.apply_b_dec_to_input,
-        }
+        architecture = self.saelens_architecture
+        if self.transcoder:
+            name = self.saelens_transcoder
+            if name is None and self.W_skip is None:
+                name = self.saelens_architecture  # the same function, read as an SAE
+            architecture = (
+                name.format(skip="skip_" if self.W_skip is not None else "")
+                if name is not None
+                else f"saelab_{self.cfg.architecture}_skip_transcoder"
+            )
+        cfg = {"architecture": architecture, "apply_b_dec_to_input": self.apply_b_dec_to_input}
+        if self.transcoder:
+            cfg["d_out"] = self.d_in
+        return cfg
 
     # --- constraint (docs/maths.md §0) ------------------------------------------------------------
     @torch.no_grad()
@@ -198,6 +255,18 @@ class SAE(nn.Module):
         Pre-activations then scale by ``scale``, which keeps TopK order and threshold tests."""
         for name in self._input_scaled_parameters():
             getattr(self, name).mul_(scale)
+
+    @torch.no_grad()
+    def fold_transcoder_scales(self, input_scale: float, target_scale: float) -> None:
+        """Make a transcoder trained on ``x / s_in -> y / s_out`` act on raw x and write raw y
+        (docs/transcoders.md): ``W_enc`` and ``W_skip`` times ``s_out / s_in``, then every
+        quantity in activation units times ``s_out``. Pre-activations become ``s_out`` times
+        the trained ones, so selections are unchanged and decoder rows stay unit norm."""
+        ratio = target_scale / input_scale
+        self.W_enc.mul_(ratio)
+        if self.W_skip is not None:
+            self.W_skip.mul_(ratio)
+        self.fold_activation_scale(target_scale)
 
     @property
     def device(self) -> torch.device:

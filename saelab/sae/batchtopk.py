@@ -57,11 +57,21 @@ class BatchTopKSAE(TopKSAE):
                 "BatchTopK has no positive inference threshold yet (it is estimated during "
                 "training); train it before exporting it as a JumpReLU SAE."
             )
-        out = JumpReLUSAE(JumpReLUConfig(d_in=self.d_in, d_sae=self.d_sae)).to(self.W_dec)
+        cfg = self.cfg
+        out = JumpReLUSAE(
+            JumpReLUConfig(
+                d_in=self.d_in,
+                d_sae=self.d_sae,
+                transcoder=cfg.transcoder,
+                skip_connection=cfg.skip_connection,
+            )
+        ).to(self.W_dec)
         out.W_enc.copy_(self.W_enc)
         out.W_dec.copy_(self.W_dec)
         out.b_dec.copy_(self.b_dec)
-        out.b_enc.copy_(self.b_enc - self.b_dec @ self.W_enc)
+        out.b_enc.copy_(self.encoder_bias())
+        if self.W_skip is not None:
+            out.W_skip.copy_(self.W_skip)
         out.log_threshold.fill_(float(self.threshold.log()))
         return out
 

@@ -54,8 +54,15 @@ class GatedSAE(SAE):
     def shared_product(self, x: Tensor) -> Tensor:
         """x~ @ W_enc with x~ = x - b_dec, as x @ W_enc - b_dec @ W_enc: the gradient of b_dec
         through it is then a vector product, not a [B, d_sae] x [d_sae, d_in] matrix product."""
-        bias = -(self.b_dec @ self.W_enc)
+        bias = self.input_shift()
         return torch.addmm(bias, x, self.W_enc) if x.dim() == 2 else x @ self.W_enc + bias
+
+    def input_shift(self) -> Tensor:
+        """-b_dec @ W_enc, the pre-encoder bias as a shift of the shared product (zero for a
+        transcoder, whose b_dec is in the output's space)."""
+        if not self.apply_b_dec_to_input:
+            return self.b_gate.new_zeros(self.d_sae)
+        return -(self.b_dec @ self.W_enc)
 
     def encode(self, x: Tensor) -> Tensor:
         z = self.shared_product(x)
@@ -96,9 +103,12 @@ class GatedObjective(Objective):
 
     def _terms(self, x: Tensor, gate_sum: Tensor, aux_hat: Tensor, step: Step) -> dict:
         n = x.shape[0]
+        # The auxiliary term trains the gate only: its target (x, or a transcoder's y less the
+        # skip) carries no gradient to the skip.
+        target = x if step.target is None else step.target.detach()
         return {
             "l1": self.cfg.l1_coefficient * step.sparsity_scale * gate_sum / n,
-            "aux": reconstruction_loss(x, aux_hat),
+            "aux": reconstruction_loss(target, aux_hat),
         }
 
     def encode_dense(self, sae: GatedSAE, x: Tensor, step: Step) -> Encoded:
@@ -121,7 +131,7 @@ class GatedObjective(Objective):
             sel = above(z, -sae.b_gate)  # pi_gate = z + b_gate > 0
         del z
         cols = sel.cols
-        z_sel = encode_selected(sel, x, sae.W_enc, -(sae.b_dec @ sae.W_enc))
+        z_sel = encode_selected(sel, x, sae.W_enc, sae.input_shift())
         gate = F.relu(z_sel + sae.b_gate[cols])
         acts = F.relu(z_sel * sae.r_mag.exp()[cols] + sae.b_mag[cols])
         gate_sum = (gate * W_aux.norm(dim=1)[cols]).sum() if self.ri_l1 else gate.sum()

@@ -102,6 +102,7 @@ class JumpReLUConfig(SAEConfig):
 class JumpReLUSAE(SAE):
     config_class = JumpReLUConfig
     saelens_architecture = "jumprelu"
+    saelens_transcoder = "jumprelu_{skip}transcoder"
 
     def __init__(self, cfg: JumpReLUConfig):
         super().__init__(cfg)
@@ -349,7 +350,7 @@ class JumpReLUObjective(Objective):
         sae.log_threshold.fill_(math.log(self.cfg.threshold_init))
 
     @torch.no_grad()
-    def init_from_data(self, sae: JumpReLUSAE, x: Tensor) -> None:
+    def init_from_data(self, sae: JumpReLUSAE, x: Tensor, target: Tensor | None = None) -> None:
         """theta_i = the (1 - l0/d_sae) quantile of z_i over the sample x (threshold_init_l0):
         every latent fires on the same fraction of it, and L0 on it is threshold_init_l0."""
         if self.cfg.threshold_init_l0 is None:

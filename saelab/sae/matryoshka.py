@@ -80,7 +80,7 @@ class MatryoshkaObjective(BatchTopKObjective):
             x_hat = x_hat + enc.f[:, start:end] @ sae.W_dec[start:end]
             decodes.append(x_hat)
             start = end
-        return enc._replace(terms={**enc.terms, **self._prefix_term(x, decodes)})
+        return enc._replace(terms={**enc.terms, **self._prefix_term(step.target, decodes)})
 
     def encode_sparse(self, sae: MatryoshkaSAE, x: Tensor, step: Step) -> Encoded:
         enc = super().encode_sparse(sae, x, step)
@@ -89,7 +89,7 @@ class MatryoshkaObjective(BatchTopKObjective):
             decode_selected(enc.sel, enc.acts * (cols < end), sae.W_dec) + sae.b_dec
             for end in self.ends
         ]
-        return enc._replace(terms={**enc.terms, **self._prefix_term(x, decodes)})
+        return enc._replace(terms={**enc.terms, **self._prefix_term(step.target, decodes)})
 
 
 FAMILY = register(

@@ -17,7 +17,7 @@ Alone (a notebook, a test) the default ``Sync`` is the one process itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -68,6 +68,10 @@ class Step:
     """[d_sae] tokens since each latent last fired, as the trainer counts them (None: unknown)."""
     sparse: bool = False
     """Take the sparse path (``Objective.wants_sparse``): the same function, other kernels."""
+    target: Tensor | None = None
+    """[B, d_in] what the output is trained to match, minus the skip (``Objective.loss`` sets
+    it): the input x for an SAE, y - x @ W_skip.T for a transcoder. Terms that reconstruct
+    (Matryoshka's prefixes, Gated's auxiliary term) read it, never x."""
 
 
 class Encoded(NamedTuple):
@@ -107,8 +111,9 @@ class Objective(nn.Module):
     def init_sae(self, sae: SAE) -> None:
         """Initialise parameters the training config sets (called once, at construction)."""
 
-    def init_from_data(self, sae: SAE, x: Tensor) -> None:
-        """Data-dependent initialisation from the first ``init_tokens`` normalised rows."""
+    def init_from_data(self, sae: SAE, x: Tensor, target: Tensor | None = None) -> None:
+        """Data-dependent initialisation from the first ``init_tokens`` normalised rows: the
+        input x and what the output reconstructs (None: x)."""
 
     def lr_scales(self) -> dict[str, float]:
         """Learning-rate multipliers of named SAE parameters (each gets its own Adam group); the
@@ -128,22 +133,32 @@ class Objective(nn.Module):
     def encode_sparse(self, sae: SAE, x: Tensor, step: Step) -> Encoded:
         raise NotImplementedError
 
-    def loss(self, sae: SAE, x: Tensor, step: Step | None = None) -> SAEOutput:
-        """The family's training loss on a batch x [..., d_in] (``step`` None: a default step)."""
+    def loss(
+        self, sae: SAE, x: Tensor, step: Step | None = None, target: Tensor | None = None
+    ) -> SAEOutput:
+        """The family's training loss on a batch x [..., d_in] (``step`` None: a default step),
+        reconstructing ``target`` (None: x itself; a transcoder's y)."""
         step = step or Step()
         x2 = x.reshape(-1, sae.d_in)
+        y2 = x2 if target is None else target.reshape(-1, sae.d_in)
+        # With a skip, the dictionary's part of the output is trained on what the skip leaves;
+        # the skip's gradient flows through y - skip(x) (docs/transcoders.md).
+        skip = sae.skip(x2)
+        step = replace(step, target=y2 - skip if sae.W_skip is not None else y2)
         if step.sparse:
             enc = self.encode_sparse(sae, x2, step)
             x_hat = decode_selected(enc.sel, enc.acts, sae.W_dec) + sae.b_dec
         else:
             enc = self.encode_dense(sae, x2, step)
             x_hat = sae.decode(enc.f)
-        losses = {"mse": reconstruction_loss(x2, x_hat), **enc.terms}
+        x_hat = x_hat + skip
+        losses = {"mse": reconstruction_loss(y2, x_hat), **enc.terms}
         aux_coefficient = getattr(self.cfg, "aux_coefficient", 0.0)
         if step.dead_mask is not None and aux_coefficient > 0:
             bias = sae.b_enc if enc.aux_bias is None else enc.aux_bias
             losses["auxk"] = aux_coefficient * auxk(
-                x2, x_hat, enc.z, step.dead_mask, sae.W_enc, bias, sae.W_dec, self.cfg.aux_k
+                x2, x_hat, enc.z, step.dead_mask, sae.W_enc, bias, sae.W_dec, self.cfg.aux_k,
+                target=y2,
             )
         f, sel, acts, metrics, l0 = enc.f, enc.sel, enc.acts, enc.metrics, enc.l0
         if f is None:  # sparse: the dense features only once z is gone (never two [B, d_sae])

@@ -32,6 +32,7 @@ class ReLUConfig(SAEConfig):
 class ReLUSAE(SAE):
     config_class = ReLUConfig
     saelens_architecture = "standard"
+    saelens_transcoder = "{skip}transcoder"
 
     def encode(self, x: Tensor) -> Tensor:
         return F.relu(self.pre_acts(x))

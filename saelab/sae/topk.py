@@ -55,7 +55,10 @@ class TopKSAE(SAE):
         return {**super().saelens_cfg(), "k": self.cfg.k, "rescale_acts_by_decoder_norm": False}
 
     def encoder_bias(self) -> Tensor:
-        """b_enc - b_dec @ W_enc: the pre-encoder bias folded into the encoder's."""
+        """b_enc - b_dec @ W_enc: the pre-encoder bias folded into the encoder's (a transcoder
+        has none: its b_dec is in the output's space)."""
+        if not self.apply_b_dec_to_input:
+            return self.b_enc
         return self.b_enc - self.b_dec @ self.W_enc
 
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -111,8 +114,9 @@ class TopKObjective(Objective):
     init_tokens = 10_000  # b_dec at the geometric median of this many rows (Gao et al. A.1)
 
     @torch.no_grad()
-    def init_from_data(self, sae: TopKSAE, x: Tensor) -> None:
-        sae.b_dec.copy_(geometric_median(x[: self.init_tokens]))
+    def init_from_data(self, sae: TopKSAE, x: Tensor, target: Tensor | None = None) -> None:
+        target = x if target is None else target  # b_dec lives in the output's space
+        sae.b_dec.copy_(geometric_median(target[: self.init_tokens]))
 
     def wants_sparse(self, sae: TopKSAE, device, density) -> bool:
         # L0 is k by construction: the choice depends on the config only.

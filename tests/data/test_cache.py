@@ -98,7 +98,8 @@ def test_cached_llama_activations_equal_an_independent_full_forward(
     expected, _ = _independent(
         load_model(llama_dir), load_tokenizer(llama_dir), text_corpus, site, 1, 1200
     )
-    assert cache.manifest["layout"] == "llama" and cache.d_in == 32
+    assert cache.manifest["layout"] == "llama"
+    assert cache.d_in == (64 if site == "transcoder" else 32)  # [MLP in | MLP out]
     torch.testing.assert_close(
         _sorted_rows(cache.read(0, 1200)), _sorted_rows(expected), rtol=0, atol=0
     )

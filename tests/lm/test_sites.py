@@ -17,6 +17,14 @@ def _reference(model, ids, mask, site, layer):
     if site == "resid":
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         return out.hidden_states[layer + 1]  # hidden_states[0] is the embedding output
+    if site == "transcoder":  # the norm that feeds the MLP, then the MLP site
+        norm = getattr(block, "pre_feedforward_layernorm", None) or block.post_attention_layernorm
+        first = norm.register_forward_hook(lambda m, a, o: got.setdefault("in", o.clone()))
+        try:
+            out = _reference(model, ids, mask, "mlp", layer)
+        finally:
+            first.remove()
+        return torch.cat([got["in"], out], dim=-1)
     if site == "attn":
         handle = block.self_attn.o_proj.register_forward_pre_hook(
             lambda m, a: got.setdefault("x", a[0].clone())
@@ -48,7 +56,7 @@ def test_gemma2_sites_match_an_independent_hook_in_a_full_forward(tiny_lm, site)
         expected = _reference(model, ids, mask, site, layer)
         got = forward_until(model, ids, mask, [SitePoint(site, layer)])[SitePoint(site, layer)]
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
-    assert got.shape[-1] == site_width(model, site) == 128
+    assert got.shape[-1] == site_width(model, site) == (256 if site == "transcoder" else 128)
 
 
 @pytest.mark.parametrize("site", SITES)
