@@ -198,6 +198,8 @@ def _train(cfg: DictConfig) -> dict[str, float]:
     members = getattr(module, "members", {"": module})
     for name, member in members.items():
         metrics[_key(name, "activation_scale")] = float(member.activation_scale)
+        if member.sae.transcoder:  # the input's scale above, the target's here
+            metrics[_key(name, "target_scale")] = float(member.target_scale)
         metrics[_key(name, "family")] = member.family.name
     if trainer.is_global_zero:
         _write_outputs(cfg, output_dir, datamodule.cfg, saes, metrics, resolved)

@@ -61,8 +61,13 @@ def held_out_lines(metrics: dict, prefix: str = "") -> list[str]:
     if ce_recovered_is_meaningful(cost):
         figures += f"{recovered}  "
     figures += f"L0 {_number(get('l0'), '.1f')}  FVU {_number(get('fvu'), '.4f')}  {_dead(get('dead_fraction'))}"
+    spliced = (
+        "transcoder in place of the MLP"
+        if f"{prefix}target_scale" in metrics
+        else "SAE spliced into the LM"
+    )
     lines = [
-        f"held-out text, SAE spliced into the LM ({where}eval.json; report.py and TensorBoard "
+        f"held-out text, {spliced} ({where}eval.json; report.py and TensorBoard "
         "eval/ show these):",
         f"  {figures}",
     ]

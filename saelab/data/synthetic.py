@@ -22,6 +22,11 @@ Options (all off by default, so the default data is unchanged), to look more lik
   token, as massive activations sit in a few fixed dimensions). Not a true feature: recovery is
   scored on the n_features only.
 
+``pairs=True`` is a transcoder's data (docs/transcoders.md): each row is ``[x | y]`` with
+``x = sum_i a_ti m_ti F_i`` and ``y = sum_i a_ti m_ti G_i``, both ``d_in / 2`` wide, so the map
+from x to y is sparse and known; the true features a transcoder's decoder should learn are the
+output directions ``G_i``.
+
 Tokens come in blocks of ``block_tokens``; block j of a split is a pure function of
 (seed, split, j), and global batch g is blocks ``g*k .. (g+1)*k - 1``. Any rank, any resumed run,
 any order of reads produces the same tokens, there is nothing to store on disk, and when the block
@@ -71,7 +76,9 @@ def cluster_probs(cfg: SyntheticDataConfig, log_uniform: Tensor) -> Tensor:
 @dataclass
 class SyntheticDataConfig:
     d_in: int = 64
-    """Dimension of the activations."""
+    """Dimension of the activations (with ``pairs``: of a row, input and target d_in / 2 each)."""
+    pairs: bool = False
+    """Rows [x | y] of a sparse map with known output directions (site=transcoder)."""
     n_features: int = 512
     """Number of true features (8x d_in by default: features in superposition)."""
     mean_l0: float = 8.0
@@ -118,7 +125,7 @@ class SyntheticDataConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "d_in": self.d_in > 0,
+            "d_in": self.d_in > 0 and (not self.pairs or self.d_in % 2 == 0),
             "n_features": self.n_features > 0,
             "mean_l0": 0 < self.mean_l0 <= self.n_features,
             "prob_spread": self.prob_spread >= 1,
@@ -145,7 +152,7 @@ class SyntheticDataConfig:
             if not ok:
                 raise ValueError(
                     f"data.{key}={getattr(self, key)!r} is invalid (see SyntheticDataConfig: "
-                    "sizes must be positive, mean_l0 in (0, n_features], prob_spread >= 1, "
+                    "sizes must be positive (d_in even with pairs), mean_l0 in (0, n_features], prob_spread >= 1, "
                     f"frequencies in {FREQUENCIES}, magnitudes in {MAGNITUDES}, zipf_exponent "
                     ">= 0, cluster_size must divide n_features, cofire_prob in (0, 1], "
                     "outlier_fraction in [0, 1), outlier_dims in [1, d_in], "
@@ -197,6 +204,19 @@ class SyntheticFeatures:
             cofire = cfg.cofire_prob if cfg.cluster_size > 1 else 1.0
             self.probs = self.cluster_probs.repeat_interleave(cfg.cluster_size) * cofire
         self.outlier_direction: Tensor | None = None
+        self.inputs: Tensor | None = None
+        if cfg.pairs:
+            # Input and output directions in their own halves; own generator, so the options
+            # never shift the draws above.
+            gp = torch.Generator().manual_seed(_batch_seed(cfg.seed, "pairs", 0))
+            half = cfg.d_in // 2
+            self.inputs = torch.nn.functional.normalize(
+                torch.randn(cfg.n_features, half, generator=gp), dim=1
+            )
+            outputs = torch.nn.functional.normalize(
+                torch.randn(cfg.n_features, half, generator=gp), dim=1
+            )
+            self.features = torch.cat([self.inputs, outputs], dim=1)
         if cfg.outlier_fraction > 0:
             # Its own generator: the options never shift the draws of the features above.
             go = torch.Generator().manual_seed(_batch_seed(cfg.seed, "outliers", 0))
@@ -308,6 +328,10 @@ class SyntheticDataModule(ActivationSource):
 
     @property
     def true_features(self) -> Tensor:
+        """[n_features, d] the directions a decoder should learn (with ``pairs``: the output
+        directions G_i)."""
+        if self.cfg.pairs:
+            return self.truth.features[:, self.cfg.d_in // 2 :]
         return self.truth.features
 
     def sample_activations(self, n_tokens: int) -> Tensor:

@@ -120,3 +120,31 @@ def test_losses_summed_over_slices_of_positions_equal_the_whole_tensor_formulas(
     assert noisy["ce_clean"].item() == pytest.approx(ce(clean).item(), rel=1e-5)
     assert noisy["ce_spliced"].item() == pytest.approx(ce(spliced).item(), rel=1e-5)
     assert noisy["kl_div"].item() == pytest.approx(kl.item(), rel=1e-4) and kl > 1e-3
+
+
+def test_a_transcoder_splice_reads_the_mlp_input_and_replaces_only_the_mlp_output(model, batch):
+    """At site=transcoder the replacement receives [MLP input | MLP output] as an independent
+    full-forward hook sees them, and what it returns becomes the MLP's output: the true output
+    reproduces the clean loss exactly, zeros equal zero-ablating the mlp site."""
+    from tests.lm.test_sites import _reference
+
+    ids, mask = batch
+    point = SitePoint("transcoder", 12)
+    seen = []
+
+    def true_output(rows):
+        seen.append(rows.clone())
+        return rows[..., rows.shape[-1] // 2 :]
+
+    same = spliced_losses(model, point, true_output, ids, mask, special_ids=[0, 1, 2])
+    with torch.no_grad():
+        expected = _reference(model, ids, mask, "transcoder", 12)
+    torch.testing.assert_close(seen[0], expected, rtol=0, atol=0)
+    assert float(same["delta_lm_loss"]) == 0.0 and float(same["kl_div"]) < 1e-6
+    mlp = spliced_losses(model, SitePoint("mlp", 12), torch.zeros_like, ids, mask, [0, 1, 2])
+    assert float(same["ce_zero_ablation"]) == pytest.approx(float(mlp["ce_zero_ablation"]))
+    # A transcoder that writes the wrong thing costs loss.
+    worse = spliced_losses(
+        model, point, lambda rows: 5 * rows[..., :128], ids, mask, special_ids=[0, 1, 2]
+    )
+    assert float(worse["delta_lm_loss"]) > 0.01
