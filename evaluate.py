@@ -2,6 +2,8 @@
 
     python evaluate.py outputs/<date>/<time>              # a run folder of train.py
     python evaluate.py path/to/sae --site mlp --layer 20  # an SAE folder or Gemma Scope .npz
+    python evaluate.py params.npz --site transcoder --layer 20 --model google/gemma-2-2b
+                                                          # a Gemma Scope transcoder
 
 A model's own code (auto_map) runs only with --trust-remote-code, never because a run folder's
 config.json asks for it.
@@ -52,7 +54,7 @@ def main() -> None:
     if not terminal:  # a bar in a log file is carriage returns, not progress
         print(f"evaluating on {args.tokens:,} held-out tokens", file=sys.stderr, flush=True)
     results = evaluate_on_validation(
-        load_sae(target.sae_path),
+        load_for(target),
         target.data_cfg,
         args.tokens,
         progress=terminal,
@@ -64,6 +66,18 @@ def main() -> None:
         keep_metrics_in_step(target.home / "metrics.json", results)
     print(f"written: {out / 'eval.json'}")
     print(f"written: {out / 'feature_density.png'}")
+
+
+def load_for(target):
+    """The SAE to evaluate. A Gemma Scope params.npz at --site transcoder is one of Gemma
+    Scope's transcoders: it reads the MLP's input before the norm's gain, which is divided out
+    (docs/transcoders.md)."""
+    cfg = target.data_cfg
+    if cfg.site == "transcoder" and target.sae_path.suffix == ".npz":
+        from saelab.transcoder_interop import gemma_scope_transcoder
+
+        return gemma_scope_transcoder(target.sae_path, cfg.model.name_or_path, cfg.layer)
+    return load_sae(target.sae_path)
 
 
 def output_folder(home: Path, tokens: int, out: Path | None, overwrite: bool) -> Path:

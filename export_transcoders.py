@@ -19,7 +19,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders or sweep folders")
     parser.add_argument("--out", type=Path, required=True, help="the set's folder (replaced)")
     args = parser.parse_args(argv)
-    from saelab.transcoder_set import export_transcoder_set
+    from saelab.transcoder_interop import export_transcoder_set
 
     try:
         folder = export_transcoder_set(args.runs, args.out)

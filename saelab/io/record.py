@@ -61,7 +61,7 @@ def check_tensors(tensors: dict[str, Tensor], where: str) -> None:
     if "W_enc" not in tensors or tensors["W_enc"].dim() != 2:
         raise ValueError(f"{where}: no 2-D encoder weight W_enc [d_in, d_sae] was found.")
     d_in, d_sae = tensors["W_enc"].shape
-    expected = {"W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    expected = {"W_dec": (d_sae, d_in), "b_dec": (d_in,), "W_skip": (d_in, d_in)}
     expected.update({k: (d_sae,) for k in ("b_enc", "b_gate", "b_mag", "r_mag")})
     for name, tensor in tensors.items():
         want = expected.get(name)

@@ -55,6 +55,14 @@ SAELENS_TENSORS = {
     "topk": ("W_enc", "b_enc", "W_dec", "b_dec"),
 }
 SAELAB_FAMILY = {"standard": "relu", "gated": "gated", "jumprelu": "jumprelu", "topk": "topk"}
+# SAELens's transcoders (read x, write another activation of d_out = d_in here): the SAE they
+# extend, and whether they add x @ W_skip.T.
+TRANSCODERS = {
+    "transcoder": ("standard", False),
+    "skip_transcoder": ("standard", True),
+    "jumprelu_transcoder": ("jumprelu", False),
+    "jumprelu_skip_transcoder": ("jumprelu", True),
+}
 # Where SAELens keeps what an SAE reads: top-level before 6.0, under ``metadata`` since.
 METADATA_KEYS = (
     "model_name",
@@ -211,10 +219,19 @@ def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile
             "SAEs for inference as 'jumprelu' (TrainingSAE.save_inference_model). Save it that "
             "way and load that folder."
         )
+    transcoder, skip = arch in TRANSCODERS, False
+    if transcoder:
+        arch, skip = TRANSCODERS[arch]
+        d_out = cfg.get("d_out")
+        if d_out != cfg.get("d_in"):
+            raise ValueError(
+                f"{where}: a transcoder with d_out={d_out!r} other than d_in={cfg.get('d_in')!r}; "
+                "saelab's transcoders write an activation as wide as they read (an MLP's)."
+            )
     if arch not in SAELENS_TENSORS:
         raise ValueError(
             f"{where}: architecture={arch!r} is not one saelab reads; it reads SAELens's "
-            f"{', '.join(SAELENS_TENSORS)}."
+            f"{', '.join([*SAELENS_TENSORS, *TRANSCODERS])}."
         )
     require_keys(cfg, ("d_in", "d_sae"), where, "cfg.json")
     d_in, d_sae = require_int(cfg, "d_in", where), require_int(cfg, "d_sae", where)
@@ -235,7 +252,7 @@ def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile
         raise ValueError(
             f"{folder / WEIGHTS_NAME}: a finetuning scaling_factor other than 1 is not supported."
         )
-    names = SAELENS_TENSORS[arch]
+    names = (*SAELENS_TENSORS[arch], "W_skip") if skip else SAELENS_TENSORS[arch]
     missing = [n for n in names if n not in tensors]
     extra = sorted(set(tensors) - set(names))
     if missing or extra:
@@ -251,6 +268,9 @@ def _from_saelens(cfg: dict, tensors: dict, folder: Path, where: str) -> SAEFile
         )
     check_tensors(t, str(folder / WEIGHTS_NAME))
     config = {"d_in": d_in, "d_sae": d_sae}
+    if transcoder:  # SAELens never subtracts b_dec from a transcoder's input
+        config.update(transcoder=True, skip_connection=skip)
+        apply_b_dec = False
     if arch == "topk":
         config["k"] = _topk_k(cfg, where, d_sae)
         if cfg.get("rescale_acts_by_decoder_norm", False):

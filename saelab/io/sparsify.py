@@ -6,8 +6,10 @@ cfg.json holds the SparseCoderConfig fields (``activation``, ``k``, ``num_latent
 (an ``nn.Linear``), ``W_dec [M, d_in]``, ``b_dec [d_in]``, and ``W_skip [d_in, d_in]`` with a
 skip connection. Its encoder subtracts b_dec first, takes ReLU, then keeps the k largest per
 token; the decoder sums the kept latents' W_dec rows and adds b_dec. That is saelab's TopK SAE
-(the ReLU/top-k order gives the same output). A run over several hookpoints saves one such
-folder per hookpoint, named after it.
+(the ReLU/top-k order gives the same output). With ``transcode`` the coder reads the hooked
+module's input and writes its output, and its encoder does not subtract b_dec: saelab's TopK
+transcoder (with ``W_skip`` when ``skip_connection``). A run over several hookpoints saves one
+such folder per hookpoint, named after it.
 """
 
 from __future__ import annotations
@@ -45,21 +47,22 @@ def read_sparsify_folder(folder: str | os.PathLike) -> SAEFile:
         raise ValueError(
             f"{where}: activation={activation!r}; saelab reads sparsify's 'topk' coders only."
         )
-    for flag, why in (
-        ("transcode", "a transcoder predicts another module's output, it is not an autoencoder"),
-        ("skip_connection", "saelab's SAEs have no linear skip connection (W_skip)"),
-    ):
-        if cfg.get(flag, False):
-            raise ValueError(f"{where}: {flag}=true is not supported: {why}.")
+    transcode, skip = bool(cfg.get("transcode", False)), bool(cfg.get("skip_connection", False))
+    if skip and not transcode:
+        raise ValueError(
+            f"{where}: skip_connection=true on an autoencoder (transcode=false) is not supported: "
+            "saelab's skip belongs to transcoders."
+        )
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as error:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {error}") from None
-    missing = [n for n in TENSORS if n not in tensors]
-    extra = sorted(set(tensors) - set(TENSORS))
+    names = (*TENSORS, "W_skip") if skip else TENSORS
+    missing = [n for n in names if n not in tensors]
+    extra = sorted(set(tensors) - set(names))
     if missing or extra:
         raise ValueError(
-            f"{weights_path}: a sparsify SparseCoder holds {list(TENSORS)}; missing {missing}, "
+            f"{weights_path}: a sparsify SparseCoder holds {list(names)}; missing {missing}, "
             f"unexpected {extra}."
         )
     s = as_float(tensors, str(weights_path))
@@ -69,6 +72,13 @@ def read_sparsify_folder(folder: str | os.PathLike) -> SAEFile:
         "W_dec": s["W_dec"],
         "b_dec": s["b_dec"],
     }
+    if skip:
+        t["W_skip"] = s["W_skip"]  # out += x @ W_skip.T, saelab's orientation
+        if tuple(t["W_skip"].shape) != (d_in, d_in):
+            raise ValueError(
+                f"{weights_path}: W_skip has shape {tuple(t['W_skip'].shape)}, expected "
+                f"({d_in}, {d_in})."
+            )
     check_tensors(t, str(weights_path))
     if t["W_enc"].shape[0] != d_in:
         raise ValueError(
@@ -79,6 +89,8 @@ def read_sparsify_folder(folder: str | os.PathLike) -> SAEFile:
     if k > d_sae:
         raise ValueError(f"{where}: k={k} is larger than the {d_sae} latents.")
     config = {"d_in": d_in, "d_sae": d_sae, "k": k}
+    if transcode:  # reads the hooked module's input, writes its output; no pre-encoder bias
+        config.update(transcoder=True, skip_connection=skip)
     metadata = {"hookpoint": folder.name}
     return SAEFile("topk", config, t, "sparsify SparseCoder", str(folder), metadata)
 

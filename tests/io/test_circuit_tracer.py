@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from saelab.io import save_sae
-from saelab.transcoder_set import export_transcoder_set
+from saelab.transcoder_interop import export_transcoder_set
 from tests.conftest import make_sae
 
 
@@ -35,32 +35,6 @@ def ct_forward(t: dict, x: torch.Tensor) -> torch.Tensor:
         f = F.relu(pre)
     out = f @ t["W_dec"] + t["b_dec"]
     return out + x @ t["W_skip"].T if "W_skip" in t else out
-
-
-@pytest.fixture(scope="module")
-def gemma2_dir(tmp_path_factory):
-    """A random 2-layer Gemma2ForCausalLM whose norms have non-trivial gains."""
-    from transformers import Gemma2Config, Gemma2ForCausalLM
-
-    folder = tmp_path_factory.mktemp("gemma2")
-    torch.manual_seed(0)
-    model = Gemma2ForCausalLM(
-        Gemma2Config(
-            vocab_size=64,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=16,
-            max_position_embeddings=64,
-        )
-    )
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.pre_feedforward_layernorm.weight.copy_(torch.randn(32))
-    model.save_pretrained(folder, safe_serialization=True)
-    return folder, model.eval()
 
 
 def _runs(root, model_dir, families, d_in=32, skip=True, layers=None):

@@ -350,11 +350,30 @@ def test_sparsify_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match=r"several hookpoints \(layers.0, layers.1\)"):
         load_sae(tmp_path / "run")
     write_sparsify(tmp_path / "skip", {**t, "W_skip": rand(N, N)}, skip_connection=True)
-    with pytest.raises(ValueError, match="skip_connection=true is not supported"):
+    with pytest.raises(ValueError, match="skip_connection=true on an autoencoder"):
         load_sae(tmp_path / "skip")
     write_sparsify(tmp_path / "group", t, activation="groupmax")
     with pytest.raises(ValueError, match="activation='groupmax'"):
         load_sae(tmp_path / "group")
-    write_sparsify(tmp_path / "transcoder", t, transcode=True)
-    with pytest.raises(ValueError, match="transcode=true"):
-        load_sae(tmp_path / "transcoder")
+    write_sparsify(tmp_path / "noskip", t, transcode=True, skip_connection=True)
+    with pytest.raises(ValueError, match=r"missing \['W_skip'\]"):
+        load_sae(tmp_path / "noskip")
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_sparsify_transcoders_load_and_match_its_maths(skip, tmp_path):
+    """sparsify with transcode=true: ReLU(linear(x)) (no b_dec subtracted), top k, decode, plus
+    x @ W_skip.T with a skip connection."""
+    t = sparsify_tensors()
+    if skip:
+        t["W_skip"] = rand(N, N)
+    write_sparsify(tmp_path / "layers.3.mlp", t, transcode=True, skip_connection=skip)
+    sae = load_sae(tmp_path / "layers.3.mlp")
+    assert type(sae) is TopKSAE and sae.transcoder and (sae.W_skip is not None) == skip
+    x = x_batch()
+    post = F.relu(F.linear(x, t["encoder.weight"], t["encoder.bias"]))
+    values, indices = post.topk(K, dim=-1, sorted=False)
+    out = (values[..., None] * t["W_dec"][indices]).sum(-2) + t["b_dec"]
+    if skip:
+        out = out + x @ t["W_skip"].T
+    torch.testing.assert_close(sae.reconstruct(x), out, atol=1e-5, rtol=1e-5)

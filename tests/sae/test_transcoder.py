@@ -107,3 +107,27 @@ def test_the_export_loads_in_saelens_and_in_saelab_and_matches(family, skip, tmp
         torch.testing.assert_close(theirs(x), want, rtol=1e-5, atol=1e-5)
     if "transcoder" in expected:
         assert theirs.cfg.metadata.hook_name_out == "blocks.2.hook_mlp_out"
+
+
+@pytest.mark.parametrize(
+    "name", ["Transcoder", "SkipTranscoder", "JumpReLUTranscoder", "JumpReLUSkipTranscoder"]
+)
+def test_transcoders_saved_by_saelens_load_in_saelab_and_match(name, tmp_path):
+    sae_lens = pytest.importorskip("sae_lens")
+    cls, config_cls = getattr(sae_lens, name), getattr(sae_lens, f"{name}Config")
+    theirs = cls(config_cls(d_in=16, d_sae=48, d_out=16, apply_b_dec_to_input=False))
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(0.3 * torch.randn_like(p))
+        if hasattr(theirs, "threshold"):
+            theirs.threshold.copy_(torch.rand(48) * 0.2 + 0.05)
+    theirs.cfg.metadata.hook_name_out = "blocks.3.hook_mlp_out"
+    theirs.save_model(tmp_path / "tc")
+    ours = load_sae(tmp_path / "tc").eval()
+    assert ours.transcoder and (ours.W_skip is not None) == ("Skip" in name)
+    assert ours.cfg.metadata.hook_name_out == "blocks.3.hook_mlp_out"
+    x = torch.randn(32, 16)
+    with torch.no_grad():
+        want = theirs(x)
+        assert (theirs.encode(x) > 0).float().mean() > 0.05
+        torch.testing.assert_close(ours.reconstruct(x), want, rtol=1e-5, atol=1e-5)

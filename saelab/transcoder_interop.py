@@ -1,4 +1,6 @@
-"""Assemble circuit-tracer's transcoder set from the runs of a layer sweep (docs/transcoders.md):
+"""Transcoders in and out of other tools' conventions (docs/transcoders.md).
+
+Out: circuit-tracer's transcoder set, from the runs of a layer sweep:
 
     python train.py -m site=transcoder sae=jumprelu layer='range(0,26)'
     python export_transcoders.py multirun/<date>/<time> --out tc-set
@@ -8,6 +10,9 @@ one transcoder per decoder layer of that model, all of one width. circuit-tracer
 points a transcoder reads and writes per architecture; where its input hook is the MLP's input
 BEFORE the norm's gain (Gemma 2: ``ln2.hook_normalized``) while saelab trains on the MLP's
 actual input, the gain is read from the model's weights and folded into each encoder.
+
+In: Gemma Scope's transcoders (params.npz) read that pre-gain input too; ``gemma_scope_transcoder``
+divides the gain back out, so the transcoder reads what saelab's transcoder site holds.
 """
 
 from __future__ import annotations
@@ -19,9 +24,12 @@ import torch
 from safetensors import safe_open
 
 from saelab.io.circuit_tracer import save_transcoder_set
+from saelab.io.gemma_scope import load_gemma_scope_npz
 from saelab.lm.load import load_config, resolve
 from saelab.lm.shape import model_shape
-from saelab.sae import load_sae
+from saelab.lm.sites import TRANSFORMER_LENS_HOOKS
+from saelab.sae import SAE, load_sae
+from saelab.sae.loading import build_from_record
 
 # model_type -> (feature_input_hook, feature_output_hook, the norm whose gain the input hook
 # leaves out, or None). circuit-tracer 0.5's hook maps (tl_nnsight_mapping) for these
@@ -112,8 +120,38 @@ def export_transcoder_set(paths: list[Path], out: Path) -> Path:
     return save_transcoder_set(
         saes,
         out,
-        model_name=model_name,
+        # What circuit-tracer can load: the hub id, or the folder of a local or embedded model.
+        model_name=resolve(model_name),
         input_hook=input_hook,
         output_hook=output_hook,
         input_gains=gains,
     )
+
+
+def gemma_scope_transcoder(path: str | Path, model_name: str, layer: int) -> SAE:
+    """A Gemma Scope transcoder (``params.npz``, e.g. google/gemma-scope-2b-pt-transcoders) as a
+    saelab JumpReLU transcoder on the MLP's real input of ``layer``: its encoder reads the
+    pre-MLP norm's output without the gain g, so ``W_enc[i, :] /= g_i`` (exact)."""
+    model_type = load_config(resolve(model_name)).model_type
+    if model_type != "gemma2":
+        raise ValueError(
+            f"Gemma Scope transcoders are Gemma 2's; {model_name} is {model_type!r}. Give the "
+            "model they were trained on (--model google/gemma-2-2b)."
+        )
+    record = load_gemma_scope_npz(path)
+    gain = norm_gains(model_name, "pre_feedforward_layernorm", [layer])[layer]
+    if tuple(gain.shape) != (record.tensors["W_enc"].shape[0],):
+        raise ValueError(
+            f"{path} reads {record.tensors['W_enc'].shape[0]} dimensions but {model_name}'s "
+            f"layer {layer} is {gain.shape[0]} wide: give the model it was trained on."
+        )
+    record.tensors["W_enc"] = record.tensors["W_enc"] / gain[:, None]
+    record.config["transcoder"] = True
+    record.metadata.update(
+        model_name=model_name,
+        hook_layer=layer,
+        site="transcoder",
+        hook_name=TRANSFORMER_LENS_HOOKS["transcoder"].format(layer=layer),
+        hook_name_out=TRANSFORMER_LENS_HOOKS["mlp"].format(layer=layer),
+    )
+    return build_from_record(record)
