@@ -86,16 +86,17 @@ def check(args) -> None:
     import importlib.metadata as md
 
     import torch
+    import yaml
     from circuit_tracer import ReplacementModel, attribute
     from safetensors.torch import load_file
-
-    import yaml
 
     versions = {p: md.version(p) for p in ("circuit-tracer", "nnsight", "transformers", "torch")}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     config = yaml.safe_load((args.set / "config.yaml").read_text())
-    print(f"set: {args.set} ({config['model_name']}, {config['feature_input_hook']} -> "
-          f"{config['feature_output_hook']})")
+    print(
+        f"set: {args.set} ({config['model_name']}, {config['feature_input_hook']} -> "
+        f"{config['feature_output_hook']})"
+    )
     start = time.perf_counter()
     model = ReplacementModel.from_pretrained(
         config["model_name"],
@@ -104,8 +105,10 @@ def check(args) -> None:
         dtype=torch.float32,
         device=torch.device("cpu"),
     )
-    print(f"ReplacementModel.from_pretrained: {time.perf_counter() - start:.1f} s, "
-          f"{len(model.transcoders)} transcoders")
+    print(
+        f"ReplacementModel.from_pretrained: {time.perf_counter() - start:.1f} s, "
+        f"{len(model.transcoders)} transcoders"
+    )
     refs = load_file(str(args.refs))
     worst = 0.0
     print("| layer | max abs difference | max abs output |")
@@ -122,8 +125,10 @@ def check(args) -> None:
     graph = attribute(PROMPT, model, max_n_logits=5, batch_size=64, max_feature_nodes=500)
     seconds = time.perf_counter() - start
     n_features = graph.active_features.shape[0]
-    print(f"attribute(): {seconds:.1f} s; {n_features} active features, adjacency "
-          f"{tuple(graph.adjacency_matrix.shape)}, {len(graph.logit_tokens)} logit targets")
+    print(
+        f"attribute(): {seconds:.1f} s; {n_features} active features, adjacency "
+        f"{tuple(graph.adjacency_matrix.shape)}, {len(graph.logit_tokens)} logit targets"
+    )
     if args.graph:
         graph.to_pt(str(args.graph))
         print(f"graph -> {args.graph}")

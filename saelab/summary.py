@@ -67,8 +67,7 @@ def held_out_lines(metrics: dict, prefix: str = "") -> list[str]:
         else "SAE spliced into the LM"
     )
     lines = [
-        f"held-out text, {spliced} ({where}eval.json; report.py and TensorBoard "
-        "eval/ show these):",
+        f"held-out text, {spliced} ({where}eval.json; report.py and TensorBoard eval/ show these):",
         f"  {figures}",
     ]
     if cost is not None and not ce_recovered_is_meaningful(cost):

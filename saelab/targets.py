@@ -26,9 +26,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", help="model name or path (default: the run's, else tiny-gemma-2)"
     )
-    parser.add_argument(
-        "--site", help="resid | mlp | attn | transcoder (default: the run's)"
-    )
+    parser.add_argument("--site", help="resid | mlp | attn | transcoder (default: the run's)")
     parser.add_argument("--layer", type=int, help="layer (default: the run's)")
     parser.add_argument(
         "--context-length", type=int, help="default: the run's, else the model config's"

@@ -157,7 +157,14 @@ class Objective(nn.Module):
         if step.dead_mask is not None and aux_coefficient > 0:
             bias = sae.b_enc if enc.aux_bias is None else enc.aux_bias
             losses["auxk"] = aux_coefficient * auxk(
-                x2, x_hat, enc.z, step.dead_mask, sae.W_enc, bias, sae.W_dec, self.cfg.aux_k,
+                x2,
+                x_hat,
+                enc.z,
+                step.dead_mask,
+                sae.W_enc,
+                bias,
+                sae.W_dec,
+                self.cfg.aux_k,
                 target=y2,
             )
         f, sel, acts, metrics, l0 = enc.f, enc.sel, enc.acts, enc.metrics, enc.l0

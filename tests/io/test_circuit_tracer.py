@@ -68,8 +68,8 @@ def test_a_gemma2_set_gives_circuit_tracers_map_on_the_pre_gain_input(gemma2_dir
         assert ("activation_function.threshold" in t) == (family == "jumprelu")
         assert t["W_enc"].shape == (sae.d_sae, 32) and t["W_skip"].shape == (32, 32)
         norm = model.model.layers[layer].pre_feedforward_layernorm
-        seen = {}
-        handle = norm.register_forward_hook(lambda m, a, o: seen.update(resid=a[0], x=o))
+        seen: dict = {}
+        handle = norm.register_forward_hook(lambda m, a, o, seen=seen: seen.update(resid=a[0], x=o))
         with torch.no_grad():
             model(ids)
         handle.remove()

@@ -98,7 +98,7 @@ def test_the_export_loads_in_saelens_and_in_saelab_and_matches(family, skip, tmp
     expected = SAELENS_ARCHITECTURE.get((family, skip))
     if expected is None:  # SAELens has no TopK or Gated skip transcoder
         assert cfg["architecture"] == f"saelab_{family}_skip_transcoder"
-        with pytest.raises(Exception):
+        with pytest.raises(KeyError, match="saelab_"):  # no such class in SAELens's registry
             SAE.load_from_disk(str(tmp_path / "tc"))
         return
     assert cfg["architecture"] == expected
