@@ -4,6 +4,8 @@
     python evaluate.py path/to/sae --site mlp --layer 20  # an SAE folder or Gemma Scope .npz
     python evaluate.py params.npz --site transcoder --layer 20 --model google/gemma-2-2b
                                                           # a Gemma Scope transcoder
+    python evaluate.py multirun/<date>/<time>             # a sweep of transcoders, one per
+                                                          # layer: the replacement model
 
 A model's own code (auto_map) runs only with --trust-remote-code, never because a run folder's
 config.json asks for it.
@@ -44,6 +46,16 @@ def main() -> None:
         help="replace the run's own eval.json (and metrics.json's eval/ keys)",
     )
     args = parser.parse_args()
+    from saelab.replacement import evaluate_sweep, is_sweep
+
+    if is_sweep(args.path):  # every layer's transcoder at once
+        try:
+            results = evaluate_sweep(args.path, args.tokens, progress=is_terminal())
+        except (ValueError, FileNotFoundError) as error:
+            parser.error(str(error))
+        print(json.dumps(strict(results), indent=2))
+        print(f"written: {args.path / 'replacement_eval.json'}")
+        return
     try:
         target = target_from_args(args)  # validates site, layer range, sizes
     except (ValueError, FileNotFoundError) as error:
