@@ -158,6 +158,18 @@ def test_stream_config_composes_with_the_models_width(tmp_path, llama_dir):
 
 
 @pytest.mark.slow
+def test_a_streamed_transcoder_trains_on_pairs_and_evaluates_in_place_of_the_mlp(
+    tmp_path, llama_dir
+):
+    overrides = [*STREAM, f"model.name_or_path={llama_dir}", "site=transcoder", "eval_tokens=128"]
+    data, module = build(compose_config(overrides, tmp_path / "built"))
+    assert data.cfg.d_in == 64 and module.sae.d_in == 32 and module.sae.transcoder
+    metrics = train(compose_config(overrides, tmp_path / "run"))
+    assert metrics["steps"] == 20 and metrics["target_scale"] > 0
+    assert np.isfinite(metrics["eval/delta_lm_loss"]) and 0 < metrics["eval/fvu"] < 5
+
+
+@pytest.mark.slow
 def test_stream_trains_and_evaluates_through_the_real_config(tmp_path):
     metrics = train(compose_config([*STREAM, "eval_tokens=128"], tmp_path))
     assert metrics["steps"] == 20 and 0 < metrics["val/fvu"] < 2
