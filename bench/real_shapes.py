@@ -254,7 +254,7 @@ def phase_train(a) -> dict:
         f"trainer.max_steps={a.steps}",
         "trainer.val_check_interval=100000",
         "trainer.limit_val_batches=1",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1",
         f"trainer.accelerator={'gpu' if a.device == 'cuda' else 'cpu'}",
         "eval_tokens=0",

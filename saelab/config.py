@@ -15,6 +15,7 @@ from saelab.data.synthsaebench import SynthSAEBenchDataConfig
 from saelab.lm.config import ModelConfig
 from saelab.lm.shape import model_shape
 from saelab.lm.sites import SiteConfig
+from saelab.run_config import RunConfig, TrainerConfig
 from saelab.sae import FAMILIES
 
 SCHEMAS = {
@@ -28,6 +29,7 @@ SCHEMAS = {
     },
     "model": {"schema": ModelConfig},
     "site": {"schema": SiteConfig},
+    "trainer": {"schema": TrainerConfig},
 }
 
 
@@ -57,6 +59,7 @@ def register_configs() -> None:
         "saelab.is_transcoder", lambda site: site == "transcoder", replace=True
     )
     cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)  # the root keys (conf/config.yaml)
     for group, schemas in SCHEMAS.items():
         for name, node in schemas.items():
             cs.store(group=group, name=name, node=node)

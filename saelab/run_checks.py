@@ -1,5 +1,5 @@
-"""Checks of a run before any work: the run-level config keys (the family and data groups check
-their own, in their dataclasses), and what the run folder already holds.
+"""What the run folder already holds, checked before any work (the config's keys are checked by
+their schemas: saelab/run_config.py and each group's dataclass).
 
 A finished run is never overwritten silently. Rerunning a command into a folder that holds
 exports (``sae/`` or ``metrics.json``):
@@ -16,13 +16,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
-from numbers import Real
 from pathlib import Path
 from typing import Any
-
-from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -30,93 +26,6 @@ log = logging.getLogger(__name__)
 # are histories and stay).
 EXPORTS = ("sae", "metrics.json", "eval.json", "eval", "feature_density.png")
 CHECKPOINTS = "checkpoints"
-
-
-def _invalid(key: str, value: Any, rule: str) -> ValueError:
-    return ValueError(f"{key}={value!r} is invalid: {rule}.")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def check_run_config(cfg: DictConfig) -> None:
-    """The root and ``trainer`` keys a run uses: each bad value names its key and the rule."""
-    get = lambda key, default=None: OmegaConf.select(cfg, key, default=default)  # noqa: E731
-    if not _is_int(get("seed", 0)):
-        raise _invalid("seed", get("seed"), "it must be an integer")
-    eval_tokens = get("eval_tokens", 0)
-    if eval_tokens is not None and (not _is_int(eval_tokens) or eval_tokens < 0):
-        raise _invalid(
-            "eval_tokens",
-            eval_tokens,
-            "it must be an integer >= 0 (0 = no end-of-run evaluation) or null (data.val_tokens)",
-        )
-    every = get("checkpoint_every_n_steps", 1)
-    if not _is_int(every) or every <= 0:
-        raise _invalid(
-            "checkpoint_every_n_steps",
-            every,
-            "it must be an integer > 0 (steps between checkpoints)",
-        )
-    for key in ("export", "overwrite"):
-        if not isinstance(get(key, False), bool):
-            raise _invalid(key, get(key), "it must be true or false")
-    if get("overwrite", False) and get("resume"):
-        raise ValueError(
-            f"overwrite=true starts the run over, resume={get('resume')} continues it: use one "
-            "of the two."
-        )
-    trainer = get("trainer")
-    if trainer is None:
-        return
-    max_steps, max_epochs = get("trainer.max_steps", -1), get("trainer.max_epochs", None)
-    if not _is_int(max_steps) or (max_steps <= 0 and max_steps != -1):
-        raise _invalid(
-            "trainer.max_steps",
-            max_steps,
-            "it must be an integer > 0 (or -1 with trainer.max_epochs > 0)",
-        )
-    if max_epochs is not None and (
-        not _is_int(max_epochs) or (max_epochs <= 0 and max_epochs != -1)
-    ):
-        raise _invalid("trainer.max_epochs", max_epochs, "it must be an integer > 0, or -1")
-    if max_steps == -1 and (max_epochs is None or max_epochs == -1):
-        raise ValueError(
-            "trainer.max_steps=-1 with trainer.max_epochs unset or -1 would train forever: set "
-            "trainer.max_steps > 0 (or trainer.max_epochs > 0)."
-        )
-    for key in ("log_every_n_steps", "accumulate_grad_batches"):
-        value = get(f"trainer.{key}", 1)
-        if not _is_int(value) or value <= 0:
-            raise _invalid(f"trainer.{key}", value, "it must be an integer > 0")
-    interval = get("trainer.val_check_interval", 1)
-    if interval is not None and not _positive_count_or_fraction(interval, allow_zero=False):
-        raise _invalid(
-            "trainer.val_check_interval",
-            interval,
-            "it must be an integer > 0 or a fraction in (0, 1]",
-        )
-    limit = get("trainer.limit_val_batches", 1.0)
-    if limit is not None and not _positive_count_or_fraction(limit, allow_zero=True):
-        raise _invalid(
-            "trainer.limit_val_batches", limit, "it must be an integer >= 0 or a fraction in [0, 1]"
-        )
-    clip = get("trainer.gradient_clip_val", None)
-    if clip is not None and (
-        isinstance(clip, bool) or not isinstance(clip, Real) or not math.isfinite(clip) or clip < 0
-    ):
-        raise _invalid(
-            "trainer.gradient_clip_val", clip, "it must be a finite number >= 0, or null"
-        )
-
-
-def _positive_count_or_fraction(value: Any, allow_zero: bool) -> bool:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        return False
-    if _is_int(value):
-        return value > 0 or (allow_zero and value == 0)
-    return math.isfinite(value) and (0 < value <= 1 or (allow_zero and value == 0))
 
 
 # --- the run folder --------------------------------------------------------------------------

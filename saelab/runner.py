@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from saelab import run_config
 from saelab.console import ConfigError, is_terminal, quiet_lightning
 from saelab.data.lm_data import LMDataConfig
 from saelab.evaluation import evaluate_on_validation
@@ -36,7 +37,7 @@ from saelab.lit import (
 from saelab.lit.checkpointing import CHECKPOINT, checkpoint_step
 from saelab.lit.guards import NonFiniteGuard
 from saelab.lit.progress import StepProgressBar
-from saelab.run_checks import check_run_config, check_run_folder, clear_run_folder
+from saelab.run_checks import check_run_folder, clear_run_folder
 from saelab.summary import run_summary
 
 # Epoch-level validation logs are torchmetrics results, already reduced over the ranks when
@@ -54,7 +55,7 @@ warnings.filterwarnings("ignore", message=r".*isinstance.treespec, LeafSpec.*")
 def build(cfg: DictConfig):
     """(datamodule, LightningModule) from a composed config; every value is validated here,
     before any work starts. With ``multi.saes`` set, the module trains all of them at once."""
-    check_run_config(cfg)
+    run_config.check(cfg)
     data_cfg = _to_object(cfg, "data")
     if hasattr(data_cfg, "progress") and not is_terminal():
         data_cfg.progress = False  # a bar in a log file is carriage returns, not progress

@@ -38,7 +38,7 @@ def args(shards, run, every: int) -> list[str]:
         f"trainer.max_steps={STEPS}",
         "trainer.val_check_interval=80",
         "trainer.limit_val_batches=2",
-        "+trainer.enable_progress_bar=false",
+        "trainer.enable_progress_bar=false",
         f"checkpoint_every_n_steps={every}",
         f"hydra.run.dir={run}",
     ]

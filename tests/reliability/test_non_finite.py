@@ -96,6 +96,30 @@ def test_undefined_metrics_become_null_with_the_reason():
 
 # --- run-level values ----------------------------------------------------------------------
 @pytest.mark.parametrize(
+    ("override", "key", "schema"),
+    [
+        ("trainer.max_step=10", "max_step", "TrainerConfig"),
+        ("eval_token=0", "eval_token", "RunConfig"),
+    ],
+)
+def test_a_typo_in_a_root_or_trainer_key_fails_when_composed_naming_it(
+    tmp_path, override, key, schema
+):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as error:
+        compose_config([*TINY_RUN, override], tmp_path / "run")
+    assert f"Key '{key}' not in '{schema}'" in str(error.value.__cause__)
+
+
+def test_a_wrong_type_in_a_root_key_fails_when_composed(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="seed=abc"):
+        compose_config([*TINY_RUN, "seed=abc"], tmp_path / "run")
+
+
+@pytest.mark.parametrize(
     "override",
     [
         "eval_tokens=-5",
@@ -105,7 +129,6 @@ def test_undefined_metrics_become_null_with_the_reason():
         "trainer.val_check_interval=0",
         "trainer.log_every_n_steps=-1",
         "trainer.gradient_clip_val=-1.0",
-        "overwrite=1",
     ],
 )
 def test_bad_run_values_fail_before_any_work_naming_the_key(tmp_path, override):

@@ -33,7 +33,7 @@ TINY = [
     "trainer.max_steps=20",
     "trainer.val_check_interval=10",
     "trainer.limit_val_batches=2",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 

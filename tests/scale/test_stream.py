@@ -35,7 +35,7 @@ STREAM = [
     f"trainer.max_steps={STEPS}",
     "trainer.val_check_interval=30",
     "trainer.limit_val_batches=2",
-    "+trainer.enable_progress_bar=false",
+    "trainer.enable_progress_bar=false",
 ]
 
 

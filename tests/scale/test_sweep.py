@@ -47,7 +47,7 @@ def test_a_multirun_of_two_ddp_jobs_builds_the_cache_once(tmp_path):
             "data.batch_size=256",
             "trainer=ddp",
             "trainer.devices=2",
-            "+trainer.enable_progress_bar=false",
+            "trainer.enable_progress_bar=false",
             "trainer.max_steps=4",
             "sae=jumprelu,relu",
             f"data.cache_dir={cache}",
