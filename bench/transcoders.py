@@ -42,6 +42,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every run")
     parser.add_argument("--families", default="jumprelu,topk")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help="a comma-separated subset of the rows"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_transcoders")
     args = parser.parse_args(argv)
     print(f"train.py {' '.join(args.overrides) or '(defaults)'}; each row one run, held-out eval")
@@ -49,7 +52,8 @@ def main(argv=None) -> None:
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for family in args.families.split(","):
-        for name, extra in VARIANTS.items():
+        for name in args.variants.split(","):
+            extra = VARIANTS[name]
             folder = args.out / f"{family}-{name.replace(' ', '_')}"
             result, seconds = run(folder, [f"sae={family}", *extra, *args.overrides])
             print(
