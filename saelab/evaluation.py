@@ -143,7 +143,7 @@ def output(sae, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.T
         return f, sae.decode(f), rows
     x, y = sae.split(rows)
     f = sae.encode(x)
-    return f, sae.decode(f) + sae.skip(x), y
+    return f, sae.add_skip(sae.decode(f), x), y
 
 
 def check_tokens(n_tokens) -> None:

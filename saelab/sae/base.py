@@ -163,13 +163,14 @@ class SAE(nn.Module):
     def decode(self, f: Tensor) -> Tensor:
         return affine(f, self.W_dec, self.b_dec)
 
-    def skip(self, x: Tensor) -> Tensor | float:
-        """The affine skip's contribution ``x @ W_skip.T`` (0 without one)."""
-        return 0.0 if self.W_skip is None else x @ self.W_skip.T
+    def add_skip(self, out: Tensor, x: Tensor) -> Tensor:
+        """``out`` plus the skip's contribution; ``out`` itself without a skip (no extra pass
+        over a [B, d_in] tensor for the SAEs that have none)."""
+        return out if self.W_skip is None else out + x @ self.W_skip.T
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """What the SAE writes for input x: ``decode(encode(x))``, plus the skip."""
-        return self.decode(self.encode(x)) + self.skip(x)
+        return self.add_skip(self.decode(self.encode(x)), x)
 
     def split(self, rows: Tensor) -> tuple[Tensor, Tensor]:
         """(input, target) of data rows: a transcoder's rows are ``[x | y]``; an SAE's target is
@@ -193,7 +194,7 @@ class SAE(nn.Module):
             return objective.loss(self, x, target=target, **step)
         target = x if target is None else target
         f = self.encode(x)
-        x_hat = self.decode(f) + self.skip(x)
+        x_hat = self.add_skip(self.decode(f), x)
         y2, f2 = target.reshape(-1, self.d_in), f.reshape(-1, self.d_sae)
         losses = {"mse": reconstruction_loss(y2, x_hat.reshape(-1, self.d_in))}
         return SAEOutput(x_hat, f, losses, {"l0": (f2 != 0).sum() / f2.shape[0]})

@@ -143,15 +143,16 @@ class Objective(nn.Module):
         y2 = x2 if target is None else target.reshape(-1, sae.d_in)
         # With a skip, the dictionary's part of the output is trained on what the skip leaves;
         # the skip's gradient flows through y - skip(x) (docs/transcoders.md).
-        skip = sae.skip(x2)
-        step = replace(step, target=y2 - skip if sae.W_skip is not None else y2)
+        skip = None if sae.W_skip is None else x2 @ sae.W_skip.T
+        step = replace(step, target=y2 if skip is None else y2 - skip)
         if step.sparse:
             enc = self.encode_sparse(sae, x2, step)
             x_hat = decode_selected(enc.sel, enc.acts, sae.W_dec) + sae.b_dec
         else:
             enc = self.encode_dense(sae, x2, step)
             x_hat = sae.decode(enc.f)
-        x_hat = x_hat + skip
+        if skip is not None:
+            x_hat = x_hat + skip
         losses = {"mse": reconstruction_loss(y2, x_hat), **enc.terms}
         aux_coefficient = getattr(self.cfg, "aux_coefficient", 0.0)
         if step.dead_mask is not None and aux_coefficient > 0:
