@@ -5,8 +5,8 @@ circuit-tracer 0.5 pins transformers <= 4.57.3 and needs nnsight 0.6 (0.8 remove
 imports), so it lives in its own virtual environment; this script runs in both:
 
     # saelab's venv: a transcoder for every layer of tiny-gemma-2, the set, the reference numbers
-    python train.py -m site=transcoder layer='range(0,26)' trainer.max_steps=300 \
-        data.train_tokens=131072 data.val_tokens=8192 eval_tokens=0 \
+    python train.py -m site=transcoder 'layer=range(0,26)' trainer.max_steps=200 \
+        data.train_tokens=65536 data.val_tokens=4096 eval_tokens=0 logger=none \
         hydra.sweep.dir=outputs/tc-sweep
     python export_transcoders.py outputs/tc-sweep --out outputs/tc-set
     python bench/circuit_tracer.py prepare outputs/tc-sweep --out outputs/tc-refs.safetensors
