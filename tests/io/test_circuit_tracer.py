@@ -1,6 +1,6 @@
 """circuit-tracer's transcoder-set folder, written out here as circuit-tracer 0.5's source
 states it (utils/hf_utils.py load_transcoders, transcoder/single_layer_transcoder.py), so CI
-checks it offline without the package (bench/circuit_tracer.py runs the real one):
+checks it offline without the package (bench/circuit_tracer_check.py runs the real one):
 
 - config.yaml: model_kind transcoder_set, model_name, feature_input_hook, feature_output_hook;
 - layer_{i}.safetensors for every layer from 0, loaded strictly: W_enc [d_sae, d_in], b_enc,

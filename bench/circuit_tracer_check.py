@@ -9,11 +9,11 @@ imports), so it lives in its own virtual environment; this script runs in both:
         data.train_tokens=65536 data.val_tokens=4096 eval_tokens=0 logger=none \
         hydra.sweep.dir=outputs/tc-sweep
     python export_transcoders.py outputs/tc-sweep --out outputs/tc-set
-    python bench/circuit_tracer.py prepare outputs/tc-sweep --out outputs/tc-refs.safetensors
+    python bench/circuit_tracer_check.py prepare outputs/tc-sweep --out outputs/tc-refs.safetensors
 
     # circuit-tracer's venv (python3 -m venv ct; pip install torch==2.13.0;
     #   pip install circuit-tracer==0.5.0 "nnsight>=0.6,<0.7")
-    HF_HUB_OFFLINE=1 python bench/circuit_tracer.py check outputs/tc-set \
+    HF_HUB_OFFLINE=1 python bench/circuit_tracer_check.py check outputs/tc-set \
         --refs outputs/tc-refs.safetensors --graph outputs/tc-graph.pt
 
 ``prepare`` runs the LM once on the prompt and stores, per layer, circuit-tracer's input (the
