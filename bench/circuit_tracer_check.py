@@ -88,6 +88,7 @@ def check(args) -> None:
     import torch
     import yaml
     from circuit_tracer import ReplacementModel, attribute
+    from circuit_tracer.utils.hf_utils import load_transcoder_from_hub
     from safetensors.torch import load_file
 
     versions = {p: md.version(p) for p in ("circuit-tracer", "nnsight", "transformers", "torch")}
@@ -109,13 +110,16 @@ def check(args) -> None:
         f"ReplacementModel.from_pretrained: {time.perf_counter() - start:.1f} s, "
         f"{len(model.transcoders)} transcoders"
     )
+    # The transcoders as circuit-tracer loads a set (the same files, outside nnsight's wrapper).
+    loaded = load_transcoder_from_hub(str(args.set.resolve()), device=torch.device("cpu"))
+    transcoders = loaded[0] if isinstance(loaded, tuple) else loaded
     refs = load_file(str(args.refs))
     worst = 0.0
     print("| layer | max abs difference | max abs output |")
     print("|---|---|---|")
     with torch.no_grad():
-        for layer in range(len(model.transcoders)):
-            theirs = model.transcoders[layer](refs[f"input.{layer}"])
+        for layer in range(len(transcoders)):
+            theirs = transcoders[layer](refs[f"input.{layer}"])
             want = refs[f"expected.{layer}"]
             diff = float((theirs - want).abs().max())
             worst = max(worst, diff / float(want.abs().max()))
