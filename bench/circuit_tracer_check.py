@@ -131,7 +131,7 @@ def check(args) -> None:
     n_features = graph.active_features.shape[0]
     print(
         f"attribute(): {seconds:.1f} s; {n_features} active features, adjacency "
-        f"{tuple(graph.adjacency_matrix.shape)}, {len(graph.logit_tokens)} logit targets"
+        f"{tuple(graph.adjacency_matrix.shape)}, {len(graph.logit_token_ids)} logit targets"
     )
     if args.graph:
         graph.to_pt(str(args.graph))
