@@ -125,7 +125,7 @@ def _callbacks(
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
-    if cfg.trainer.get("enable_progress_bar", True):
+    if cfg.trainer.get("enable_progress_bar") is not False:  # None: Lightning's default, on
         callbacks.append(StepProgressBar())  # steps of max_steps, not "Epoch 15/-2"
     return callbacks
 
