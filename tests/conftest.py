@@ -4,6 +4,7 @@ takes minutes: run the files you touch, or `-m "not slow"`)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 from pathlib import Path
 
@@ -77,14 +78,32 @@ TINY_RUN = [
 
 
 def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F821
-    """The real Hydra config, composed as train.py would, with output_dir pointed at a tmp dir."""
+    """The real Hydra config, composed as train.py would, with output_dir pointed at a tmp dir.
+    Many tests compose the same overrides: each set is composed once (Hydra's compose is the
+    slow part), and every caller gets its own copy with its own output_dir."""
+    import copy
+
+    composed = _compose(tuple(overrides))
+    if isinstance(composed, Exception):
+        raise composed
+    cfg = copy.deepcopy(composed)
+    cfg.output_dir = str(output_dir)
+    return cfg
+
+
+@functools.cache
+def _compose(overrides: tuple[str, ...]):
     from hydra import compose, initialize_config_dir
 
     from saelab.config import register_configs
 
     register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="config", overrides=[*overrides, f"output_dir={output_dir}"])
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            # A placeholder output_dir: compose_config sets each caller's own.
+            return compose(config_name="config", overrides=[*overrides, "output_dir=unset"])
+    except Exception as error:  # the same error for every caller of these overrides
+        return error
 
 
 def fit_module(datamodule, module, steps: int = 6, callbacks=()):

@@ -62,6 +62,7 @@ def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
     assert image.shape[0] > 100 and image.shape[1] > 100
 
 
+@pytest.mark.slow  # a subprocess or a multi-site cache: seconds
 def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path):
     path = save_sae(identity_sae(8), tmp_path / "sae")
     done = _evaluate(path)

@@ -26,6 +26,7 @@ def _smoke(args: list[str], **env) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # a subprocess or a multi-site cache: seconds
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_gpu_smoke_without_a_gpu_stops_at_once_saying_why():
     result = _smoke([])

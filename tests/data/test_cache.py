@@ -105,6 +105,7 @@ def test_cached_llama_activations_equal_an_independent_full_forward(
     )
 
 
+@pytest.mark.slow  # a subprocess or a multi-site cache: seconds
 def test_whole_corpus_with_ragged_tail_and_one_pass_for_several_sites(
     tiny_lm, text_corpus, tmp_path
 ):

@@ -4,6 +4,7 @@ processes."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -36,6 +37,7 @@ def _rank(rank: int, world: int, store: str, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # a subprocess or a multi-site cache: seconds
 def test_ranks_get_the_thresholds_of_the_whole_batch(tmp_path):
     out = tmp_path / "ranks.pt"
     mp.spawn(_rank, args=(2, str(tmp_path / "store"), str(out)), nprocs=2, join=True)
