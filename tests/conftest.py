@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import pytest
 import torch
 
 from saelab.sae import SAE_CLASSES, Step, build_sae, build_training
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one torch thread each, and the same for the processes a test
+    # starts (train.py subprocesses, DDP ranks), which inherit the environment.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 FAMILIES = sorted(SAE_CLASSES)
 TINY = "tiny-gemma-2"
