@@ -21,12 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-def pytest_collection_modifyitems(config, items):
-    """The slow tests first: workers take tests in order, so the long ones start early and the
-    short ones fill the gaps at the end, instead of one worker finishing a long test alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
-
 FAMILIES = sorted(SAE_CLASSES)
 TINY = "tiny-gemma-2"
 
