@@ -17,6 +17,8 @@ import hashlib
 import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,6 +75,28 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             raise
         raise write_error(path, error) from error
     fsync_path(path.parent)
+
+
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``folder`` to write into; on a clean exit its files and itself
+    are fsynced and it replaces ``folder`` (whole or not at all), on an exception it is
+    removed and ``folder`` is left as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        for path in tmp.iterdir():
+            fsync_path(path)
+        fsync_path(tmp)  # every file on disk before the folder takes its name
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+        fsync_path(folder.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _is_write_failure(error: BaseException) -> bool:

@@ -21,15 +21,13 @@ reads the MLP's input before its norm's gain) is folded into the encoder and the
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 from safetensors.torch import save_file
 
-from saelab.fileio import fsync_path
+from saelab.fileio import atomic_folder
 
 from .record import check_tensors
 
@@ -93,10 +91,7 @@ def save_transcoder_set(
     widths = {layer: t["W_enc"].shape for layer, t in tensors.items()}
     if len(set(widths.values())) != 1:
         raise ValueError(f"every layer's transcoder must have the same shape; got {widths}.")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for layer, t in tensors.items():
             check_tensors({**t, "W_enc": t["W_enc"].T}, f"layer {layer}")
             save_file(t, str(tmp / f"layer_{layer}.safetensors"))
@@ -105,17 +100,7 @@ def save_transcoder_set(
             "model_name": model_name,
             "feature_input_hook": input_hook,
             "feature_output_hook": output_hook,
-            "scan": f"saelab/{folder.name}",
+            "scan": f"saelab/{Path(folder).name}",
         }
         (tmp / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False))
-        for path in tmp.iterdir():
-            fsync_path(path)
-        fsync_path(tmp)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        fsync_path(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
+    return Path(folder)

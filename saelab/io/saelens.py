@@ -23,15 +23,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from saelab.fileio import fsync_path, write_json
+from saelab.fileio import atomic_folder, write_json
 
 from .record import (
     SAEFile,
@@ -129,20 +127,9 @@ def save_sae(sae, folder: str | os.PathLike, metadata: dict | None = None) -> Pa
     form = sae.export_form() if hasattr(sae, "export_form") else sae
     tensors = _export_tensors(form)
     check_tensors({k: v.float() for k, v in tensors.items()}, f"save_sae({folder})")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME))
-        fsync_path(tmp / WEIGHTS_NAME)
         write_json(tmp / CFG_NAME, cfg)  # strict: a NaN in the metadata is refused, by key
-        fsync_path(tmp)  # both files on disk before the folder takes its name
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        fsync_path(folder.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 
