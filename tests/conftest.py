@@ -59,6 +59,20 @@ def set_inference_threshold(sae, value: float) -> None:
         sae.threshold.fill_(value)
 
 
+def trained_like(architecture: str, **kw):
+    """An inference SAE (16 -> 64) with every parameter moved off its initialisation, JumpReLU
+    thresholds spread over [0.05, 0.35] and BatchTopK's threshold set: what a trained one
+    looks like to an exporter. ``kw``: config keys (e.g. ``transcoder=True``)."""
+    sae = make_sae(architecture, **kw).eval()
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if architecture == "jumprelu":
+            sae.log_threshold.copy_(torch.log(torch.rand(64) * 0.3 + 0.05))
+    set_inference_threshold(sae, 0.3)
+    return sae
+
+
 def train_loss(sae, objective, x, **step):
     """The family's training loss on x, as the trainer computes it (``Step`` fields as keywords)."""
     return sae(x, objective=objective, step=Step(**step))

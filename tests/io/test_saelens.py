@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from saelab.io import save_sae
 from saelab.sae import load_sae
-from tests.conftest import FAMILIES, make_sae, set_inference_threshold
+from tests.conftest import FAMILIES, make_sae, trained_like
 
 SAELENS_INFERENCE = {
     "standard",
@@ -91,17 +91,6 @@ def saelens_decode(cfg: dict, t: dict, f: torch.Tensor) -> torch.Tensor:
     if cfg.get("rescale_acts_by_decoder_norm", False):
         f = f / t["W_dec"].norm(dim=-1)
     return f @ t["W_dec"] + t["b_dec"]
-
-
-def trained_like(arch: str):
-    sae = make_sae(arch).eval()
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        if arch == "jumprelu":
-            sae.log_threshold.copy_(torch.log(torch.rand(64) * 0.3 + 0.05))
-    set_inference_threshold(sae, 0.3)
-    return sae
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -12,7 +12,14 @@ import torch
 from saelab.io import save_sae
 from saelab.sae import load_sae
 from saelab.sae.objective import Step
-from tests.conftest import FAMILIES, make_sae, make_training, set_inference_threshold, train_loss
+from tests.conftest import (
+    FAMILIES,
+    make_sae,
+    make_training,
+    set_inference_threshold,
+    train_loss,
+    trained_like,
+)
 
 # SAELens 6.54's transcoder classes (saes/transcoder.py); TopK and Gated have none, and without a
 # skip their transcoder is the same function as the SAE SAELens has.
@@ -29,17 +36,6 @@ SAELENS_ARCHITECTURE = {
     ("gated", False): "gated",
 }
 SKIP = [False, True]
-
-
-def trained_like(family: str, skip: bool):
-    sae = make_sae(family, transcoder=True, skip_connection=skip).eval()
-    with torch.no_grad():
-        for p in sae.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-        if family == "jumprelu":
-            sae.log_threshold.copy_(torch.log(torch.rand(64) * 0.3 + 0.05))
-    set_inference_threshold(sae, 0.3)
-    return sae
 
 
 def test_a_skip_needs_a_transcoder():
@@ -66,7 +62,7 @@ def test_the_loss_reconstructs_the_target_and_trains_the_skip(family):
 @pytest.mark.parametrize("skip", SKIP)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_folding_both_scales_gives_the_raw_map(family, skip):
-    sae = trained_like(family, skip)
+    sae = trained_like(family, transcoder=True, skip_connection=skip)
     s_in, s_out = 7.0, 0.3
     exported = make_sae(family, transcoder=True, skip_connection=skip).eval()
     exported.load_state_dict(sae.state_dict())
@@ -82,7 +78,7 @@ def test_folding_both_scales_gives_the_raw_map(family, skip):
 @pytest.mark.parametrize("skip", SKIP)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_export_loads_in_saelens_and_in_saelab_and_matches(family, skip, tmp_path):
-    sae = trained_like(family, skip)
+    sae = trained_like(family, transcoder=True, skip_connection=skip)
     meta = {"hook_name": "blocks.2.mlp.hook_in", "hook_name_out": "blocks.2.hook_mlp_out"}
     save_sae(sae, tmp_path / "tc", metadata=meta)
     cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
