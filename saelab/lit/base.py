@@ -136,7 +136,6 @@ class SAELitModule(pl.LightningModule):
             scale = torch.tensor(1.0)
             if self.cfg.normalize_activations:
                 n = self.cfg.normalization_tokens
-                cols = cols if self.sae.transcoder else None
                 scale = torch.tensor(dm.mean_squared_norm(n, cols=cols)).sqrt()
                 if not torch.isfinite(scale) or scale <= 0:
                     what = {"activation_scale": "input", "target_scale": "target"}[name]
@@ -235,7 +234,6 @@ class SAELitModule(pl.LightningModule):
             tokens_since_fired=self.tokens_since_fired,
             sparse=self.objective.wants_sparse(self.sae, x.device, density),
         )
-        target = target if self.sae.transcoder else None
         out = self.sae(x, objective=self.objective, step=step, target=target)
         loss = out.loss
         self.track_firing(out.feature_acts)
