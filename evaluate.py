@@ -61,12 +61,19 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as error:
         parser.error(str(error))
     out = output_folder(target.home, args.tokens, args.out, args.overwrite)
+    sae = load_for(target)
+    from saelab.evaluation import check_width_for
+
+    try:  # an SAE given the wrong site or model: one line, before anything is written
+        check_width_for(sae, target.data_cfg)
+    except ValueError as error:
+        parser.error(str(error))
     out.mkdir(parents=True, exist_ok=True)
     terminal = is_terminal()
     if not terminal:  # a bar in a log file is carriage returns, not progress
         print(f"evaluating on {args.tokens:,} held-out tokens", file=sys.stderr, flush=True)
     results = evaluate_on_validation(
-        load_for(target),
+        sae,
         target.data_cfg,
         args.tokens,
         progress=terminal,

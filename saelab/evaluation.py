@@ -161,7 +161,20 @@ def check_width(sae, model, point: SitePoint) -> None:
     model, and splicing it in would fail deep inside a matmul."""
     from saelab.lm.sites import site_width
 
-    width = site_width(model, point.site)
+    name = getattr(getattr(model, "config", None), "_name_or_path", "the model")
+    _check_reads(sae, point, site_width(model, point.site), name)
+
+
+def check_width_for(sae, data_cfg) -> None:
+    """``check_width`` before the model loads: the width read from the model's config."""
+    from saelab.lm.shape import model_shape
+
+    width = model_shape(data_cfg.model).width(data_cfg.site)
+    point = SitePoint(data_cfg.site, data_cfg.layer)
+    _check_reads(sae, point, width, data_cfg.model.name_or_path)
+
+
+def _check_reads(sae, point: SitePoint, width: int, name: str) -> None:
     transcoder = bool(getattr(sae, "transcoder", False))
     if transcoder != (point.site == "transcoder"):
         raise ValueError(
@@ -172,7 +185,6 @@ def check_width(sae, model, point: SitePoint) -> None:
     if transcoder:
         width //= 2  # rows are [input | output]
     if sae.d_in != width:
-        name = getattr(getattr(model, "config", None), "_name_or_path", "the model")
         raise ValueError(
             f"the SAE reads d_in={sae.d_in} but the {point.site} site of {name} (layer "
             f"{point.layer}) is {width} wide: the SAE was trained on another model or site. "

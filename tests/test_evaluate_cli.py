@@ -69,6 +69,28 @@ def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path):
     assert done.returncode != 0 and "--site and --layer" in done.stderr
 
 
+@pytest.mark.slow  # a subprocess
+@pytest.mark.parametrize(
+    ("kw", "site", "message"),
+    [
+        ({"transcoder": True}, "mlp", "the transcoder cannot be evaluated at site 'mlp'"),
+        ({}, "transcoder", "the SAE cannot be evaluated at site 'transcoder'"),
+        ({}, "resid", "the SAE reads d_in=16 but the resid site of tiny-gemma-2"),
+    ],
+)
+def test_an_sae_given_the_wrong_site_fails_in_one_line_and_writes_nothing(
+    tmp_path, kw, site, message
+):
+    from tests.conftest import make_sae
+
+    path = save_sae(make_sae("jumprelu", **kw), tmp_path / "sae")
+    before = sorted(p.name for p in path.iterdir())
+    done = _evaluate(path, "--site", site, "--layer", "2")
+    assert done.returncode == 2 and message in done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in path.iterdir()) == before
+
+
 def test_density_histogram_is_a_picture_and_copes_with_all_dead(tmp_path):
     density = torch.tensor([0.0, 0.0, 1e-4, 0.02, 0.5])
     save_density_histogram(density, tmp_path / "a.png", title="t")
