@@ -17,7 +17,7 @@ of the dead-latent diagnostics, probed every 5% of the run on the current traini
     err1%         share of the batch's squared reconstruction error on those tokens
 
     python bench/jumprelu_dead.py syn-plc --tokens 3e6
-    python bench/jumprelu_dead.py gemma-attn-L6 --tokens 3e6 sae.threshold_warmup=per_latent
+    python bench/jumprelu_dead.py gemma-attn-L6 --tokens 3e6 sae.experimental.threshold_warmup=per_latent
 
 Extra arguments are Hydra overrides on top of the cell's JumpReLU run (as --variant in
 bench/robustness.py). Runs through the real Hydra config, saelab.runner.build and a Lightning

@@ -23,7 +23,7 @@ decoder row has cosine > 0.9).
     python bench/robustness.py --half tune --budgets 3e6             # the tune half at 3M only
     python bench/robustness.py --long                                # synthetic cells at 30M tokens
     python bench/robustness.py --families jumprelu --half tune \\
-        --variant per_latent=sae.threshold_warmup=per_latent          # a JumpReLU variant
+        --variant per_latent=sae.experimental.threshold_warmup=per_latent          # a JumpReLU variant
     python bench/robustness.py --cells syn-plc --budgets 3e6 --curve 293  # validate every 293 steps
                                                   # (JumpReLU: + theta median, max, lambda)
     python bench/robustness.py --cells syn-iid --budgets 3e6 --seeds 0 1 2  # + the spread across seeds

@@ -44,7 +44,7 @@ FAMILIES = {
         "sae=jumprelu_paper",
         "sae.lr=3e-3",
         "sae.target_l0=8",
-        "sae.target_l0_method=quadratic",
+        "sae.experimental.target_l0_method=quadratic",
         "sae.l0_coefficient=1",
     ],
     "topk": ["sae=topk", "sae.k=8", "sae.lr=3e-3"],

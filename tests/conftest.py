@@ -38,7 +38,15 @@ def make_sae(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
 
 
 def make_training(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
-    """(SAE, objective) from ``sae.*`` keys, the family's defaults for the rest."""
+    """(SAE, objective) from ``sae.*`` keys, the family's defaults for the rest. JumpReLU's
+    research options may be given by name too (``kernel="triangle"``): they go to
+    ``experimental``, where the config keeps them."""
+    if architecture == "jumprelu":
+        from saelab.sae.jumprelu import JumpReLUExperimental
+
+        names = {f.name for f in dataclasses.fields(JumpReLUExperimental)}
+        experimental = {k: kw.pop(k) for k in list(kw) if k in names}
+        kw["experimental"] = {**kw.get("experimental", {}), **experimental}
     return build_training(architecture, d_in=d_in, d_sae=d_sae, **_small_k(architecture, kw))
 
 

@@ -80,8 +80,8 @@ def test_wrong_type_is_named(tmp_path):
         (["sae=jumprelu", "sae.l0_coefficient=-1"], "sae.l0_coefficient=-1.0 is invalid"),
         (["sae=relu", "sae.l1_coefficient=-1"], "l1_coefficient"),
         (
-            ["sae=jumprelu", "sae.kernel=box"],
-            "sae.kernel=.box. is invalid: it must be one of 'rectangle'",
+            ["sae=jumprelu", "sae.experimental.kernel=box"],
+            "sae.experimental.kernel=.box. is invalid: it must be one of 'rectangle'",
         ),
         (["sae=gated", "sae.lr=0"], "lr=0.0 is invalid"),
         (["data.mean_l0=0"], "data.mean_l0"),
@@ -141,13 +141,9 @@ def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
         "l0_coefficient": 5e-4,
         "bandwidth": 1e-3,
         "threshold_init": 1e-3,
-        "kernel": "rectangle",
         "target_l0": None,
-        "threshold_init_l0": None,
         "threshold_warmup_fraction": 0.0,
-        "threshold_warmup_ema": None,
         "aux_coefficient": 0.0,
-        "bandwidth_rule": "fixed",
         "lr": 7e-5,
         "adam_beta1": 0.0,
         "adam_beta2": 0.999,
@@ -156,8 +152,11 @@ def test_jumprelu_paper_is_the_papers_recipe(tmp_path):
         "lr_decay_fraction": 0.0,
         "sparsity_warmup_steps": 10_000,
     }
+    paper_experimental = {"kernel": "rectangle", "threshold_init_l0": None}
     cfg = build(compose_config(["sae=jumprelu_paper", *TINY_RUN], tmp_path))[1].cfg
     assert {k: getattr(cfg, k) for k in paper} == paper
+    ex = cfg.experimental
+    assert {k: getattr(ex, k) for k in paper_experimental} == paper_experimental
 
 
 @pytest.mark.parametrize("family", sorted(LIT_CLASSES))

@@ -46,16 +46,6 @@ def adam(groups: list[dict[str, Any]], sharded: bool, precision: str) -> torch.o
     return torch.optim.Adam(groups, fused=fused)
 
 
-def clip_token_norms(x: Tensor, clip: float) -> Tensor:
-    """Rows of x [B, d] whose norm is above ``clip`` x the batch's median row norm, scaled down
-    to that norm; the others unchanged (docs/maths.md §0.8)."""
-    norms = x.norm(dim=-1, keepdim=True)
-    cap = clip * norms.median()
-    if cap <= 0:  # most rows are zero: there is no typical norm to clip to
-        return x
-    return x * (cap / norms.clamp_min(torch.finfo(x.dtype).tiny)).clamp(max=1.0)
-
-
 class SAELitModule(pl.LightningModule):
     """One subclass per registered family (families.py) sets ``family``; ``config_class`` is the
     family's flat Hydra schema. ``self.sae`` is the inference SAE (what is exported),
@@ -86,6 +76,7 @@ class SAELitModule(pl.LightningModule):
         self.val_l0, self.val_fvu = L0(), FVU(self.sae.d_in)
         self.val_density, self.val_bias = FeatureDensity(d_sae), RelativeReconstructionBias()
         self._dead_window = self.cfg.dead_tokens_window
+        self.frozen: tuple[str, ...] = ()  # this step's parameters the optimiser leaves alone
         self._tokens_per_step = 0
         # Set by MultiSAELit for its members; kept out of nn.Module's registry on purpose (the
         # parent is not a submodule of its member: that would be a cycle).
@@ -147,7 +138,7 @@ class SAELitModule(pl.LightningModule):
             getattr(self, name).copy_(self.trainer.strategy.broadcast(scale.float(), src=0))
         if self.objective.init_tokens > 0:
             sample = dm.sample_activations(self.objective.init_tokens).to(self.device)
-            x, target = self.normalize(sample.float(), clip=True)  # what training will see
+            x, target = self.normalize(sample.float())
             with sharding.editable(self, "sae"):
                 self.objective.init_from_data(self.sae, x, target)
         self._broadcast_from_rank_zero()
@@ -202,14 +193,11 @@ class SAELitModule(pl.LightningModule):
         }
 
     # --- training ---------------------------------------------------------------------------
-    def normalize(self, rows: Tensor, clip: bool = False) -> tuple[Tensor, Tensor]:
-        """(input, target) of a batch of data rows, each over its normalisation scale; with
-        ``clip`` (what training sees) the input token-norm clipped when ``token_norm_clip`` is
-        set. An SAE's target is its input."""
+    def normalize(self, rows: Tensor) -> tuple[Tensor, Tensor]:
+        """(input, target) of a batch of data rows, each over its normalisation scale. An SAE's
+        target is its input."""
         x, y = self.sae.split(rows)
         x = x / self.activation_scale
-        if clip and self.cfg.token_norm_clip is not None:
-            x = clip_token_norms(x, self.cfg.token_norm_clip)
         if not self.sae.transcoder:
             return x, x
         return x, y / self.target_scale
@@ -224,7 +212,7 @@ class SAELitModule(pl.LightningModule):
         return self.tokens_since_fired >= self._dead_window
 
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x, target = self.normalize(batch, clip=True)
+        x, target = self.normalize(batch)
         density = float(self.density) if self.density >= 0 else None
         step = Step(
             index=self.global_step,
@@ -267,6 +255,10 @@ class SAELitModule(pl.LightningModule):
             self.density.copy_(self.sync.mean(l0.detach().float()) / self.sae.d_sae)
 
     def on_before_optimizer_step(self, optimizer) -> None:
+        self.frozen = self.objective.frozen_parameters(self.global_step, self.total_steps())
+        for name, param in self.sae.named_parameters():
+            if name in self.frozen:
+                param.grad = None  # Adam skips a parameter without a gradient, its state too
         if self.objective.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad()
 
@@ -275,7 +267,8 @@ class SAELitModule(pl.LightningModule):
         self.after_optimizer_step()
 
     def after_optimizer_step(self) -> None:
-        if self.objective.unit_norm_decoder:
+        # A frozen decoder is left bit for bit (renormalising unit rows moves their last bits).
+        if self.objective.unit_norm_decoder and "W_dec" not in self.frozen:
             self.sae.normalize_decoder()
         self.objective.after_optimizer_step(self.sae)
 

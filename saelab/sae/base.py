@@ -17,6 +17,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import ClassVar, NamedTuple
 
 import torch
@@ -63,7 +64,7 @@ def _require(cfg: object, key: str, ok: bool, allowed: str) -> None:
     """Raise a ValueError naming the config key, its value and what is allowed."""
     if not ok:
         raise ValueError(
-            f"{type(cfg).__name__}.{key}={getattr(cfg, key)!r} is invalid: it must be {allowed}."
+            f"{type(cfg).__name__}.{key}={attrgetter(key)(cfg)!r} is invalid: it must be {allowed}."
         )
 
 
@@ -74,7 +75,7 @@ def require_positive_int(cfg: object, key: str) -> None:
 
 
 def require_choice(cfg: object, key: str, choices: tuple[str, ...]) -> None:
-    value = getattr(cfg, key)
+    value = attrgetter(key)(cfg)  # a dotted key reads a nested group's field
     _require(cfg, key, value in choices, "one of " + ", ".join(repr(c) for c in choices))
 
 

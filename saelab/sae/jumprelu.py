@@ -20,13 +20,13 @@ by measurement; the paper's own recipe is conf/sae/jumprelu_paper.yaml) and ``Ju
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from operator import attrgetter
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .bandwidth import RULES, kde_bandwidth
 from .base import SAE, SAEConfig, require_choice
 from .fused import jumprelu_with_l0
 from .kernels import KERNEL_SUPPORT, KERNELS
@@ -137,151 +137,152 @@ robustness matrix (docs/robustness.md)."""
 
 
 @dataclass
-class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
-    target_l0: float | None = 32
-    """The L0 training steers to (``target_l0_method``); None = the paper's fixed penalty
-    ``l0_coefficient * L0``."""
+class JumpReLUExperimental:
+    """Research options of ``sae=jumprelu`` (``sae.experimental.*``): alternatives measured and
+    not chosen for the recipe, kept so the measurements can be rerun (docs/configuration.md,
+    docs/robustness.md). Each default is the recipe's choice."""
+
     target_l0_method: str = "dual"
-    """'dual': lambda is a Lagrange multiplier for L0 = target_l0, set every step by a PI
-    controller on e = L0_batch / target_l0 - 1 (PI control of Lagrange multipliers, Sohrabi et
-    al. 2024): lambda = lambda_I + target_l0_kp * e, then lambda_I += target_l0_lr * e, lambda_I
-    starting at l0_coefficient. lambda may go negative: early on the reconstruction's own
-    threshold gradient can push L0 under the target, which no penalty can undo.
-    'quadratic': a fixed lambda * (L0 / target_l0 - 1)^2 (Gemma Scope 2 style), which settles
-    where its pull balances the reconstruction's, short of the target (docs/maths.md §8)."""
+    """'dual' (the recipe): lambda is a Lagrange multiplier for L0 = target_l0, set every step by
+    a PI controller on e = L0_batch / target_l0 - 1 (Sohrabi et al. 2024): lambda = lambda_I +
+    target_l0_kp * e, then lambda_I += target_l0_lr * e, lambda_I starting at 0. lambda may go
+    negative: early on the reconstruction's own threshold gradient can push L0 under the
+    target, which no penalty can undo. 'quadratic': a fixed quadratic_coefficient * (L0 /
+    target_l0 - 1)^2 (Gemma Scope 2 style), which settles short of the target (docs/maths.md §8)."""
+    quadratic_coefficient: float = 5e-4
+    """The quadratic penalty's weight (target_l0_method = 'quadratic')."""
     target_l0_lr: float = 1e-2
     """Integral gain (dual-ascent step size) of the L0 controller."""
     target_l0_kp: float = 5.0
     """Proportional gain of the L0 controller."""
+    threshold_warmup: str = "per_token"
+    """The warm-up's selection. 'per_token' (the recipe): each token keeps its L0 largest
+    pre-activations (TopK's selection); the stored thresholds make each latent fire on the batch
+    as often as TopK chose it. 'pooled': one threshold for every latent, the value the batch's
+    L0 * B largest pre-activations exceed (BatchTopK's selection). 'per_latent': each latent at
+    its own quantile, all firing equally often."""
+    threshold_warmup_ema: float | None = 0.99
+    """The thresholds the warm-up hands over are an exponential moving average (this decay, in
+    log theta, over optimiser steps; 0.99 is about 100 steps) of each step's batch thresholds:
+    one batch gives each latent a few dozen firings to set its quantile from, the average some
+    thousands (docs/maths.md §8.3). None = the last batch's. On warm-ups under 400 steps the
+    average spans at most a quarter of the warm-up (``warmup_decay``)."""
     threshold_lr_scale: float | None = None
     """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
     (docs/maths.md §8.10); None = 1, one group."""
-    l0_coefficient: float = 5e-4
-    """lambda: the controller's starting value, the quadratic penalty's weight, or (target_l0
-    None) the paper's fixed L0 penalty (~5e-4 gave Gemma Scope L0 ~50-100)."""
-    l0_multiplier_min: float | None = None
-    """A floor on the controller's lambda and its integral (None: none). A negative lambda pays
-    latents to fire, most of all the dense ones (the most pre-activation mass at their
-    threshold), so L0 gathers in a few latents; 0 keeps the L0 term a price (docs/maths.md §8.8)."""
-    threshold_warmup_fraction: float = 0.5
-    """For this first fraction of the run each step uses the thresholds that give its batch L0 =
-    target_l0 (else threshold_init_l0), as ``threshold_warmup`` says; then the STE learns
-    per-latent thresholds from where the warm-up left them. On small budgets this stops the
-    early collapse of L0 and the dead latents it leaves, and with 'per_token' the dictionary
-    learns under TopK's selection first, which finds features a JumpReLU trained from the start
-    does not (docs/robustness.md). 0 = off (the paper). A run whose per-latent half would be
-    shorter than the controller's response time 1 / target_l0_lr is all warm-up (§8.3)."""
-    threshold_warmup_ema: float | None = 0.99
-    """The thresholds the warm-up stores are an exponential moving average (this decay, in log
-    theta, over optimiser steps; 0.99 is about 100 steps) of each step's batch thresholds,
-    instead of the last batch's alone: one batch gives each latent a few dozen firings to set
-    its quantile from, the average some thousands, so the per-latent half starts from thresholds
-    that fit the dictionary rather than one batch's noise. Matters at the hand-over, and above
-    all with threshold_warmup_fraction = 1, where the thresholds exported are the warm-up's
-    (docs/maths.md §8.3). None = the last batch's. On warm-ups under 400 steps the average
-    spans at most a quarter of the warm-up (``warmup_decay``)."""
-    threshold_warmup: str = "per_token"
-    """'per_token': each token keeps its L0 largest pre-activations (TopK's selection); the
-    stored thresholds make each latent fire on the batch as often as TopK chose it, so the
-    learnt thresholds start from TopK's rates. 'pooled': one threshold for every latent, the
-    value the batch's L0 * B largest pre-activations exceed (BatchTopK's selection written as a
-    JumpReLU). 'per_latent': each latent at its own quantile, all firing equally often."""
-    bandwidth: float = 0.05
-    """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
-    bandwidth_rule: str = "fixed"
-    """'fixed': eps = ``bandwidth`` for every latent. 'silverman' / 'scott': a per-latent eps
-    from a kernel-density rule of thumb on the batch's pre-activations (bandwidth.py),
-    re-estimated every ``bandwidth_update_every`` steps and smoothed by an EMA."""
-    bandwidth_update_every: int = 10
-    kernel: str = "rectangle"
-    """STE kernel K: rectangle, triangle, gaussian or epanechnikov (paper: results robust)."""
-    threshold_init: float = 1e-3
-    """Initial theta for every latent."""
-    threshold_init_l0: float | None = None
-    """If set, thresholds start from data instead: each latent at the quantile of its
-    pre-activations that makes it fire on a fraction threshold_init_l0 / d_sae of tokens."""
     threshold_grad: str = "autodiff"
     """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
     'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
+    threshold_init_l0: float | None = None
+    """If set, thresholds start from data: each latent at the quantile of its pre-activations
+    that makes it fire on a fraction threshold_init_l0 / d_sae of tokens (also an L0 for the
+    warm-up and the pre-activation window to aim at when target_l0 is None)."""
+    kernel: str = "rectangle"
+    """STE kernel K: rectangle (the paper's), triangle, gaussian or epanechnikov."""
+    preact_window: float = 100.0
+    """A latent is silent for the pre-activation loss when it has not fired for this many times
+    d_sae / L0 tokens (the mean interval between a latent's firings at the target L0). 0 =
+    every latent, every step."""
+    aux_k: int | None = None
+    """Dead latents used by AuxK; None means d_in // 2."""
+
+
+@dataclass
+class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
+    target_l0: float | None = 32
+    """The L0 training steers to: lambda is a Lagrange multiplier set every step by a controller
+    (docs/maths.md §8.2). None = the paper's fixed penalty ``l0_coefficient * L0``."""
+    l0_coefficient: float = 5e-4
+    """lambda of the paper's fixed L0 penalty, used when target_l0 is None (~5e-4 gave Gemma
+    Scope L0 ~50-100)."""
+    threshold_warmup_fraction: float = 0.5
+    """For this first fraction of the run each step keeps, per token, the target_l0 largest
+    pre-activations (TopK's selection) and stores the thresholds that fire each latent as often;
+    then the STE learns per-latent thresholds from an average of those. The dictionary learns
+    under TopK's selection first, which finds features a JumpReLU trained from the start does
+    not, and L0 cannot collapse early (docs/maths.md §8.3). 0 = off (the paper). A run whose
+    per-latent half would be shorter than the controller's response time is all warm-up."""
+    freeze_decoder_after_warmup: bool = False
+    """After the warm-up, W_dec stays as the warm-up learnt it: the per-latent half fits the
+    encoder, b_dec and the thresholds to the dictionary TopK's selection found, and cannot merge
+    co-firing features into one latent to save L0 (docs/maths.md §8.3)."""
+    bandwidth: float = 0.05
+    """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
+    threshold_init: float = 1e-3
+    """Initial theta for every latent (the paper's)."""
     aux_coefficient: float = 1.0
     """Weight of AuxK (TopK's loss on dead latents; not in the paper): on small budgets latents
     that fall below their threshold before they learn a feature get no gradient again."""
-    aux_k: int | None = None
-    """Dead latents used by AuxK; None means d_in // 2."""
     preact_coefficient: float | None = None
     """lambda_p of the pre-activation loss lambda_p * sum_i ||W_dec_i|| mean_b ReLU(theta_i -
-    z_bi) over the latents silent for ``preact_window``. It pulls a silent latent's
-    pre-activations up to its threshold (and its threshold down), the gradient neither the STE
-    (no pre-activation near theta) nor AuxK (no positive pre-activation) gives it. 0 = off; None
-    = ``PREACT_COEFFICIENT`` when the run aims at an L0 (``target_l0`` or ``threshold_init_l0``:
-    the window is counted in units of it), else off."""
-    preact_window: float = 100.0
-    """A latent is silent for the pre-activation loss when it has not fired for this many times
-    d_sae / L0 tokens (the mean interval between a latent's firings at the target L0; L0 =
-    target_l0, else threshold_init_l0). 0 = every latent, every step. Shorter windows revive
-    more latents and can cost reconstruction; longer ones leave more latents dead
-    (docs/robustness.md)."""
+    z_bi) over the latents that have not fired for a while (``experimental.preact_window``). It
+    pulls a silent latent's pre-activations up to its threshold, the gradient neither the STE
+    nor AuxK gives it. 0 = off; None = ``PREACT_COEFFICIENT`` when the run aims at an L0."""
     adam_beta1: float = 0.9
     lr_decay_fraction: float = 0.5
-    """The lr decays linearly to 0 over this final fraction of the run: with the default
-    threshold warm-up, all of the per-latent phase. Without it the thresholds keep moving by
-    about lr per step after the hand-over, and on long runs silent latents ratchet theirs up
-    until the run diverges (docs/robustness.md, "Why JumpReLU misses"; docs/maths.md §8.7)."""
+    """The lr decays linearly to 0 over this final fraction of the run: with the default warm-up,
+    all of the per-latent half. Without it silent latents ratchet their thresholds up on long
+    runs (docs/maths.md §8.7)."""
     sparsity_warmup_steps: int | None = 10_000
+    experimental: JumpReLUExperimental = field(default_factory=JumpReLUExperimental)
+    """Research options (``JumpReLUExperimental``), not part of the recipe."""
 
     def default_lr(self) -> float:
         return width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
 
     def __post_init__(self) -> None:
+        if isinstance(self.experimental, dict):  # from a checkpoint's or export's hparams
+            self.experimental = JumpReLUExperimental(**self.experimental)
         super().__post_init__()
+        ex = self.experimental
         check(self, "l0_coefficient", self.l0_coefficient >= 0, "a number >= 0")
         check(self, "bandwidth", self.bandwidth > 0, "a number > 0")
         check(self, "threshold_init", self.threshold_init > 0, "a number > 0")
         check(self, "aux_coefficient", self.aux_coefficient >= 0, "a number >= 0")
-        if self.aux_k is None:
-            self.aux_k = max(1, self.d_in // 2)
-        check(self, "aux_k", 0 < self.aux_k <= self.d_sae, f"an integer in [1, d_sae={self.d_sae}]")
-        require_choice(self, "kernel", tuple(KERNELS))
-        require_choice(self, "threshold_grad", ("autodiff", "direct"))
-        require_choice(self, "bandwidth_rule", ("fixed", *RULES))
-        check(self, "bandwidth_update_every", self.bandwidth_update_every >= 1, "an integer >= 1")
-        for key in ("threshold_init_l0", "target_l0"):
-            value = getattr(self, key)
+        if ex.aux_k is None:
+            ex.aux_k = max(1, self.d_in // 2)
+        ok = 0 < ex.aux_k <= self.d_sae
+        check(self, "experimental.aux_k", ok, f"an integer in [1, d_sae={self.d_sae}]")
+        require_choice(self, "experimental.kernel", tuple(KERNELS))
+        require_choice(self, "experimental.threshold_grad", ("autodiff", "direct"))
+        for key in ("experimental.threshold_init_l0", "target_l0"):
+            value = attrgetter(key)(self)
             ok = value is None or 0 < value <= self.d_sae
             check(self, key, ok, f"in (0, d_sae={self.d_sae}]")
-        require_choice(self, "target_l0_method", ("dual", "quadratic"))
-        check(self, "target_l0_lr", self.target_l0_lr >= 0, "a number >= 0")
-        check(self, "target_l0_kp", self.target_l0_kp >= 0, "a number >= 0")
-        scale = self.threshold_lr_scale
-        check(self, "threshold_lr_scale", scale is None or scale > 0, "a number > 0 or null")
+        require_choice(self, "experimental.target_l0_method", ("dual", "quadratic"))
+        for key in ("quadratic_coefficient", "target_l0_lr", "target_l0_kp", "preact_window"):
+            check(self, f"experimental.{key}", getattr(ex, key) >= 0, "a number >= 0")
+        scale = ex.threshold_lr_scale
+        check(self, "experimental.threshold_lr_scale", scale is None or scale > 0, "> 0 or null")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
-        ema = self.threshold_warmup_ema
-        check(self, "threshold_warmup_ema", ema is None or 0 <= ema < 1, "in [0, 1) or null")
-        require_choice(self, "threshold_warmup", ("pooled", "per_latent", "per_token"))
+        ema = ex.threshold_warmup_ema
+        ok = ema is None or 0 <= ema < 1
+        check(self, "experimental.threshold_warmup_ema", ok, "in [0, 1) or null")
+        choices = ("pooled", "per_latent", "per_token")
+        require_choice(self, "experimental.threshold_warmup", choices)
         if self.preact_coefficient is None:
             self.preact_coefficient = 0.0 if self.reference_l0 is None else PREACT_COEFFICIENT
         check(self, "preact_coefficient", self.preact_coefficient >= 0, "a number >= 0")
-        check(self, "preact_window", self.preact_window >= 0, "a number >= 0")
-        if self.preact_coefficient > 0 and self.preact_window > 0 and self.reference_l0 is None:
+        if self.preact_coefficient > 0 and ex.preact_window > 0 and self.reference_l0 is None:
             raise ValueError(
-                f"preact_window={self.preact_window} is in units of d_sae / L0 tokens and needs "
-                "an L0: set sae.target_l0 (or sae.threshold_init_l0), or sae.preact_window=0."
+                f"experimental.preact_window={ex.preact_window} is in units of d_sae / L0 tokens "
+                "and needs an L0: set sae.target_l0, or sae.preact_coefficient=0."
             )
-        if frac > 0 and self.target_l0 is None and self.threshold_init_l0 is None:
+        if frac > 0 and self.reference_l0 is None:
             raise ValueError(
-                f"threshold_warmup_fraction={frac} needs an L0 to aim at: set sae.target_l0 (or "
-                "sae.threshold_init_l0), or sae.threshold_warmup_fraction=0."
+                f"threshold_warmup_fraction={frac} needs an L0 to aim at: set sae.target_l0, "
+                "or sae.threshold_warmup_fraction=0."
             )
 
     @property
     def dual_target(self) -> bool:
-        return self.target_l0 is not None and self.target_l0_method == "dual"
+        return self.target_l0 is not None and self.experimental.target_l0_method == "dual"
 
     @property
     def reference_l0(self) -> float | None:
-        """The L0 the run aims at: target_l0, else threshold_init_l0."""
-        return self.target_l0 if self.target_l0 is not None else self.threshold_init_l0
+        """The L0 the run aims at: target_l0, else experimental.threshold_init_l0."""
+        return self.target_l0 if self.target_l0 is not None else self.experimental.threshold_init_l0
 
 
 # Entries of z the per-token warm-up's rate-matched thresholds copy (as z^T) at once: 16M, 64 MiB
@@ -327,22 +328,26 @@ class JumpReLUObjective(Objective):
     def __init__(self, cfg: JumpReLUTrainConfig):
         super().__init__(cfg)
         self.cfg: JumpReLUTrainConfig = cfg
-        self.init_tokens = self.threshold_init_tokens if cfg.threshold_init_l0 is not None else 0
+        self.ex = cfg.experimental
+        self.init_tokens = (
+            self.threshold_init_tokens if self.ex.threshold_init_l0 is not None else 0
+        )
         d_sae = cfg.d_sae
-        if cfg.bandwidth_rule != "fixed":
-            self.register_buffer("bandwidth_estimate", torch.full((d_sae,), float(cfg.bandwidth)))
-            self.register_buffer("bandwidth_updates", torch.zeros((), dtype=torch.long))
         if cfg.dual_target:
             # The controller's integral lambda_I, and lambda as last used.
-            self.register_buffer("l0_integral", torch.tensor(float(cfg.l0_coefficient)))
-            self.register_buffer("l0_multiplier", torch.tensor(float(cfg.l0_coefficient)))
-        if cfg.threshold_warmup_ema is not None:
+            self.register_buffer("l0_integral", torch.tensor(0.0))
+            self.register_buffer("l0_multiplier", torch.tensor(0.0))
+        if self.ex.threshold_warmup_ema is not None:
             # The warm-up's averaged log-thresholds and the steps averaged so far (checkpointed).
             self.register_buffer("warmup_log_threshold", torch.zeros(d_sae))
             self.register_buffer("warmup_steps", torch.zeros((), dtype=torch.long))
         self.warmup_threshold: Tensor | None = None  # this step's, stored after the optimiser step
-        self.warmup_decay = cfg.threshold_warmup_ema or 0.0
+        self.warmup_decay = self.ex.threshold_warmup_ema or 0.0
         self.row_threshold: Tensor | None = None  # per-token warm-up: this step's [B] thresholds
+
+    @property
+    def aux_k(self) -> int:
+        return self.ex.aux_k
 
     # --- set-up ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -353,45 +358,38 @@ class JumpReLUObjective(Objective):
     def init_from_data(self, sae: JumpReLUSAE, x: Tensor, target: Tensor | None = None) -> None:
         """theta_i = the (1 - l0/d_sae) quantile of z_i over the sample x (threshold_init_l0):
         every latent fires on the same fraction of it, and L0 on it is threshold_init_l0."""
-        if self.cfg.threshold_init_l0 is None:
+        if self.ex.threshold_init_l0 is None:
             return
         z = sae.pre_acts(x[: self.threshold_init_tokens])
-        theta = self.quantile_thresholds(z, self.cfg.threshold_init_l0, pooled=False, local=True)
+        theta = self.quantile_thresholds(z, self.ex.threshold_init_l0, pooled=False, local=True)
         sae.log_threshold.copy_(theta.log())
 
     # --- the step ----------------------------------------------------------------------------
     def wants_sparse(self, sae, device, density) -> bool:
         # The sparse path selects the kernel's window, which must be finite.
-        return use_sparse(device, density) and math.isfinite(KERNEL_SUPPORT[self.cfg.kernel])
-
-    @property
-    def bandwidth(self) -> float | Tensor:
-        """eps: a float, or a per-latent [d_sae] tensor (the estimators take either)."""
-        if self.cfg.bandwidth_rule == "fixed":
-            return self.cfg.bandwidth
-        return self.bandwidth_estimate
+        return use_sparse(device, density) and math.isfinite(KERNEL_SUPPORT[self.ex.kernel])
 
     def threshold(self, sae: JumpReLUSAE) -> Tensor:
-        if self.cfg.threshold_grad == "direct":
+        if self.ex.threshold_grad == "direct":
             return ExpIdentityGrad.apply(sae.log_threshold)
         return sae.log_threshold.exp()
 
     def encode_dense(self, sae: JumpReLUSAE, x: Tensor, step: Step) -> Encoded:
         z = sae.pre_acts(x)
         theta = self.threshold_for_step(sae, z.detach(), step)
-        self.update_bandwidth(z.detach())
+        eps, kernel = self.cfg.bandwidth, self.ex.kernel
         terms = {}
         if self.cfg.preact_coefficient > 0:  # reads z before the fused backward overwrites it
             terms["preact"] = self.preact_loss_dense(sae, z, theta, self.silent_latents(step, z))
         if self.row_threshold is None:
             # One fused pass for f and the L0 term (and one for both STEs in the backward). z is
             # private to this step, so the backward may reuse its buffer for dL/dz.
-            f, l0 = jumprelu_with_l0(z, theta, self.bandwidth, self.cfg.kernel, overwrite_z=True)
+            f, l0 = jumprelu_with_l0(z, theta, eps, kernel, overwrite_z=True)
         else:
             # Per-token warm-up: TopK's features, the STEs evaluated at theta (the stored
             # rate-matched thresholds) through a zero-valued twin on the detached z.
             fire = z.detach() >= self.row_threshold[:, None]
-            f_ste, l0_ste = jumprelu_with_l0(z.detach(), theta, self.bandwidth, self.cfg.kernel)
+            f_ste, l0_ste = jumprelu_with_l0(z.detach(), theta, eps, kernel)
             f = z * fire + (f_ste - f_ste.detach())
             l0 = fire.sum(-1).to(l0_ste.dtype).mean() + (l0_ste - l0_ste.detach())
         terms = {"l0": self.penalty(l0, step), **terms}
@@ -401,11 +399,11 @@ class JumpReLUObjective(Objective):
         with torch.no_grad():
             z = sae.pre_acts(x)
         theta = self.threshold_for_step(sae, z, step)
+        eps, kernel = self.cfg.bandwidth, self.ex.kernel
         with torch.no_grad():
-            self.update_bandwidth(z)
             # 1% wider than the kernel's support: extra entries get K = 0 and weight 0, and
             # rounding at the window's edge cannot drop an entry the dense path would count.
-            half_width = torch.as_tensor(self.bandwidth) * KERNEL_SUPPORT[self.cfg.kernel] * 1.01
+            half_width = eps * KERNEL_SUPPORT[kernel] * 1.01
             reach = theta.detach() - half_width  # every entry a kernel window can reach
             if self.row_threshold is None:
                 sel = above(z, reach)
@@ -414,13 +412,11 @@ class JumpReLUObjective(Objective):
         values = encode_selected(sel, x, sae.W_enc, sae.b_enc)
         n_rows = x.shape[0]
         if self.row_threshold is None:
-            acts, l0 = SelectedJumpReLU.apply(
-                values, theta, self.bandwidth, self.cfg.kernel, sel.cols, n_rows
-            )
+            acts, l0 = SelectedJumpReLU.apply(values, theta, eps, kernel, sel.cols, n_rows)
         else:  # as on the dense path
             fire = sel.values >= self.row_threshold[sel.rows]
             acts_ste, l0_ste = SelectedJumpReLU.apply(
-                values.detach(), theta, self.bandwidth, self.cfg.kernel, sel.cols, n_rows
+                values.detach(), theta, eps, kernel, sel.cols, n_rows
             )
             acts = values * fire + (acts_ste - acts_ste.detach())
             l0 = fire.sum().to(l0_ste.dtype) / n_rows + (l0_ste - l0_ste.detach())
@@ -435,11 +431,11 @@ class JumpReLUObjective(Objective):
         """[d_sae] latents that have not fired for the pre-activation loss's window, from the
         trainer's count of tokens since each latent last fired (none without one)."""
         cfg = self.cfg
-        if cfg.preact_window == 0:
+        if self.ex.preact_window == 0:
             return torch.ones(z.shape[-1], dtype=torch.bool, device=z.device)
         if step.tokens_since_fired is None:
             return torch.zeros(z.shape[-1], dtype=torch.bool, device=z.device)
-        return step.tokens_since_fired >= cfg.preact_window * cfg.d_sae / cfg.reference_l0
+        return step.tokens_since_fired >= self.ex.preact_window * cfg.d_sae / cfg.reference_l0
 
     def preact_loss_dense(
         self, sae: JumpReLUSAE, z: Tensor, theta: Tensor, silent_mask: Tensor
@@ -475,8 +471,8 @@ class JumpReLUObjective(Objective):
         cfg = self.cfg
         if cfg.target_l0 is None:
             lam = cfg.l0_coefficient * l0
-        elif cfg.target_l0_method == "quadratic":
-            lam = cfg.l0_coefficient * (l0 / cfg.target_l0 - 1).pow(2)
+        elif self.ex.target_l0_method == "quadratic":
+            lam = self.ex.quadratic_coefficient * (l0 / cfg.target_l0 - 1).pow(2)
         else:
             lam = self.l0_controller(l0) * l0
         return step.sparsity_scale * lam
@@ -489,31 +485,9 @@ class JumpReLUObjective(Objective):
             return self.l0_multiplier.clone()
         cfg = self.cfg
         error = self.sync.mean(l0.detach().to(self.l0_integral.dtype)) / cfg.target_l0 - 1
-        self.l0_multiplier.copy_(self.l0_integral + cfg.target_l0_kp * error)
-        self.l0_integral.add_(cfg.target_l0_lr * error)
-        if cfg.l0_multiplier_min is not None:  # the integral too, so it cannot wind up below
-            self.l0_multiplier.clamp_(min=cfg.l0_multiplier_min)
-            self.l0_integral.clamp_(min=cfg.l0_multiplier_min)
+        self.l0_multiplier.copy_(self.l0_integral + self.ex.target_l0_kp * error)
+        self.l0_integral.add_(self.ex.target_l0_lr * error)
         return self.l0_multiplier.clone()  # a copy: the buffer is updated in place next step
-
-    @torch.no_grad()
-    def update_bandwidth(self, z: Tensor) -> None:
-        """Every ``bandwidth_update_every`` steps, eps <- the rule's per-latent bandwidth on this
-        batch's pre-activations (n = B, the estimator one step uses), blended in with an EMA of
-        0.9 (the first estimate replaces the initial eps); averaged over ranks."""
-        cfg = self.cfg
-        if cfg.bandwidth_rule == "fixed" or not self.training:
-            return
-        if int(self.bandwidth_updates) % cfg.bandwidth_update_every == 0:
-            # 2,048 rows are plenty for two quantiles and a standard deviation.
-            rows = z[:2048]
-            estimate = kde_bandwidth(rows, cfg.bandwidth_rule, cfg.kernel, n=z.shape[0])
-            estimate = self.sync.mean(estimate.clamp_min(1e-6))
-            if int(self.bandwidth_updates) == 0:
-                self.bandwidth_estimate.copy_(estimate)
-            else:
-                self.bandwidth_estimate.lerp_(estimate.to(self.bandwidth_estimate.dtype), 0.1)
-        self.bandwidth_updates += 1
 
     # --- the threshold warm-up -----------------------------------------------------------------
     def warmup_length(self, step: Step) -> float:
@@ -524,14 +498,20 @@ class JumpReLUObjective(Objective):
         (docs/maths.md §8.3)."""
         cfg = self.cfg
         warmup = cfg.threshold_warmup_fraction * step.total
-        if warmup > 0 and cfg.dual_target and step.total - warmup < 1 / cfg.target_l0_lr:
+        if warmup > 0 and cfg.dual_target and step.total - warmup < 1 / self.ex.target_l0_lr:
             return step.total
         return warmup
+
+    def frozen_parameters(self, index: int, total: int) -> tuple[str, ...]:
+        if not self.cfg.freeze_decoder_after_warmup:
+            return ()
+        warmup = self.warmup_length(Step(index=index, total=total))
+        return ("W_dec",) if 0 < warmup <= index else ()
 
     def warmup_l0(self, step: Step) -> float | None:
         """The L0 this step's thresholds are set to give the batch, or None after the warm-up."""
         if self.training and step.index < self.warmup_length(step):
-            return self.cfg.target_l0 or self.cfg.threshold_init_l0
+            return self.cfg.reference_l0
         return None
 
     def threshold_for_step(self, sae: JumpReLUSAE, z: Tensor, step: Step) -> Tensor:
@@ -543,14 +523,12 @@ class JumpReLUObjective(Objective):
         self.warmup_threshold = self.row_threshold = None
         if l0 is None:
             return theta
-        if self.cfg.threshold_warmup_ema is not None:
-            self.warmup_decay = warmup_decay(
-                self.cfg.threshold_warmup_ema, self.warmup_length(step)
-            )
-        if self.cfg.threshold_warmup == "per_token":
+        if self.ex.threshold_warmup_ema is not None:
+            self.warmup_decay = warmup_decay(self.ex.threshold_warmup_ema, self.warmup_length(step))
+        if self.ex.threshold_warmup == "per_token":
             self.row_threshold, self.warmup_threshold = self.per_token_thresholds(z.detach(), l0)
         else:
-            pooled = self.cfg.threshold_warmup == "pooled"
+            pooled = self.ex.threshold_warmup == "pooled"
             self.warmup_threshold = self.quantile_thresholds(z.detach(), l0, pooled)
         return self.warmup_threshold + (theta - theta.detach())
 
@@ -619,7 +597,7 @@ class JumpReLUObjective(Objective):
         return theta.float().clamp_min(1e-6)
 
     def lr_scales(self) -> dict[str, float]:
-        scale = self.cfg.threshold_lr_scale
+        scale = self.ex.threshold_lr_scale
         return {} if scale is None else {"log_threshold": scale}
 
     # --- after the step ----------------------------------------------------------------------
@@ -628,7 +606,7 @@ class JumpReLUObjective(Objective):
         # writing works for a sharded SAE too.
         if self.warmup_threshold is not None:
             log_theta = self.warmup_threshold.log()
-            if self.cfg.threshold_warmup_ema is not None:
+            if self.ex.threshold_warmup_ema is not None:
                 # The first step's thresholds start the average (the initial theta is no estimate);
                 # the weight stays a tensor, so no step waits on the device to read the count.
                 decay = self.warmup_decay * (self.warmup_steps > 0)
@@ -648,9 +626,6 @@ class JumpReLUObjective(Objective):
             "threshold/min": theta.min(),
             "threshold/max": theta.max(),
         }
-        if self.cfg.bandwidth_rule != "fixed":
-            eps = self.bandwidth_estimate
-            logs.update({"bandwidth/median": eps.median(), "bandwidth/mean": eps.mean()})
         if self.cfg.dual_target:
             logs["l0_multiplier"] = self.l0_multiplier.clone()
         return logs

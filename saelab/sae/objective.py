@@ -120,6 +120,17 @@ class Objective(nn.Module):
         rest train at the configured lr."""
         return {}
 
+    def frozen_parameters(self, index: int, total: int) -> tuple[str, ...]:
+        """Named SAE parameters the optimiser leaves as they are at step ``index`` of ``total``
+        (their gradient is dropped before the step). A function of the step alone, so a resumed
+        run freezes what the uninterrupted one froze."""
+        return ()
+
+    @property
+    def aux_k(self) -> int:
+        """Dead latents AuxK trains at once (the family's ``aux_k``)."""
+        return self.cfg.aux_k
+
     # --- the step ----------------------------------------------------------------------------
     def wants_sparse(self, sae: SAE, device: torch.device, density: float | None) -> bool:
         """Whether this step takes the sparse path, given the fraction of latents active in the
@@ -165,7 +176,7 @@ class Objective(nn.Module):
                 sae.W_enc,
                 bias,
                 sae.W_dec,
-                self.cfg.aux_k,
+                self.aux_k,
                 target=y2,
             )
         f, sel, acts, metrics, l0 = enc.f, enc.sel, enc.acts, enc.metrics, enc.l0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from operator import attrgetter
 
 
 @dataclass
@@ -36,11 +37,6 @@ class TrainConfig:
     normalization_tokens: int = 1_000_000
     """Tokens read (in chunks) at the start of training to estimate s. data=stream reads at
     most its first shuffle window (data.buffer_tokens rows) and trains on them (docs/streaming.md)."""
-    token_norm_clip: float | None = None
-    """Training only: a token whose norm is above this multiple of its batch's median token norm
-    is scaled down to that norm, as input and as target (docs/maths.md §0.8), so that a few
-    massive-activation tokens do not dominate the squared error. None = off. Validation,
-    evaluation and the exported SAE see the tokens as they are."""
 
     def default_lr(self) -> float:
         """The family's learning rate when ``lr`` is None."""
@@ -55,8 +51,6 @@ class TrainConfig:
             self.lr = self.default_lr()
         for key in ("lr", "adam_eps", "normalization_tokens", "dead_tokens_window"):
             check(self, key, getattr(self, key) > 0, "> 0")
-        clip = self.token_norm_clip
-        check(self, "token_norm_clip", clip is None or clip >= 1, "null (off) or a number >= 1")
         for key in (
             "adam_beta1",
             "adam_beta2",
@@ -75,7 +69,7 @@ def check(cfg: object, key: str, ok: bool, allowed: str) -> None:
     name to ``sae.``, as users type it)."""
     if not ok:
         raise ValueError(
-            f"{type(cfg).__name__}.{key}={getattr(cfg, key)!r} is invalid: it must be {allowed}."
+            f"{type(cfg).__name__}.{key}={attrgetter(key)(cfg)!r} is invalid: it must be {allowed}."
         )
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from saelab.sae.jumprelu import PREACT_COEFFICIENT, JumpReLUTrainConfig
+from saelab.sae.jumprelu import PREACT_COEFFICIENT, JumpReLUExperimental
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,12 +24,12 @@ def test_the_fingerprint_follows_resolved_values_not_how_they_were_written():
     bench = _bench()
     base, _ = bench.overrides_for("syn-plc", "jumprelu", [], 1024 * 10, 0)
     plain = bench.recipe(base)
-    window = JumpReLUTrainConfig.__dataclass_fields__["preact_window"].default
+    window = JumpReLUExperimental.__dataclass_fields__["preact_window"].default
     # The default written out is the same run, and so is a None the family's dataclass resolves.
-    assert bench.recipe([*base, f"sae.preact_window={window}"]) == plain
+    assert bench.recipe([*base, f"sae.experimental.preact_window={window}"]) == plain
     assert bench.recipe([*base, f"sae.preact_coefficient={PREACT_COEFFICIENT}"]) == plain
     # Any value that differs, in the family or elsewhere, is a different run.
-    assert bench.recipe([*base, f"sae.preact_window={window * 10}"]) != plain
+    assert bench.recipe([*base, f"sae.experimental.preact_window={window * 10}"]) != plain
     assert bench.recipe([*base, "data.seed=5"]) != plain
     topk, _ = bench.overrides_for("syn-plc", "topk", [], 1024 * 10, 0)
     assert bench.recipe(topk) != plain

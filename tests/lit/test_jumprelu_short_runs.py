@@ -39,7 +39,9 @@ def test_the_warm_up_covers_a_run_whose_per_latent_half_could_not_steer_l0(tmp_p
     objective = _objective(tmp_path)
     assert objective.warmup_length(Step(index=0, total=150)) == 150
     assert objective.warmup_length(Step(index=0, total=2000)) == 1000  # the recipe's half
-    fast = _objective(tmp_path / "fast", "sae.target_l0_lr=0.1")  # responds in ~10 steps
+    fast = _objective(
+        tmp_path / "fast", "sae.experimental.target_l0_lr=0.1"
+    )  # responds in ~10 steps
     assert fast.warmup_length(Step(index=0, total=150)) == 75
     off = _objective(tmp_path / "off", "sae.threshold_warmup_fraction=0")
     assert off.warmup_length(Step(index=0, total=150)) == 0  # no warm-up stays no warm-up

@@ -59,14 +59,16 @@ def test_pooled_reset_gives_the_batch_the_requested_l0_with_one_threshold(path):
 
 class _RecordSteps(pl.Callback):
     def __init__(self):
-        self.l0, self.log_threshold = [], []
+        self.l0, self.log_threshold, self.W_dec, self.W_enc = [], [], [], []
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         self.l0.append(float(trainer.callback_metrics["train/l0"]))
         self.log_threshold.append(module.sae.log_threshold.detach().clone())
+        self.W_dec.append(module.sae.W_dec.detach().clone())
+        self.W_enc.append(module.sae.W_enc.detach().clone())
 
 
-def _fit(tmp_path, warmup: float, steps: int = 8):
+def _fit(tmp_path, warmup: float, steps: int = 8, extra: tuple[str, ...] = ()):
     lr = 1e-2
     cfg = compose_config(
         [
@@ -75,13 +77,14 @@ def _fit(tmp_path, warmup: float, steps: int = 8):
             "sae.target_l0=6",
             # Pooled: every batch's L0 is exactly the target (per-token keeps fewer on rows with
             # fewer positive pre-activations; tests/sae/test_jumprelu_recipe.py).
-            "sae.threshold_warmup=pooled",
+            "sae.experimental.threshold_warmup=pooled",
             f"sae.lr={lr}",
             f"sae.threshold_warmup_fraction={warmup}",
             "sae.lr_warmup_steps=0",
             # A controller that responds within the 4-step per-latent half: else an 8-step run is
             # all warm-up (test_jumprelu_short_runs.py).
-            "sae.target_l0_lr=1",
+            "sae.experimental.target_l0_lr=1",
+            *extra,
         ],
         tmp_path,
     )
@@ -110,6 +113,19 @@ def test_warmup_holds_l0_at_the_target_then_hands_thresholds_to_the_ste(tmp_path
     # Without the warm-up the same run starts from theta_init = 1e-3, far from L0 = 6.
     cold, _ = _fit(tmp_path / "cold", warmup=0.0)
     assert cold.l0[0] > 3 * 6
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_frozen_decoder_keeps_the_warm_ups_dictionary_while_the_encoder_trains(tmp_path, freeze):
+    record, _ = _fit(tmp_path, warmup=0.5, extra=(f"sae.freeze_decoder_after_warmup={freeze}",))
+    # The warm-up (steps 0-3) trains the decoder either way.
+    assert not torch.equal(record.W_dec[0], record.W_dec[3])
+    after = record.W_dec[3:]  # the dictionary at the hand-over, then each per-latent step
+    unchanged = all(torch.equal(after[0], w) for w in after[1:])
+    assert unchanged == freeze
+    # The encoder and the thresholds keep learning in the per-latent half.
+    assert not torch.equal(record.W_enc[3], record.W_enc[-1])
+    assert not torch.equal(record.log_threshold[4], record.log_threshold[-1])
 
 
 def test_warmup_without_an_l0_to_aim_at_is_refused(tmp_path):

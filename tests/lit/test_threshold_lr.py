@@ -15,7 +15,9 @@ RUN = [*TINY_RUN, "logger=none", "sae=jumprelu", "sae.threshold_warmup_fraction=
 
 def _one_step(tmp_path, scale) -> tuple[dict, dict, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    datamodule, module = build(compose_config([*RUN, f"sae.threshold_lr_scale={scale}"], tmp_path))
+    datamodule, module = build(
+        compose_config([*RUN, f"sae.experimental.threshold_lr_scale={scale}"], tmp_path)
+    )
     before = {k: v.detach().clone() for k, v in module.sae.named_parameters()}
     trainer = fit_module(datamodule, module, steps=1)
     after = {k: v.detach().clone() for k, v in module.sae.named_parameters()}
@@ -43,12 +45,13 @@ def test_thresholds_step_at_the_scaled_rate_and_nothing_else_changes(tmp_path):
 
 def test_bad_scale_is_refused(tmp_path):
     with pytest.raises(ValueError, match="threshold_lr_scale"):
-        build(compose_config([*RUN, "sae.threshold_lr_scale=0"], tmp_path))
+        build(compose_config([*RUN, "sae.experimental.threshold_lr_scale=0"], tmp_path))
 
 
 def test_multi_sae_members_keep_their_threshold_groups(tmp_path):
     cfg = compose_config(
-        [*RUN, "multi=l0_sweep", "sae.threshold_lr_scale=0.5", "trainer.max_steps=2"], tmp_path
+        [*RUN, "multi=l0_sweep", "sae.experimental.threshold_lr_scale=0.5", "trainer.max_steps=2"],
+        tmp_path,
     )
     datamodule, module = build(cfg)
     trainer = fit_module(datamodule, module, steps=2)

@@ -33,7 +33,9 @@ class Thresholds(pl.Callback):
 
 def _fit(tmp_path, ema: str) -> tuple[list[torch.Tensor], object]:
     torch.manual_seed(0)
-    datamodule, module = build(compose_config([*RUN, f"sae.threshold_warmup_ema={ema}"], tmp_path))
+    datamodule, module = build(
+        compose_config([*RUN, f"sae.experimental.threshold_warmup_ema={ema}"], tmp_path)
+    )
     record = Thresholds()
     fit_module(datamodule, module, steps=STEPS, callbacks=[record])
     return record.seen, module
@@ -57,4 +59,4 @@ def test_the_stored_thresholds_are_the_average_of_the_batches(tmp_path):
 
 def test_a_decay_of_one_is_refused(tmp_path):
     with pytest.raises(ValueError, match="threshold_warmup_ema"):
-        build(compose_config([*RUN, "sae.threshold_warmup_ema=1"], tmp_path))
+        build(compose_config([*RUN, "sae.experimental.threshold_warmup_ema=1"], tmp_path))

@@ -125,7 +125,12 @@ def test_dead_latents_are_tracked_over_a_token_window(tmp_path):
 def test_the_preact_loss_reads_the_trainers_firing_count(tmp_path):
     """The pre-activation loss finds its silent latents in the count the trainer keeps for the
     dead window: latents that can never fire are pulled once they have been silent long enough."""
-    overrides = ["sae=jumprelu", *TINY_RUN, "sae.preact_coefficient=1.0", "sae.preact_window=0.01"]
+    overrides = [
+        "sae=jumprelu",
+        *TINY_RUN,
+        "sae.preact_coefficient=1.0",
+        "sae.experimental.preact_window=0.01",
+    ]
     datamodule, module = build(compose_config(overrides, tmp_path))
     with torch.no_grad():  # latents 0..2 never fire
         module.sae.W_enc[:, :3] = 0

@@ -57,31 +57,30 @@ def reference_forward(sae, cfg, x, dead, silent=None):
     if arch == "jumprelu":
         z = x @ sae.W_enc + sae.b_enc
         theta = sae.threshold
-        if cfg.threshold_warmup_fraction > 0 and cfg.threshold_warmup == "per_token":
+        ex, eps = cfg.experimental, cfg.bandwidth
+        if cfg.threshold_warmup_fraction > 0 and ex.threshold_warmup == "per_token":
             # TopK's features; the STEs at the thresholds that fire each latent as often as TopK
             # kept it (the (c_i + 1)-th largest of its column), with the learnt theta's gradient.
-            k = round(cfg.threshold_init_l0)
+            k = round(ex.threshold_init_l0)
             kth = z.detach().sort(dim=1, descending=True).values[:, k - 1 : k].clamp_min(1e-6)
             keep = z.detach() >= kth
             column = z.detach().sort(dim=0, descending=True).values
             rate_theta = column.gather(0, keep.sum(0)[None]).squeeze(0).clamp_min(1e-6)
             theta = rate_theta + (theta - theta.detach())
-            f_ste = JumpReLUFunction.apply(z.detach(), theta, cfg.bandwidth, cfg.kernel)
+            f_ste = JumpReLUFunction.apply(z.detach(), theta, eps, ex.kernel)
             f = z * keep + (f_ste - f_ste.detach())
-            l0_ste = StepFunction.apply(z.detach(), theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
+            l0_ste = StepFunction.apply(z.detach(), theta, eps, ex.kernel).sum(-1).mean()
             l0 = keep.sum(-1).to(z.dtype).mean() + (l0_ste - l0_ste.detach())
         else:
-            f = JumpReLUFunction.apply(z, theta, cfg.bandwidth, cfg.kernel)
-            l0 = StepFunction.apply(z, theta, cfg.bandwidth, cfg.kernel).sum(-1).mean()
+            f = JumpReLUFunction.apply(z, theta, eps, ex.kernel)
+            l0 = StepFunction.apply(z, theta, eps, ex.kernel).sum(-1).mean()
         x_hat = f @ sae.W_dec + sae.b_dec
         losses = {"mse": _mse(x, x_hat), "l0": cfg.l0_coefficient * l0}
         if cfg.preact_coefficient > 0:  # silent latents: as the test set them
             gap = F.relu(theta[silent] - z[:, silent]).mean(0)
             losses["preact"] = cfg.preact_coefficient * (gap * sae.W_dec[silent].norm(dim=1)).sum()
         if cfg.aux_coefficient > 0:
-            losses["auxk"] = cfg.aux_coefficient * auxk_loss(
-                x, x_hat, z, dead, sae.W_dec, cfg.aux_k
-            )
+            losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, ex.aux_k)
         return x_hat, f, losses
     if arch in ("topk", "batchtopk", "matryoshka"):
         z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc

@@ -124,7 +124,13 @@ def test_quadratic_target_l0_pulls_from_both_sides():
     x = torch.randn(4096, 1, dtype=torch.float64) + 0.5
     for target, sign in ((0.1, -1), (0.95, 1)):  # L0 here is ~0.5 (P(x > 0.5))
         sae = _one_latent_sae(
-            0.5, 1.0, 0.2, "rectangle", target_l0=target, target_l0_method="quadratic"
+            0.5,
+            0.0,  # the fixed penalty's lambda plays no part
+            0.2,
+            "rectangle",
+            target_l0=target,
+            target_l0_method="quadratic",
+            quadratic_coefficient=1.0,
         )
         out = sae(x)
         out.losses["l0"].backward()
@@ -142,17 +148,16 @@ def test_dual_target_l0_multiplier_is_a_pi_controller():
     out = sae(x)
     l0 = out.metrics["l0"].item()  # ~0.5: five times the target
     error = l0 / 0.1 - 1
-    # lambda = lambda_I + kp * e on this batch, with lambda_I starting at l0_coefficient...
-    assert out.losses["l0"].item() == pytest.approx((0.2 + 0.3 * error) * l0, rel=1e-6)
+    # lambda = lambda_I + kp * e on this batch, with lambda_I starting at 0 (the fixed
+    # penalty's l0_coefficient = 0.2 plays no part)...
+    assert out.losses["l0"].item() == pytest.approx(0.3 * error * l0, rel=1e-6)
     # ... then lambda_I += lr * e.
-    assert sae.objective.l0_integral.item() == pytest.approx(0.2 + 0.05 * error, rel=1e-6)
+    assert sae.objective.l0_integral.item() == pytest.approx(0.05 * error, rel=1e-6)
     out.losses["l0"].backward()
     assert sae.log_threshold.grad.item() < 0, "a positive multiplier raises theta"
     l0_2 = sae(x).metrics["l0"].item()
     state = sae.objective
-    assert state.l0_integral.item() == pytest.approx(
-        0.2 + 0.05 * (error + l0_2 / 0.1 - 1), rel=1e-6
-    )
+    assert state.l0_integral.item() == pytest.approx(0.05 * (error + l0_2 / 0.1 - 1), rel=1e-6)
     before = (state.l0_integral.item(), state.l0_multiplier.item())
     state.eval()
     out = sae(x)
