@@ -45,7 +45,7 @@ FAMILIES = {
         "sae.lr=3e-3",
         "sae.target_l0=8",
         "sae.experimental.target_l0_method=quadratic",
-        "sae.l0_coefficient=1",
+        "sae.experimental.quadratic_coefficient=1",
     ],
     "topk": ["sae=topk", "sae.k=8", "sae.lr=3e-3"],
     "batchtopk": ["sae=batchtopk", "sae.k=8", "sae.lr=3e-3"],
