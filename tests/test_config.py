@@ -202,3 +202,20 @@ def test_bad_shape_or_lr_names_the_key_before_any_arithmetic(family, override, k
     cfg = compose_config([f"sae={family}", "data=synthetic", override], tmp_path)
     with pytest.raises(ValueError, match=key.replace(".", r"\.")):
         build(cfg)
+
+
+def test_jumprelus_recipe_is_a_handful_of_keys_and_the_rest_one_experimental_group():
+    """The recipe's own knobs stay few (each with one meaning); research options live under
+    ``sae.experimental`` and are named there, not beside the recipe."""
+    import dataclasses
+
+    from saelab.sae.jumprelu import JumpReLUConfig, JumpReLUExperimental, JumpReLUTrainConfig
+    from saelab.sae.train_config import TrainConfig
+
+    shared = {f.name for c in (TrainConfig, JumpReLUConfig) for f in dataclasses.fields(c)}
+    own = [f.name for f in dataclasses.fields(JumpReLUTrainConfig) if f.name not in shared]
+    assert "experimental" in own and len(own) <= 10, own
+    research = {f.name for f in dataclasses.fields(JumpReLUExperimental)}
+    assert not research & set(own), "a research option beside the recipe's keys"
+    yaml = OmegaConf.load(CONF_DIR / "sae" / "jumprelu.yaml")
+    assert "experimental" not in yaml, "the recipe's yaml sets no research option"

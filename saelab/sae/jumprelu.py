@@ -202,10 +202,11 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     under TopK's selection first, which finds features a JumpReLU trained from the start does
     not, and L0 cannot collapse early (docs/maths.md §8.3). 0 = off (the paper). A run whose
     per-latent half would be shorter than the controller's response time is all warm-up."""
-    freeze_decoder_after_warmup: bool = False
-    """After the warm-up, W_dec stays as the warm-up learnt it: the per-latent half fits the
-    encoder, b_dec and the thresholds to the dictionary TopK's selection found, and cannot merge
-    co-firing features into one latent to save L0 (docs/maths.md §8.3)."""
+    decoder_lr_after_warmup: float = 1.0
+    """After the warm-up the dictionary W_dec moves at this fraction of the lr (0: it stays as
+    the warm-up learnt it). Below 1 the per-latent half mostly fits the encoder, b_dec and the
+    thresholds to the dictionary TopK's selection found, instead of merging co-firing features
+    into one latent to save L0 (docs/maths.md §8.5)."""
     bandwidth: float = 0.05
     """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
     threshold_init: float = 1e-3
@@ -237,6 +238,8 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         ex = self.experimental
         check(self, "l0_coefficient", self.l0_coefficient >= 0, "a number >= 0")
         check(self, "bandwidth", self.bandwidth > 0, "a number > 0")
+        scale = self.decoder_lr_after_warmup
+        check(self, "decoder_lr_after_warmup", 0 <= scale <= 1, "in [0, 1]")
         check(self, "threshold_init", self.threshold_init > 0, "a number > 0")
         check(self, "aux_coefficient", self.aux_coefficient >= 0, "a number >= 0")
         if ex.aux_k is None:
@@ -502,11 +505,12 @@ class JumpReLUObjective(Objective):
             return step.total
         return warmup
 
-    def frozen_parameters(self, index: int, total: int) -> tuple[str, ...]:
-        if not self.cfg.freeze_decoder_after_warmup:
-            return ()
+    def update_scales(self, index: int, total: int) -> dict[str, float]:
+        scale = self.cfg.decoder_lr_after_warmup
+        if scale == 1:
+            return {}
         warmup = self.warmup_length(Step(index=index, total=total))
-        return ("W_dec",) if 0 < warmup <= index else ()
+        return {"W_dec": scale} if 0 < warmup <= index else {}
 
     def warmup_l0(self, step: Step) -> float | None:
         """The L0 this step's thresholds are set to give the batch, or None after the warm-up."""

@@ -120,11 +120,11 @@ class Objective(nn.Module):
         rest train at the configured lr."""
         return {}
 
-    def frozen_parameters(self, index: int, total: int) -> tuple[str, ...]:
-        """Named SAE parameters the optimiser leaves as they are at step ``index`` of ``total``
-        (their gradient is dropped before the step). A function of the step alone, so a resumed
-        run freezes what the uninterrupted one froze."""
-        return ()
+    def update_scales(self, index: int, total: int) -> dict[str, float]:
+        """Named SAE parameters whose optimiser update at step ``index`` of ``total`` is scaled
+        by a factor in [0, 1) (0: left as they are); the rest take the full step. A function of
+        the step alone, so a resumed run scales what the uninterrupted one scaled."""
+        return {}
 
     @property
     def aux_k(self) -> int:
