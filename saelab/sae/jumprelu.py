@@ -169,7 +169,7 @@ class JumpReLUExperimental:
     average spans at most a quarter of the warm-up (``warmup_decay``)."""
     threshold_lr_scale: float | None = None
     """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
-    (docs/maths.md §8.10); None = 1, one group."""
+    (docs/maths.md §8.9); None = 1, one group."""
     threshold_grad: str = "autodiff"
     """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
     'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
@@ -191,22 +191,22 @@ class JumpReLUExperimental:
 class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     target_l0: float | None = 32
     """The L0 training steers to: lambda is a Lagrange multiplier set every step by a controller
-    (docs/maths.md §8.2). None = the paper's fixed penalty ``l0_coefficient * L0``."""
+    (docs/maths.md §8.1). None = the paper's fixed penalty ``l0_coefficient * L0``."""
     l0_coefficient: float = 5e-4
     """lambda of the paper's fixed L0 penalty, used when target_l0 is None (~5e-4 gave Gemma
     Scope L0 ~50-100)."""
-    threshold_warmup_fraction: float = 0.5
+    threshold_warmup_fraction: float = 0.8
     """For this first fraction of the run each step keeps, per token, the target_l0 largest
     pre-activations (TopK's selection) and stores the thresholds that fire each latent as often;
-    then the STE learns per-latent thresholds from an average of those. The dictionary learns
-    under TopK's selection first, which finds features a JumpReLU trained from the start does
-    not, and L0 cannot collapse early (docs/maths.md §8.3). 0 = off (the paper). A run whose
-    per-latent half would be shorter than the controller's response time is all warm-up."""
-    decoder_lr_after_warmup: float = 1.0
-    """After the warm-up the dictionary W_dec moves at this fraction of the lr (0: it stays as
-    the warm-up learnt it). Below 1 the per-latent half mostly fits the encoder, b_dec and the
+    then the STE learns per-latent thresholds from an average of those. The dictionary is learnt
+    under TopK's selection, which has no price per firing and so no reason to merge co-firing
+    features, and L0 cannot collapse early (docs/maths.md §8.3). 0 = off (the paper). A run whose
+    per-latent part would be shorter than the controller's response time is all warm-up."""
+    decoder_lr_after_warmup: float = 0.3
+    """After the warm-up the dictionary W_dec moves at this fraction of the lr (0: it stays as the
+    warm-up learnt it). The per-latent part then mostly fits the encoder, b_dec and the
     thresholds to the dictionary TopK's selection found, instead of merging co-firing features
-    into one latent to save L0 (docs/maths.md §8.5)."""
+    into one latent to save L0, as a full-rate decoder does (docs/maths.md §8.5)."""
     bandwidth: float = 0.05
     """eps, the STE kernel bandwidth, in units of the normalised activations (the paper: 1e-3)."""
     threshold_init: float = 1e-3

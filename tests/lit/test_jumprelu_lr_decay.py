@@ -1,6 +1,6 @@
-"""JumpReLU's recipe decays the learning rate to 0 over its per-latent half (after the threshold
-warm-up hands over), so late threshold moves shrink to nothing (docs/maths.md §8.7, §9.1);
-`sae=jumprelu_paper` keeps the paper's constant lr."""
+"""JumpReLU's recipe decays the learning rate linearly to 0 over the second half of the run (the
+per-latent part after the threshold warm-up lies within it), so late threshold moves shrink to
+nothing (docs/maths.md §8.7, §9.1); `sae=jumprelu_paper` keeps the paper's constant lr."""
 
 from __future__ import annotations
 
@@ -19,12 +19,14 @@ def _fitted(tmp_path, preset: str):
     return module, trainer.optimizers[0].param_groups[0]
 
 
-def test_the_recipe_holds_the_lr_through_the_warm_up_then_decays_it_to_zero(tmp_path):
+def test_the_recipe_decays_the_lr_to_zero_over_the_runs_second_half(tmp_path):
     module, group = _fitted(tmp_path, "jumprelu")
-    handover = round(module.cfg.threshold_warmup_fraction * STEPS)
+    start = round((1 - module.cfg.lr_decay_fraction) * STEPS)
+    assert start == STEPS // 2
+    assert start <= module.cfg.threshold_warmup_fraction * STEPS, "the per-latent part decays"
     factor = module.lr_lambda()
-    assert factor(handover) == pytest.approx(1.0)  # the whole warm-up at the full lr
-    assert factor(handover + (STEPS - handover) // 2) == pytest.approx(0.5)
+    assert factor(start) == pytest.approx(1.0)  # the full lr until the decay starts
+    assert factor(start + (STEPS - start) // 2) == pytest.approx(0.5)
     assert group["lr"] == pytest.approx(0.0, abs=1e-12)  # the trained run ended at lr 0
     assert group["initial_lr"] > 0
 

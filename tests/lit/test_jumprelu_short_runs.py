@@ -35,14 +35,14 @@ def _objective(tmp_path, *overrides):
 
 
 def test_the_warm_up_covers_a_run_whose_per_latent_half_could_not_steer_l0(tmp_path):
-    # target_l0_lr 1e-2: the controller needs ~100 steps; half of 150 steps is too short.
+    # target_l0_lr 1e-2: the controller needs ~100 steps; the last 20% of 450 steps is too short.
     objective = _objective(tmp_path)
-    assert objective.warmup_length(Step(index=0, total=150)) == 150
-    assert objective.warmup_length(Step(index=0, total=2000)) == 1000  # the recipe's half
+    assert objective.warmup_length(Step(index=0, total=450)) == 450
+    assert objective.warmup_length(Step(index=0, total=2000)) == 1600  # the recipe's 80%
     fast = _objective(
         tmp_path / "fast", "sae.experimental.target_l0_lr=0.1"
     )  # responds in ~10 steps
-    assert fast.warmup_length(Step(index=0, total=150)) == 75
+    assert fast.warmup_length(Step(index=0, total=450)) == 360
     off = _objective(tmp_path / "off", "sae.threshold_warmup_fraction=0")
     assert off.warmup_length(Step(index=0, total=150)) == 0  # no warm-up stays no warm-up
 

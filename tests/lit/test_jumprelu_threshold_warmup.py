@@ -120,7 +120,7 @@ def test_warmup_holds_l0_at_the_target_then_hands_thresholds_to_the_ste(tmp_path
 def test_the_decoder_moves_at_its_own_rate_after_the_warm_up(tmp_path, scale):
     extra = (f"sae.decoder_lr_after_warmup={scale}",)
     record, _ = _fit(tmp_path / "scaled", warmup=0.5, extra=extra)
-    full, _ = _fit(tmp_path / "full", warmup=0.5)
+    full, _ = _fit(tmp_path / "full", warmup=0.5, extra=("sae.decoder_lr_after_warmup=1",))
     # The warm-up (steps 0-3) trains the decoder at the full lr either way: the same run.
     assert torch.equal(record.W_dec[3], full.W_dec[3])
     assert not torch.equal(record.W_dec[0], record.W_dec[3])

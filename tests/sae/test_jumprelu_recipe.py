@@ -1,6 +1,5 @@
-"""The JumpReLU recipe's anti-concentration mechanisms (docs/maths.md §8.8-8.10): the
-pre-activation loss on silent latents, the floor on the L0 controller's multiplier and the
-per-token (TopK) threshold warm-up. Each on small real SAEs, on the dense and the sparse path."""
+"""The JumpReLU recipe's anti-concentration mechanisms (docs/maths.md §8.3, §8.7): the
+pre-activation loss on silent latents and the per-token (TopK) threshold warm-up. Each on small real SAEs, on the dense and the sparse path."""
 
 from __future__ import annotations
 
