@@ -56,7 +56,7 @@ from saelab.lit import LIT_CLASSES
 from saelab.sae import fused
 
 FAMILIES = ["jumprelu", "jumprelu@64", "gated", "topk", "batchtopk", "relu"]
-"""``jumprelu@64``: thresholds initialised from data for L0 = 64 (``threshold_init_l0``), the
+"""``jumprelu@64``: thresholds initialised from data for L0 = 64 (``experimental.threshold_init_l0``), the
 regime of a trained JumpReLU SAE, where its sparse path runs; the others start at init."""
 MIB = 2**20
 
@@ -252,7 +252,7 @@ def module(family: str, d_in: int, d_sae: int, proposed: bool):
     name, _, l0 = family.partition("@")
     extra = {"k": 32} if "topk" in name else {}
     if l0:
-        extra["threshold_init_l0"] = float(l0)
+        extra["experimental"] = {"threshold_init_l0": float(l0)}
     cls = LIT_CLASSES[name]
     if proposed:
         cls = type(f"Proposed{cls.__name__}", (ProposedBase, cls), {})

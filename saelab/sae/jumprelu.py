@@ -222,7 +222,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     adam_beta1: float = 0.9
     lr_decay_fraction: float = 0.5
     """The lr decays linearly to 0 over this final fraction of the run: with the default warm-up,
-    all of the per-latent half. Without it silent latents ratchet their thresholds up on long
+    all of the per-latent part. Without it silent latents ratchet their thresholds up on long
     runs (docs/maths.md §8.7)."""
     sparsity_warmup_steps: int | None = 10_000
     experimental: JumpReLUExperimental = field(default_factory=JumpReLUExperimental)
@@ -495,9 +495,9 @@ class JumpReLUObjective(Objective):
     # --- the threshold warm-up -----------------------------------------------------------------
     def warmup_length(self, step: Step) -> float:
         """The warm-up's length in steps: threshold_warmup_fraction of the run, or all of it when
-        the per-latent half would be shorter than the L0 controller's response time
+        the per-latent part would be shorter than the L0 controller's response time
         1 / target_l0_lr (its integral moves lambda by target_l0_lr per step per unit of L0
-        error): a per-latent half that short cannot steer L0 and ends far from the target
+        error): a per-latent part that short cannot steer L0 and ends far from the target
         (docs/maths.md §8.3)."""
         cfg = self.cfg
         warmup = cfg.threshold_warmup_fraction * step.total

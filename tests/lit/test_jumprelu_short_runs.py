@@ -1,4 +1,4 @@
-"""JumpReLU on runs too short for the recipe's per-latent half (docs/maths.md §8.3): the warm-up
+"""JumpReLU on runs too short for the recipe's per-latent part (docs/maths.md §8.3): the warm-up
 then covers the whole run, and its hand-over average forgets the steps taken before the encoder
 settled, so a 20-step `trainer=debug` run ends near the L0 it asked for."""
 
