@@ -76,8 +76,9 @@ class SAELitModule(pl.LightningModule):
         self.val_l0, self.val_fvu = L0(), FVU(self.sae.d_in)
         self.val_density, self.val_bias = FeatureDensity(d_sae), RelativeReconstructionBias()
         self._dead_window = self.cfg.dead_tokens_window
-        # This step's scaled updates: name -> (factor, the parameter before the step or None).
-        self.scaled: dict[str, tuple[float, Tensor | None]] = {}
+        # This step's scaled updates: (parameter, factor, its value before the step).
+        self.scaled: list[tuple[Tensor, float, Tensor]] = []
+        self.decoder_still = False  # this step leaves W_dec as it is
         self._tokens_per_step = 0
         # Set by MultiSAELit for its members; kept out of nn.Module's registry on purpose (the
         # parent is not a submodule of its member: that would be a cycle).
@@ -257,12 +258,14 @@ class SAELitModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         scales = self.objective.update_scales(self.global_step, self.total_steps())
-        self.scaled = {}
-        for name, param in self.sae.named_parameters():
-            if name in scales:
-                if scales[name] == 0:
-                    param.grad = None  # Adam skips a parameter without a gradient, its state too
-                self.scaled[name] = (scales[name], param.detach().clone() if scales[name] else None)
+        params = dict(self.sae.named_parameters()) if scales else {}
+        self.scaled = []
+        for name, scale in scales.items():
+            if scale == 0:
+                params[name].grad = None  # Adam skips a parameter without a gradient, its state too
+            else:
+                self.scaled.append((params[name], scale, params[name].detach().clone()))
+        self.decoder_still = scales.get("W_dec") == 0
         if self.objective.unit_norm_decoder:
             self.sae.remove_parallel_decoder_grad()
 
@@ -271,12 +274,11 @@ class SAELitModule(pl.LightningModule):
         self.after_optimizer_step()
 
     def after_optimizer_step(self) -> None:
-        params = dict(self.sae.named_parameters())
-        for name, (scale, before) in self.scaled.items():
-            if before is not None:  # Adam's update is linear in the lr: scale it after the fact
-                params[name].data.lerp_(before, 1 - scale)
-        # A frozen decoder is left bit for bit (renormalising unit rows moves their last bits).
-        if self.objective.unit_norm_decoder and self.scaled.get("W_dec", (1,))[0] != 0:
+        for param, scale, before in self.scaled:
+            # Adam's update is linear in the lr: scale it after the fact.
+            param.data.lerp_(before, 1 - scale)
+        # A still decoder is left bit for bit (renormalising unit rows moves their last bits).
+        if self.objective.unit_norm_decoder and not self.decoder_still:
             self.sae.normalize_decoder()
         self.objective.after_optimizer_step(self.sae)
 
