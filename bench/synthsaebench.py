@@ -18,7 +18,10 @@ Rows (``--rows``, default all):
   Gemma Scope 2's penalty), ``matryoshka`` (BatchTopK Matryoshka, the nested widths saelab's
   Matryoshka uses).
 
-Every SAE is evaluated on the same ``--eval-samples`` samples (one RNG seed per row seed).
+Every row of a seed trains on the very same batches: on a CPU they are drawn once per seed and
+stored in saelab's cache (``data.stored_batches``; about 6 GB per 2M samples), so each run pays
+only for its own training. Every SAE is evaluated on the same ``--eval-samples`` samples (one
+RNG seed per row seed).
 Each result is appended to ``--out`` (JSON lines) as it finishes; the table is printed at the
 end, with the seconds each run took to train (data generation included) and to evaluate.
 """
@@ -72,16 +75,23 @@ def data_overrides(args, seed: int) -> list[str]:
         "data=synthsaebench",
         f"data.batch_size={args.batch}",
         f"data.device={args.device}",
+        f"data.stored_batches={args.stored_batches}",
         f"seed={seed}",
         *args.variant,
     ]
 
 
-def data_module(args):
+def data_module(args, seed: int):
+    """The data module every row of ``seed`` reads: saelab's runs compose the same one, and the
+    sae-lens rows are fed its train split."""
     from omegaconf import OmegaConf
 
-    cfg = compose(data_overrides(args, 0), Path(tempfile.gettempdir()))
-    return OmegaConf.to_object(cfg.data).build()
+    cfg = compose(data_overrides(args, seed), Path(tempfile.gettempdir()))
+    dm = OmegaConf.to_object(cfg.data).build()
+    t0 = time.perf_counter()
+    dm.prepare_data()  # builds the model, and stores the draws, the first time
+    print(f"# seed {seed}: model and draws ready in {time.perf_counter() - t0:.0f} s", flush=True)
+    return dm
 
 
 def train_saelab(family: str, l0: int, seed: int, args, folder: Path) -> dict:
@@ -280,24 +290,32 @@ def main() -> None:
         help="saelab's sae.normalization_tokens (samples read to fix the input scale)",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument(
+        "--stored-batches",
+        type=int,
+        default=None,
+        help="data.stored_batches: training batches drawn once per seed and read by every row "
+        "(default: all of them on a CPU, none on a GPU)",
+    )
     p.add_argument("--variant", nargs="*", default=[], help="data.* overrides (an ablation)")
     p.add_argument("--saelab-override", nargs="*", default=[], help="extra saelab overrides")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "synthsaebench_results.jsonl")
     args = p.parse_args()
 
-    t0 = time.perf_counter()
-    dm = data_module(args)
-    dm.prepare_data()  # builds and caches the benchmark model the first time
-    args.d_in = dm.cfg.d_in
-    print(
-        f"# SynthSAEBench model {dm.cfg.num_features} features x {dm.cfg.hidden_dim} dims ready "
-        f"in {time.perf_counter() - t0:.0f} s; {int(args.samples):,} samples per SAE, width "
-        f"{args.width}, batch {args.batch}, device {args.device}, torch threads "
-        f"{torch.get_num_threads()}",
-        flush=True,
-    )
+    steps = int(args.samples) // args.batch
+    if args.stored_batches is None:  # drawing bounds a CPU run; a GPU draws faster than it reads
+        args.stored_batches = steps if args.device == "cpu" else 0
     results = []
     for seed in args.seeds:
+        dm = data_module(args, seed)
+        args.d_in = dm.cfg.d_in
+        print(
+            f"# SynthSAEBench model {dm.cfg.num_features} features x {dm.cfg.hidden_dim} dims; "
+            f"{steps * args.batch:,} samples per SAE, width {args.width}, batch {args.batch}, "
+            f"device {args.device}, stored batches {args.stored_batches}, torch threads "
+            f"{torch.get_num_threads()}",
+            flush=True,
+        )
         for l0 in args.l0:
             for row in args.rows:
                 r = run_one(row, l0, seed, args, dm)

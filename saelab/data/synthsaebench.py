@@ -5,9 +5,10 @@ trained here are scored on the same problem as the field's (docs/synthsaebench.m
 The benchmark model (feature directions, firing probabilities, hierarchy, correlations) is built
 once per configuration and kept in saelab's cache: its orthogonalisation is the slow part on a CPU
 (docs/synthsaebench.md has the times). Training samples are
-generated alongside training, never stored: global batch g of a split is
-``model.sample(batch_size)`` under a seed that is a pure function of (seed, split, g), so any rank,
-any resumed run and any order of reads sees the same tokens.
+generated alongside training: global batch g of a split is ``model.sample(batch_size)`` under a
+seed that is a pure function of (seed, split, g), so any rank, any resumed run and any order of
+reads sees the same tokens. ``data.stored_batches`` draws the first batches once into the cache
+for runs that share them (saelab/data/synthsaebench_draws.py).
 
 Needs the ``synth`` extra (``pip install -e ".[synth]"``), which brings sae-lens.
 """
@@ -95,6 +96,10 @@ class SynthSAEBenchDataConfig:
     its ``synthsaebench/`` folder)."""
     prefetch_batches: int = 0
     """Batches generated ahead in a background thread (0: in the training loop)."""
+    stored_batches: int = 0
+    """The first N training batches are drawn once into the cache and read back bit for bit by
+    every later run (saelab/data/synthsaebench_draws.py): several SAEs trained on the same
+    samples pay for drawing them once. 0: every batch is drawn when it is read."""
     device: str = "cpu"
     """Where the model is built and samples are drawn: "cpu", or "cuda" (the current CUDA
     device; a GPU builds the 16k model in seconds and samples far faster than the CPU)."""
@@ -121,6 +126,7 @@ class SynthSAEBenchDataConfig:
             "train_tokens": self.train_tokens >= self.batch_size,
             "val_tokens": self.val_tokens >= 0,
             "prefetch_batches": self.prefetch_batches >= 0,
+            "stored_batches": self.stored_batches >= 0,
             "device": self.device in ("cpu", "cuda"),
         }
         for key, ok in checks.items():
@@ -286,6 +292,7 @@ class SynthSAEBenchBatches:
         self.model, self.seed, self.split = model, seed, split
         self.batch_size = batch_size
         self.n_batches = max(1, n_tokens // batch_size)
+        self.stored = None  # StoredDraws of the first batches, read instead of drawn
 
     def __len__(self) -> int:
         return self.n_batches
@@ -301,6 +308,8 @@ class SynthSAEBenchBatches:
             return self.model.sample_with_features(self.batch_size)
 
     def __getitem__(self, index: int) -> Tensor:
+        if self.stored is not None and 0 <= index < len(self.stored):
+            return self.stored[index]
         return self.with_features(index)[0].float()
 
 
@@ -328,9 +337,26 @@ class SynthSAEBenchDataModule(ActivationSource):
         self.cfg = cfg
         _sae_lens_synthetic()  # a missing extra fails when the run is built, not at step 1
         self._model = None
+        self._stored = None
 
     def prepare_data(self) -> None:
         self.model  # noqa: B018  (built and cached once, by the first process that asks)
+        self.stored_draws()  # drawn and stored once when data.stored_batches asks for it
+
+    def stored_draws(self):
+        """The stored first training batches (``data.stored_batches``), or None."""
+        if self.cfg.stored_batches and self._stored is None:
+            from saelab.data import synthsaebench_draws as draws
+
+            self._stored = draws.open_or_write(
+                self._drawn_split("train"),
+                model_key(self.model.cfg),
+                draws.store_path(
+                    model_folder(self.cfg), "train", self.cfg.seed, self.cfg.batch_size
+                ),
+                self.cfg.stored_batches,
+            )
+        return self._stored
 
     @property
     def model(self):
@@ -340,9 +366,15 @@ class SynthSAEBenchDataModule(ActivationSource):
             self._model = load_or_build(self.cfg)
         return self._model
 
-    def split(self, name: str) -> SynthSAEBenchBatches:
+    def _drawn_split(self, name: str) -> SynthSAEBenchBatches:
         tokens = self.cfg.train_tokens if name == "train" else self.cfg.val_tokens
         return SynthSAEBenchBatches(self.model, self.cfg.seed, name, tokens, self.cfg.batch_size)
+
+    def split(self, name: str) -> SynthSAEBenchBatches:
+        batches = self._drawn_split(name)
+        if name == "train":
+            batches.stored = self.stored_draws()
+        return batches
 
     @property
     def true_features(self) -> Tensor:
