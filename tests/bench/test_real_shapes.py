@@ -1,5 +1,5 @@
 """bench/real_shapes.py and bench/gpu_smoke.sh run what they claim: every phase end to end (at a
-toy Gemma 2 shape, on the CPU, with the smoke script's own steps and budgets), a table with
+toy Gemma 2 shape, on the CPU, with the smoke script's own arguments, fewer tokens and steps), a table with
 every row; and the smoke script stops at once, saying why, where there is no GPU."""
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def test_the_smoke_steps_run_end_to_end_at_a_toy_shape_on_the_cpu(tmp_path):
         [
             *("--shape", "toy", "--layer", "2", "--context", "128"),
             *("--widths", "1024,2048", "--stream-widths", "1024", "--steps", "3"),
+            *("--train-tokens", "32768"),  # a quarter of the GPU's budget: the same phases
             *("--folder", str(tmp_path / "model"), "--root", str(tmp_path / "scratch")),
             *("--out", str(table)),
         ],
@@ -53,7 +54,7 @@ def test_the_smoke_steps_run_end_to_end_at_a_toy_shape_on_the_cpu(tmp_path):
     text = table.read_text()
     assert text.strip() in result.stdout
     for row in (
-        "| bare forward to layer 2 (131,072 tokens",
+        "| bare forward to layer 2 (32,768 tokens",
         "| caching pass resid@2",
         "| JumpReLU 1,024 latents on data=stream, batch 4096, 3 steps |",
         "| JumpReLU 1,024 latents on data=activations, batch 4096, 3 steps |",

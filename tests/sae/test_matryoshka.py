@@ -82,6 +82,16 @@ def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
     return done
 
 
+def _main(script: str, *args: str) -> None:
+    """An entry point's own ``__main__`` in this process: the tool's whole work without paying
+    for another interpreter (train.py, run above as a program, checks the entry point itself)."""
+    import runpy
+    from unittest import mock
+
+    with mock.patch.object(sys, "argv", [script, *args]):
+        runpy.run_path(str(ROOT / script), run_name="__main__")  # exit != 0 raises SystemExit
+
+
 @pytest.mark.slow
 def test_trains_exports_evaluates_reports_and_browses_like_every_family(tmp_path):
     run = tmp_path / "sweep" / "0"
@@ -103,13 +113,13 @@ def test_trains_exports_evaluates_reports_and_browses_like_every_family(tmp_path
     assert isinstance(sae, JumpReLUSAE), "exported as the JumpReLU SAE it is at inference"
     assert json.loads((run / "eval.json").read_text())["tokens"] >= 512  # end-of-run evaluation
 
-    _run("evaluate.py", str(run), "--tokens", "256", "--context-length", "64")
+    _main("evaluate.py", str(run), "--tokens", "256", "--context-length", "64")
     assert json.loads((run / "eval.json").read_text())["tokens"] >= 256
 
-    _run("report.py", str(tmp_path / "sweep"), "--out", str(tmp_path / "report"))
+    _main("report.py", str(tmp_path / "sweep"), "--out", str(tmp_path / "report"))
     with open(tmp_path / "report" / "runs.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["family"] == "matryoshka" and row["knob"] == "k" and float(row["knob_value"]) == 8
 
-    _run("browse.py", str(run), "--tokens", "512", "--out", str(tmp_path / "browser"))
+    _main("browse.py", str(run), "--tokens", "512", "--out", str(tmp_path / "browser"))
     assert (tmp_path / "browser" / "index.html").is_file()
