@@ -41,7 +41,7 @@ def make_training(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
     """(SAE, objective) from ``sae.*`` keys, the family's defaults for the rest. JumpReLU's
     research options may be given by name too (``kernel="triangle"``): they go to
     ``experimental``, where the config keeps them."""
-    if architecture == "jumprelu":
+    if architecture in ("jumprelu", "matryoshka_jumprelu"):
         from saelab.sae.jumprelu import JumpReLUExperimental
 
         names = {f.name for f in dataclasses.fields(JumpReLUExperimental)}
@@ -52,10 +52,10 @@ def make_training(architecture: str, d_in: int = 16, d_sae: int = 64, **kw):
 
 def exported_architecture(family: str) -> str:
     """What a family's export is: the BatchTopK families (one global threshold at inference)
-    are saved as the JumpReLU SAE they equal."""
-    from saelab.sae import BatchTopKSAE
+    and Matryoshka JumpReLU are saved as the JumpReLU SAE they equal."""
+    from saelab.sae import BatchTopKSAE, JumpReLUSAE
 
-    return "jumprelu" if issubclass(SAE_CLASSES[family], BatchTopKSAE) else family
+    return "jumprelu" if issubclass(SAE_CLASSES[family], (BatchTopKSAE, JumpReLUSAE)) else family
 
 
 def set_inference_threshold(sae, value: float) -> None:
@@ -75,7 +75,7 @@ def trained_like(architecture: str, **kw):
     with torch.no_grad():
         for p in sae.parameters():
             p.add_(0.05 * torch.randn_like(p))
-        if architecture == "jumprelu":
+        if hasattr(sae, "log_threshold"):  # the JumpReLU families
             sae.log_threshold.copy_(torch.log(torch.rand(64) * 0.3 + 0.05))
     set_inference_threshold(sae, 0.3)
     return sae

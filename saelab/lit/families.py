@@ -37,6 +37,13 @@ class MatryoshkaLit(SAELitModule):
     config_class = family.train_config
 
 
+class MatryoshkaJumpReLULit(SAELitModule):
+    """Trains a Matryoshka JumpReLU SAE (``sae=matryoshka_jumprelu``)."""
+
+    family = FAMILIES["matryoshka_jumprelu"]
+    config_class = family.train_config
+
+
 class GatedLit(SAELitModule):
     """Trains a Gated SAE (``sae=gated``)."""
 
@@ -53,7 +60,15 @@ class ReLULit(SAELitModule):
 
 LIT_CLASSES: dict[str, type[SAELitModule]] = {
     cls.family.name: cls
-    for cls in (JumpReLULit, TopKLit, BatchTopKLit, MatryoshkaLit, GatedLit, ReLULit)
+    for cls in (
+        JumpReLULit,
+        TopKLit,
+        BatchTopKLit,
+        MatryoshkaLit,
+        MatryoshkaJumpReLULit,
+        GatedLit,
+        ReLULit,
+    )
 }
 if set(LIT_CLASSES) != set(FAMILIES):  # a new family needs its class here
     missing = sorted(set(FAMILIES) - set(LIT_CLASSES))

@@ -6,13 +6,26 @@ itself (registry.py); importing them here is the one line that makes a family kn
 
 from __future__ import annotations
 
-from . import batchtopk, gated, jumprelu, matryoshka, relu, topk  # noqa: F401  (each registers its family)
+from . import (  # noqa: F401  (each registers its family)
+    batchtopk,
+    gated,
+    jumprelu,
+    matryoshka,
+    matryoshka_jumprelu,
+    relu,
+    topk,
+)
 from .base import SAE, SAEConfig, SAEOutput
 from .batchtopk import BatchTopKConfig, BatchTopKSAE, BatchTopKTrainConfig
 from .gated import GatedConfig, GatedSAE, GatedTrainConfig
 from .jumprelu import JumpReLUConfig, JumpReLUSAE, JumpReLUTrainConfig
 from .loading import load_sae
 from .matryoshka import MatryoshkaConfig, MatryoshkaSAE, MatryoshkaTrainConfig
+from .matryoshka_jumprelu import (
+    MatryoshkaJumpReLUConfig,
+    MatryoshkaJumpReLUSAE,
+    MatryoshkaJumpReLUTrainConfig,
+)
 from .objective import Objective, Step, Sync
 from .registry import FAMILIES, Family, family
 from .relu import ReLUConfig, ReLUSAE, ReLUTrainConfig
@@ -55,6 +68,9 @@ __all__ = [
     "JumpReLUSAE",
     "JumpReLUTrainConfig",
     "MatryoshkaConfig",
+    "MatryoshkaJumpReLUConfig",
+    "MatryoshkaJumpReLUSAE",
+    "MatryoshkaJumpReLUTrainConfig",
     "MatryoshkaSAE",
     "MatryoshkaTrainConfig",
     "Objective",

@@ -35,6 +35,26 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_class = MatryoshkaConfig
 
 
+def prefix_ends(fractions: list[float], d_sae: int) -> list[int]:
+    """m_1 < ... < m_G = d_sae from the prefix fractions."""
+    return [round(f * d_sae) for f in fractions]
+
+
+def check_prefix_fractions(cfg) -> None:
+    """A config's ``prefix_fractions``: increasing, the last 1.0, each prefix a latent longer."""
+    ends = cfg.prefix_ends()
+    ok = (
+        len(ends) >= 1
+        and cfg.prefix_fractions[-1] == 1
+        and all(a < b for a, b in zip([0, *ends], ends))
+    )
+    allowed = (
+        "increasing fractions in (0, 1] ending at 1.0, each prefix at least one latent "
+        f"longer than the last (d_sae={cfg.d_sae})"
+    )
+    check(cfg, "prefix_fractions", ok, allowed)
+
+
 @dataclass
 class MatryoshkaTrainConfig(BatchTopKTrainConfig, MatryoshkaConfig):
     prefix_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
@@ -43,37 +63,28 @@ class MatryoshkaTrainConfig(BatchTopKTrainConfig, MatryoshkaConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        ends = self.prefix_ends()
-        ok = (
-            len(ends) >= 1
-            and self.prefix_fractions[-1] == 1
-            and all(a < b for a, b in zip([0, *ends], ends))
-        )
-        allowed = (
-            "increasing fractions in (0, 1] ending at 1.0, each prefix at least one latent "
-            f"longer than the last (d_sae={self.d_sae})"
-        )
-        check(self, "prefix_fractions", ok, allowed)
+        check_prefix_fractions(self)
 
     def prefix_ends(self) -> list[int]:
-        """m_1 < ... < m_G = d_sae."""
-        return [round(f * self.d_sae) for f in self.prefix_fractions]
+        return prefix_ends(self.prefix_fractions, self.d_sae)
 
 
-class MatryoshkaObjective(BatchTopKObjective):
-    """BatchTopK's objective plus the reconstructions of the proper prefixes (the full one is
-    the step's ``mse`` term)."""
+class NestedPrefixes:
+    """Adds the reconstructions of the proper prefixes of the dictionary to a family's
+    objective (the full one is the step's ``mse`` term): a mixin before any objective whose
+    ``Encoded`` holds the codes, dense (``f``) or selected (``sel``, ``acts``). The config
+    needs ``prefix_ends()``."""
 
-    def __init__(self, cfg: MatryoshkaTrainConfig):
+    def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.ends = cfg.prefix_ends()[:-1]
 
     def _prefix_term(self, x: Tensor, decodes: list[Tensor]) -> dict[str, Tensor]:
-        if not decodes:  # one prefix: the whole dictionary, BatchTopK's loss
+        if not decodes:  # one prefix: the whole dictionary, the family's own loss
             return {}
         return {"prefix_mse": sum(reconstruction_loss(x, x_hat) for x_hat in decodes)}
 
-    def encode_dense(self, sae: MatryoshkaSAE, x: Tensor, step: Step) -> Encoded:
+    def encode_dense(self, sae, x: Tensor, step: Step) -> Encoded:
         enc = super().encode_dense(sae, x, step)
         decodes, x_hat, start = [], sae.b_dec, 0
         for end in self.ends:  # cumulative: each slice of the decoder multiplied once
@@ -82,7 +93,7 @@ class MatryoshkaObjective(BatchTopKObjective):
             start = end
         return enc._replace(terms={**enc.terms, **self._prefix_term(step.target, decodes)})
 
-    def encode_sparse(self, sae: MatryoshkaSAE, x: Tensor, step: Step) -> Encoded:
+    def encode_sparse(self, sae, x: Tensor, step: Step) -> Encoded:
         enc = super().encode_sparse(sae, x, step)
         cols = enc.sel.cols
         decodes = [
@@ -90,6 +101,10 @@ class MatryoshkaObjective(BatchTopKObjective):
             for end in self.ends
         ]
         return enc._replace(terms={**enc.terms, **self._prefix_term(step.target, decodes)})
+
+
+class MatryoshkaObjective(NestedPrefixes, BatchTopKObjective):
+    """BatchTopK's objective plus the reconstructions of the proper prefixes."""
 
 
 FAMILY = register(

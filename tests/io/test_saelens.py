@@ -65,6 +65,7 @@ EXPECTED_ARCHITECTURE = {
     "topk": "topk",
     "batchtopk": "jumprelu",
     "matryoshka": "jumprelu",
+    "matryoshka_jumprelu": "jumprelu",
 }
 
 

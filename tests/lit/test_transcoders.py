@@ -36,6 +36,7 @@ SPARSITY = {
     "topk": ["sae.k=2"],
     "batchtopk": ["sae.k=2"],
     "matryoshka": ["sae.k=2"],
+    "matryoshka_jumprelu": ["sae.target_l0=2"],
     "relu": ["sae.l1_coefficient=0.3"],
     "gated": [],
 }

@@ -51,10 +51,16 @@ def _mse(x, x_hat):
     return (x - x_hat).pow(2).sum(-1).mean()
 
 
+def _prefix_mse(sae, cfg, x, f):
+    """Matryoshka's term: every proper prefix of the dictionary reconstructs x too."""
+    ends = [round(fraction * sae.d_sae) for fraction in cfg.prefix_fractions][:-1]
+    return sum(_mse(x, f[:, :m] @ sae.W_dec[:m] + sae.b_dec) for m in ends)
+
+
 def reference_forward(sae, cfg, x, dead, silent=None):
     """(x_hat, feature_acts, losses) by the plain maths, with sparsity_scale 1."""
     arch = cfg.architecture
-    if arch == "jumprelu":
+    if arch in ("jumprelu", "matryoshka_jumprelu"):
         z = x @ sae.W_enc + sae.b_enc
         theta = sae.threshold
         ex, eps = cfg.experimental, cfg.bandwidth
@@ -81,6 +87,8 @@ def reference_forward(sae, cfg, x, dead, silent=None):
             losses["preact"] = cfg.preact_coefficient * (gap * sae.W_dec[silent].norm(dim=1)).sum()
         if cfg.aux_coefficient > 0:
             losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, ex.aux_k)
+        if arch == "matryoshka_jumprelu":
+            losses["prefix_mse"] = _prefix_mse(sae, cfg, x, f)
         return x_hat, f, losses
     if arch in ("topk", "batchtopk", "matryoshka"):
         z = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
@@ -93,9 +101,8 @@ def reference_forward(sae, cfg, x, dead, silent=None):
             f = torch.zeros_like(flat).scatter(0, i, v).view_as(z)
         x_hat = f @ sae.W_dec + sae.b_dec
         losses = {"mse": _mse(x, x_hat)}
-        if arch == "matryoshka":  # every proper prefix of the dictionary reconstructs x too
-            ends = [round(fraction * sae.d_sae) for fraction in cfg.prefix_fractions][:-1]
-            losses["prefix_mse"] = sum(_mse(x, f[:, :m] @ sae.W_dec[:m] + sae.b_dec) for m in ends)
+        if arch == "matryoshka":
+            losses["prefix_mse"] = _prefix_mse(sae, cfg, x, f)
         losses["auxk"] = cfg.aux_coefficient * auxk_loss(x, x_hat, z, dead, sae.W_dec, cfg.aux_k)
         return x_hat, f, losses
     if arch == "gated":
@@ -145,7 +152,7 @@ def _make(case, **kw):
             "preact_window": 1.0,
         },
     }.get(case, {})
-    if arch == "jumprelu":  # a fixed lambda, a window wide enough to catch many pre-activations
+    if "jumprelu" in arch:  # a fixed lambda, a window wide enough to catch many pre-activations
         fixed = {"target_l0": None, "threshold_warmup_fraction": 0, "aux_k": 8}
         extra = {**fixed, "threshold_init": 0.3, "bandwidth": 0.5, **extra}
     if "topk" in arch:

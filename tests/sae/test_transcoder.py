@@ -32,6 +32,8 @@ SAELENS_ARCHITECTURE = {
     ("batchtopk", True): "jumprelu_skip_transcoder",
     ("matryoshka", False): "jumprelu_transcoder",
     ("matryoshka", True): "jumprelu_skip_transcoder",
+    ("matryoshka_jumprelu", False): "jumprelu_transcoder",
+    ("matryoshka_jumprelu", True): "jumprelu_skip_transcoder",
     ("topk", False): "topk",
     ("gated", False): "gated",
 }
