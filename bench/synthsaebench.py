@@ -9,7 +9,7 @@ export loaded through ``sae_lens.SAE.load_from_disk``: the peer's metric on the 
 
 Rows (``--rows``, default all):
 - ``saelab:<family>``: ``train.py data=synthsaebench sae=<family>`` with ``sae.d_sae`` = width,
-  ``data.batch_size`` = batch and the L0 as ``sae.target_l0`` (JumpReLU) or ``sae.k`` (the
+  ``data.batch_size`` = batch and the L0 as ``sae.target_l0`` (the JumpReLU families) or ``sae.k`` (the
   TopK-style families); each family's own default learning rate and schedule. ``jumprelu_paper``
   has no L0 target of its own, so its row adds ``sae.target_l0``.
 - ``sae-lens:<arch>``: SAELens's ``SAETrainer`` with its training SAE class and the protocol's
@@ -43,7 +43,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 warnings.filterwarnings("ignore")
 
-SAELAB_ROWS = ("jumprelu", "jumprelu_paper", "batchtopk", "topk", "matryoshka")
+SAELAB_ROWS = (
+    "jumprelu",
+    "jumprelu_paper",
+    "batchtopk",
+    "topk",
+    "matryoshka",
+    "matryoshka_jumprelu",
+)
 SAELENS_ROWS = ("batchtopk", "jumprelu", "matryoshka")
 ALL_ROWS = [f"saelab:{f}" for f in SAELAB_ROWS] + [f"sae-lens:{a}" for a in SAELENS_ROWS]
 MATRYOSHKA_FRACTIONS = (0.0625, 0.125, 0.25, 0.5, 1.0)  # conf/sae/matryoshka.yaml's default
@@ -98,7 +105,7 @@ def train_saelab(family: str, l0: int, seed: int, args, folder: Path) -> dict:
     from saelab.runner import train
 
     steps = int(args.samples) // args.batch
-    sparsity = [f"sae.target_l0={l0}"] if family.startswith("jumprelu") else [f"sae.k={l0}"]
+    sparsity = [f"sae.target_l0={l0}"] if "jumprelu" in family else [f"sae.k={l0}"]
     overrides = [
         *data_overrides(args, seed),
         f"sae={family}",
