@@ -14,11 +14,12 @@ from tests.conftest import TINY_RUN, compose_config
 TARGET = 8
 
 
-def test_a_debug_run_ends_near_its_target_l0(tmp_path):
+@pytest.mark.parametrize("family", ["jumprelu", "matryoshka_jumprelu"])
+def test_a_debug_run_ends_near_its_target_l0(tmp_path, family):
     """The real runner on a 20-step trainer=debug run: before, the per-latent half's 10 steps
     took over from thresholds averaged mostly over the first, untrained steps and L0 collapsed."""
     cfg = compose_config(
-        [*TINY_RUN, "logger=none", "export=false", "sae=jumprelu", f"sae.target_l0={TARGET}"],
+        [*TINY_RUN, "logger=none", "export=false", f"sae={family}", f"sae.target_l0={TARGET}"],
         tmp_path,
     )
     metrics = train(cfg)
