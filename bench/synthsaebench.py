@@ -24,6 +24,8 @@ only for its own training. Every SAE is evaluated on the same ``--eval-samples``
 RNG seed per row seed).
 Each result is appended to ``--out`` (JSON lines) as it finishes; the table is printed at the
 end, with the seconds each run took to train (data generation included) and to evaluate.
+``--table`` prints the table of every row in ``--out`` at the given budget, whichever run wrote
+it.
 """
 
 from __future__ import annotations
@@ -243,11 +245,22 @@ def run_one(row: str, l0: int, seed: int, args, dm) -> dict:
         "batch": args.batch,
         "variant": args.variant,
         "device": args.device,
+        "commit": commit(),
         **info,
         **scores,
         "train_s": round(train_s, 1),
         "eval_s": round(eval_s, 1),
     }
+
+
+def commit() -> str | None:
+    """The saelab commit that trained a row (None outside a git checkout)."""
+    import subprocess
+
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
 
 
 def table(results: list[dict]) -> str:
@@ -307,9 +320,28 @@ def main() -> None:
     p.add_argument("--variant", nargs="*", default=[], help="data.* overrides (an ablation)")
     p.add_argument("--saelab-override", nargs="*", default=[], help="extra saelab overrides")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "synthsaebench_results.jsonl")
+    p.add_argument(
+        "--table",
+        action="store_true",
+        help="train nothing: print the table of every row in --out with these --samples, "
+        "--width and --batch (the runs of several invocations together)",
+    )
     args = p.parse_args()
 
     steps = int(args.samples) // args.batch
+    if args.table:
+        rows = [json.loads(line) for line in args.out.read_text().splitlines() if line.strip()]
+        keep = {
+            "samples": steps * args.batch,
+            "width": args.width,
+            "batch": args.batch,
+            "variant": args.variant,
+        }
+        rows = [r for r in rows if all(r[k] == v for k, v in keep.items())]
+        print(table(rows))
+        print()
+        print(published_table({r["target_l0"] for r in rows}))
+        return
     if args.stored_batches is None:  # drawing bounds a CPU run; a GPU draws faster than it reads
         args.stored_batches = steps if args.device == "cpu" else 0
     results = []

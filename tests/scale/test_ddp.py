@@ -80,28 +80,6 @@ def test_fsdp_two_ranks_with_batch_b_match_one_process_with_batch_2b(tmp_path, o
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
-@pytest.mark.slow
-def test_multirun_with_ddp_puts_each_jobs_ranks_in_that_jobs_folder(tmp_path):
-    train_py(
-        [
-            "-m",
-            *RUN,
-            "trainer.max_steps=6",
-            "data.batch_size=128",
-            "trainer=ddp",
-            "trainer.devices=2",
-            "sae.l0_coefficient=1e-4,1e-2",
-            f"hydra.sweep.dir={tmp_path}",
-        ]
-    )
-    jobs = sorted(p for p in tmp_path.iterdir() if p.is_dir())
-    assert [p.name for p in jobs] == ["0", "1"]  # one folder per job, no stray rank folders
-    for job, coefficient in zip(jobs, (1e-4, 1e-2)):
-        config = json.loads((job / "config.json").read_text())
-        assert config["sae"]["l0_coefficient"] == coefficient and config["output_dir"] == str(job)
-        assert json.loads((job / "metrics.json").read_text())["steps"] == 6
-
-
 # --- composition (fast) ------------------------------------------------------------------
 def test_ddp_and_fsdp_options_compose_with_overridable_devices_and_nodes(tmp_path):
     ddp = compose_config(["trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], tmp_path)

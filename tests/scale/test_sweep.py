@@ -36,7 +36,7 @@ def _builds(log: str) -> int:
 
 
 @pytest.mark.slow
-def test_a_multirun_of_two_ddp_jobs_builds_the_cache_once(tmp_path):
+def test_a_multirun_of_two_ddp_jobs_builds_the_cache_once_and_keeps_each_in_its_folder(tmp_path):
     cache, sweep = tmp_path / "cache", tmp_path / "sweep"
     # Each job runs 2 DDP ranks: the cache is built in prepare_data by rank 0 of the first job.
     no_debug = [a for a in TINY_ACTS if a != "trainer=debug"]
@@ -60,7 +60,12 @@ def test_a_multirun_of_two_ddp_jobs_builds_the_cache_once(tmp_path):
         0,
     ]  # job 0 built train + validation; job 1 read them
     assert len(list(cache.iterdir())) == 2
-    for job in ("0", "1"):
+    # Each job's ranks write in that job's folder: one folder per job, no stray rank folders.
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    for job, family in (("0", "jumprelu"), ("1", "relu")):
+        config = json.loads((sweep / job / "config.json").read_text())
+        assert config["sae"]["architecture"] == family
+        assert config["output_dir"] == str(sweep / job)
         assert json.loads((sweep / job / "metrics.json").read_text())["steps"] == 4
 
 
