@@ -64,7 +64,7 @@ def test_a_multirun_of_two_ddp_jobs_builds_the_cache_once_and_keeps_each_in_its_
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     for job, family in (("0", "jumprelu"), ("1", "relu")):
         config = json.loads((sweep / job / "config.json").read_text())
-        assert config["sae"]["architecture"] == family
+        assert json.loads((sweep / job / "metrics.json").read_text())["family"] == family
         assert config["output_dir"] == str(sweep / job)
         assert json.loads((sweep / job / "metrics.json").read_text())["steps"] == 4
 
