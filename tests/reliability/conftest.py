@@ -12,7 +12,7 @@ import torch
 
 from tests.data.conftest import _no_home_cache, text_corpus  # noqa: F401  (fixtures)
 from tests.scale import helpers
-from tests.scale.helpers import TINY, train_py
+from tests.scale.helpers import TINY
 
 
 def flip_byte(path: Path, offset: int) -> None:
@@ -67,5 +67,5 @@ def step_of(path: Path) -> int:
 def dense_reference(tmp_path_factory) -> dict[str, torch.Tensor]:
     """The uninterrupted dense run every interrupted one must end equal to."""
     run = tmp_path_factory.mktemp("dense-reference")
-    train_py([*DENSE, f"hydra.run.dir={run}"])
+    helpers.train_here(DENSE, run)
     return final_state(run)

@@ -13,7 +13,14 @@ import json
 import pytest
 
 from saelab.sae.sparse import SPARSE_MAX_DENSITY
-from tests.scale.helpers import assert_same, kill_when, saved_step, start_train_py, train_py
+from tests.scale.helpers import (
+    assert_same,
+    kill_when,
+    saved_step,
+    start_train_py,
+    train_here,
+    train_py,
+)
 
 from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state
 
@@ -43,7 +50,7 @@ def test_kill_9_twice_in_the_dense_regime_ends_bit_for_bit_as_uninterrupted(
 @pytest.mark.slow
 def test_kill_9_twice_in_the_sparse_regime_ends_bit_for_bit_as_uninterrupted(tmp_path):
     reference = tmp_path / "reference"
-    train_py([*SPARSE, f"hydra.run.dir={reference}"])
+    train_here(SPARSE, reference)
     metrics = json.loads((reference / "metrics.json").read_text())
     d_sae = 16 * 32
     assert metrics["val/l0"] / d_sae < SPARSE_MAX_DENSITY, "the run must be in the sparse regime"

@@ -60,6 +60,17 @@ def train_py(
     return result
 
 
+def train_here(args: list[str], run: Path) -> None:
+    """The run ``python train.py *args hydra.run.dir=run`` makes, trained in this process: for
+    the uninterrupted references that killed, resumed or multi-rank subprocess runs are compared
+    with (their own interpreter would only repeat the imports). The tests' one torch thread per
+    process equals the subprocesses' OMP_NUM_THREADS=1, so the arithmetic is the same."""
+    from saelab.runner import train
+    from tests.conftest import compose_config
+
+    train(compose_config(args, run))
+
+
 def start_train_py(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "train.py", *args],

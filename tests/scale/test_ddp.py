@@ -18,7 +18,7 @@ from saelab.lit.sharding import SAEShardingStrategy
 from saelab.runner import build
 from tests.conftest import compose_config
 
-from .helpers import TINY, exported, train_py
+from .helpers import TINY, exported, train_here, train_py
 
 RUN = [*TINY, "sae=jumprelu"]
 TOLERANCE = 1e-5
@@ -27,7 +27,7 @@ TOLERANCE = 1e-5
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     run = tmp_path_factory.mktemp("single")
-    train_py([*RUN, "data.batch_size=256", f"hydra.run.dir={run}"])
+    train_here([*RUN, "data.batch_size=256"], run)
     return run
 
 

@@ -35,6 +35,7 @@ from .helpers import (
     kill_when,
     saved_step,
     start_train_py,
+    train_here,
     train_py,
 )
 
@@ -50,7 +51,7 @@ LONG = [
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run = tmp_path_factory.mktemp("uninterrupted")
-    train_py([*LONG, "checkpoint_every_n_steps=100", f"hydra.run.dir={run}"])
+    train_here([*LONG, "checkpoint_every_n_steps=100"], run)
     return final_state(run, STEPS)
 
 
