@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.scale.helpers import checkpoint, kill_when, saved_step, start_train_py, train_py
+from tests.scale.helpers import (
+    checkpoint,
+    kill_when,
+    saved_step,
+    start_train_py,
+    train_here,
+    train_py,
+)
 
 STEPS = 240
 
@@ -56,7 +63,7 @@ def state(run) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_on_activation_files_ends_with_identical_weights(tmp_path, shards):
-    train_py(args(shards, tmp_path / "whole", STEPS))
+    train_here(args(shards, tmp_path / "whole", STEPS), tmp_path / "whole")
     run = tmp_path / "killed"
     kill_when(start_train_py(args(shards, run, 20)), lambda: saved_step(run) > 0)
     assert 0 < checkpoint(run)["global_step"] < STEPS

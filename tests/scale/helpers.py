@@ -68,7 +68,7 @@ def train_here(args: list[str], run: Path) -> None:
     from saelab.runner import train
     from tests.conftest import compose_config
 
-    train(compose_config(args, run))
+    train(compose_config([a for a in args if not a.startswith("hydra.run.dir=")], run))
 
 
 def start_train_py(args: list[str]) -> subprocess.Popen:

@@ -14,7 +14,7 @@ import json
 import pytest
 import torch
 
-from .helpers import checkpoint, kill_when, saved_step, start_train_py, train_py
+from .helpers import checkpoint, kill_when, saved_step, start_train_py, train_here, train_py
 
 STEPS = 60
 STREAM = [
@@ -53,7 +53,7 @@ def _state(run) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_stream_kill_9_then_rerun_ends_with_identical_weights(tmp_path):
     reference = tmp_path / "uninterrupted"
-    train_py([*STREAM, f"checkpoint_every_n_steps={STEPS}", f"hydra.run.dir={reference}"])
+    train_here([*STREAM, f"checkpoint_every_n_steps={STEPS}"], reference)
 
     run = tmp_path / "killed"
     args = [*STREAM, "checkpoint_every_n_steps=5", f"hydra.run.dir={run}"]
