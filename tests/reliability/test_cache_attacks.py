@@ -19,7 +19,7 @@ import pytest
 from saelab.data.batches import ActivationLoader
 from saelab.data.cache import MANIFEST, VERIFIED, ActivationCache, CacheError
 from tests.data.test_cache import _builder, _spec
-from tests.data.test_resume import BUILD, ROOT, _finish, _run
+from tests.data.test_resume import BUILD, ROOT, _finish, _run, build_here
 from tests.scale.helpers import env
 
 from .conftest import flip_byte, nan_bytes
@@ -92,7 +92,7 @@ def test_a_damaged_shard_record_of_an_interrupted_build_is_redone(cache, caplog)
 # --- kill -9 at more points of the build (tests/data/test_resume.py kills after shard 3) ----
 @pytest.fixture(scope="module")
 def reference_build(tmp_path_factory) -> Path:
-    return _finish(_run(tmp_path_factory.mktemp("reference")))
+    return build_here(tmp_path_factory.mktemp("reference"))
 
 
 def _same_cache(a: Path, b: Path) -> None:
