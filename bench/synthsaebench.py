@@ -124,8 +124,11 @@ def train_saelab(family: str, l0: int, seed: int, args, folder: Path) -> dict:
         "eval_tokens=0",
         *args.saelab_override,
     ]
-    train(compose(overrides, folder))
-    return {"lr": json.loads((folder / "config.json").read_text())["sae"]["lr"]}
+    from omegaconf import OmegaConf
+
+    cfg = compose(overrides, folder)
+    train(cfg)
+    return {"lr": OmegaConf.to_object(cfg.sae).lr}  # the family's default, resolved
 
 
 class Batches:
