@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .jumprelu import JumpReLUConfig, JumpReLUSAE
+from .jumprelu import JumpReLUSAE
 from .objective import Step, Sync
 from .registry import Family, register
 from .sparse import Selection, above, topk_batch
@@ -57,15 +57,7 @@ class BatchTopKSAE(TopKSAE):
                 "BatchTopK has no positive inference threshold yet (it is estimated during "
                 "training); train it before exporting it as a JumpReLU SAE."
             )
-        cfg = self.cfg
-        out = JumpReLUSAE(
-            JumpReLUConfig(
-                d_in=self.d_in,
-                d_sae=self.d_sae,
-                transcoder=cfg.transcoder,
-                skip_connection=cfg.skip_connection,
-            )
-        ).to(self.W_dec)
+        out = JumpReLUSAE.shaped_like(self)
         out.W_enc.copy_(self.W_enc)
         out.W_dec.copy_(self.W_dec)
         out.b_dec.copy_(self.b_dec)

@@ -111,6 +111,19 @@ class JumpReLUSAE(SAE):
         # (``threshold_init``); 1e-3 is the paper's.
         self.log_threshold = nn.Parameter(torch.full((self.d_sae,), math.log(1e-3)))
 
+    @classmethod
+    def shaped_like(cls, sae: SAE) -> JumpReLUSAE:
+        """A fresh JumpReLU SAE with ``sae``'s shape, transcoder form, dtype and device: what
+        another family's export fills in."""
+        cfg = sae.cfg
+        config = JumpReLUConfig(
+            d_in=sae.d_in,
+            d_sae=sae.d_sae,
+            transcoder=cfg.transcoder,
+            skip_connection=cfg.skip_connection,
+        )
+        return cls(config).to(sae.W_dec)
+
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()

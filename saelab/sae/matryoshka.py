@@ -35,38 +35,37 @@ class MatryoshkaSAE(BatchTopKSAE):
     config_class = MatryoshkaConfig
 
 
-def prefix_ends(fractions: list[float], d_sae: int) -> list[int]:
-    """m_1 < ... < m_G = d_sae from the prefix fractions."""
-    return [round(f * d_sae) for f in fractions]
-
-
-def check_prefix_fractions(cfg) -> None:
-    """A config's ``prefix_fractions``: increasing, the last 1.0, each prefix a latent longer."""
-    ends = cfg.prefix_ends()
-    ok = (
-        len(ends) >= 1
-        and cfg.prefix_fractions[-1] == 1
-        and all(a < b for a, b in zip([0, *ends], ends))
-    )
-    allowed = (
-        "increasing fractions in (0, 1] ending at 1.0, each prefix at least one latent "
-        f"longer than the last (d_sae={cfg.d_sae})"
-    )
-    check(cfg, "prefix_fractions", ok, allowed)
-
-
 @dataclass
-class MatryoshkaTrainConfig(BatchTopKTrainConfig, MatryoshkaConfig):
+class NestedPrefixConfig:
+    """The nested dictionaries' key: a mixin placed first among a Matryoshka family's training
+    config bases, so its check runs after the family's own."""
+
     prefix_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
     """Where the nested dictionaries end, as fractions of d_sae: increasing, the last 1.0. The
     latents before each end must reconstruct x by themselves."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_prefix_fractions(self)
+        ends = self.prefix_ends()
+        ok = (
+            len(ends) >= 1
+            and self.prefix_fractions[-1] == 1
+            and all(a < b for a, b in zip([0, *ends], ends))
+        )
+        allowed = (
+            "increasing fractions in (0, 1] ending at 1.0, each prefix at least one latent "
+            f"longer than the last (d_sae={self.d_sae})"
+        )
+        check(self, "prefix_fractions", ok, allowed)
 
     def prefix_ends(self) -> list[int]:
-        return prefix_ends(self.prefix_fractions, self.d_sae)
+        """m_1 < ... < m_G = d_sae."""
+        return [round(f * self.d_sae) for f in self.prefix_fractions]
+
+
+@dataclass
+class MatryoshkaTrainConfig(NestedPrefixConfig, BatchTopKTrainConfig, MatryoshkaConfig):
+    pass
 
 
 class NestedPrefixes:

@@ -14,12 +14,12 @@ exported as one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .jumprelu import JumpReLUConfig, JumpReLUObjective, JumpReLUSAE, JumpReLUTrainConfig
-from .matryoshka import NestedPrefixes, check_prefix_fractions, prefix_ends
+from .matryoshka import NestedPrefixConfig, NestedPrefixes
 from .registry import Family, register
 
 
@@ -34,31 +34,16 @@ class MatryoshkaJumpReLUSAE(JumpReLUSAE):
     @torch.no_grad()
     def export_form(self) -> JumpReLUSAE:
         """The same parameters in a plain JumpReLU SAE: nothing about inference is nested."""
-        cfg = self.cfg
-        out = JumpReLUSAE(
-            JumpReLUConfig(
-                d_in=self.d_in,
-                d_sae=self.d_sae,
-                transcoder=cfg.transcoder,
-                skip_connection=cfg.skip_connection,
-            )
-        ).to(self.W_dec)
+        out = JumpReLUSAE.shaped_like(self)
         out.load_state_dict(self.state_dict())
         return out
 
 
 @dataclass
-class MatryoshkaJumpReLUTrainConfig(JumpReLUTrainConfig, MatryoshkaJumpReLUConfig):
-    prefix_fractions: list[float] = field(default_factory=lambda: [0.0625, 0.125, 0.25, 0.5, 1.0])
-    """Where the nested dictionaries end, as fractions of d_sae: increasing, the last 1.0. The
-    latents before each end must reconstruct x by themselves."""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_prefix_fractions(self)
-
-    def prefix_ends(self) -> list[int]:
-        return prefix_ends(self.prefix_fractions, self.d_sae)
+class MatryoshkaJumpReLUTrainConfig(
+    NestedPrefixConfig, JumpReLUTrainConfig, MatryoshkaJumpReLUConfig
+):
+    pass
 
 
 class MatryoshkaJumpReLUObjective(NestedPrefixes, JumpReLUObjective):
