@@ -11,10 +11,10 @@ import torch
 from tests.scale.helpers import (
     checkpoint,
     kill_when,
+    rerun_here,
     saved_step,
     start_train_py,
     train_here,
-    train_py,
 )
 
 STEPS = 240
@@ -67,8 +67,7 @@ def test_kill_9_then_rerun_on_activation_files_ends_with_identical_weights(tmp_p
     run = tmp_path / "killed"
     kill_when(start_train_py(args(shards, run, 20)), lambda: saved_step(run) > 0)
     assert 0 < checkpoint(run)["global_step"] < STEPS
-    rerun = train_py(args(shards, run, 20))
-    assert "resuming from" in rerun.stderr + rerun.stdout
+    assert "resuming from" in rerun_here(args(shards, run, 20), run)
     whole, resumed = state(tmp_path / "whole"), state(run)
     assert whole.keys() == resumed.keys()
     for key, value in whole.items():

@@ -22,7 +22,7 @@ from saelab.lit.checkpoint_files import (
     find_verified,
 )
 from saelab.lit.checkpointing import AtomicCheckpointIO, find_checkpoint
-from tests.scale.helpers import ROOT, assert_same, env, kill_when, start_train_py, train_py
+from tests.scale.helpers import ROOT, assert_same, env, kill_when, rerun_here, start_train_py
 
 from .conftest import (
     DENSE,
@@ -129,8 +129,7 @@ def test_resume_after_damage_to_last_ckpt_takes_the_previous_and_ends_bit_for_bi
     last = run / "checkpoints" / "last.ckpt"
     kill_with_two_checkpoints(args, last)
     DAMAGE[damage](last)
-    done = train_py(args)
-    log = done.stdout + done.stderr
+    log = rerun_here(args, run)
     assert f"{last} is corrupt" in log and "resuming from" in log
     assert_same(final_state(run), dense_reference)
 
@@ -163,7 +162,7 @@ def test_a_full_disk_while_checkpointing_fails_naming_the_file_and_keeps_the_goo
     assert step_of(last) == good and find_checkpoint(run) == last  # the good one, verified
     assert not last.with_name("last.ckpt.tmp").exists()
     assert not (run / "sae").exists() and not (run / "metrics.json").exists()
-    train_py(args)  # space again: the same command finishes the run exactly
+    rerun_here(args, run)  # space again: the same command finishes the run exactly
     assert_same(final_state(run), dense_reference)
 
 

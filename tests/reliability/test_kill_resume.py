@@ -16,10 +16,10 @@ from saelab.sae.sparse import SPARSE_MAX_DENSITY
 from tests.scale.helpers import (
     assert_same,
     kill_when,
+    rerun_here,
     saved_step,
     start_train_py,
     train_here,
-    train_py,
 )
 
 from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state
@@ -27,13 +27,13 @@ from .conftest import DENSE, EVERY, SPARSE, STEPS, final_state
 
 def _killed_twice_then_finished(run, args) -> list[int]:
     """Kill right after the first checkpoint, rerun, kill again two checkpoints later, rerun
-    to the end; returns the steps the reruns resumed from."""
+    to the end (in this process: the kills are the attack); returns the steps the reruns
+    resumed from."""
     kill_when(start_train_py(args), lambda: saved_step(run) >= EVERY)
     first = saved_step(run)
     kill_when(start_train_py(args), lambda: saved_step(run) >= first + 2 * EVERY)
     second = saved_step(run)
-    done = train_py(args)
-    assert "resuming from" in done.stdout + done.stderr
+    assert "resuming from" in rerun_here(args, run)
     return [first, second]
 
 

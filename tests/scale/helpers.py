@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -69,6 +70,27 @@ def train_here(args: list[str], run: Path) -> None:
     from tests.conftest import compose_config
 
     train(compose_config([a for a in args if not a.startswith("hydra.run.dir=")], run))
+
+
+def rerun_here(args: list[str], run: Path) -> str:
+    """``python train.py *args`` run again in ``run``, in this process: the rerun that finishes
+    an attacked run (it resumes from the folder's checkpoint through the same runner code).
+    The attacks themselves (kill -9, SIGTERM, a full disk) stay real subprocesses, and one test
+    (tests/scale/test_resume.py) keeps the rerun a real command too. Returns what the rerun
+    logged ("resuming from ...", a fallback's warning)."""
+    records: list[str] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: records.append(record.getMessage())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        train_here(args, run)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    return "\n".join(records)
 
 
 def start_train_py(args: list[str]) -> subprocess.Popen:

@@ -14,7 +14,15 @@ import json
 import pytest
 import torch
 
-from .helpers import checkpoint, kill_when, saved_step, start_train_py, train_here, train_py
+from .helpers import (
+    checkpoint,
+    kill_when,
+    rerun_here,
+    saved_step,
+    start_train_py,
+    train_here,
+    train_py,
+)
 
 STEPS = 60
 STREAM = [
@@ -60,8 +68,7 @@ def test_stream_kill_9_then_rerun_ends_with_identical_weights(tmp_path):
     kill_when(start_train_py(args), lambda: saved_step(run) >= 15)
     killed_at = saved_step(run)
     assert 0 < killed_at < STEPS
-    rerun = train_py(args)
-    assert "resuming from" in rerun.stderr + rerun.stdout
+    assert "resuming from" in rerun_here(args, run)
     expected, got = _state(reference), _state(run)
     assert expected.keys() == got.keys()
     for key, value in expected.items():
