@@ -107,6 +107,24 @@ TINY_RUN = [
 ]
 
 
+def run_script(script: str, *args: str) -> int:
+    """``python <script> *args`` as the entry point's own ``__main__`` in this process: the
+    tool's whole work, its messages on this process's stdout/stderr (capsys reads them), its
+    exit code returned, without paying for another interpreter. Each CLI keeps at least one
+    test that runs it as a real program."""
+    import runpy
+    import sys
+    from unittest import mock
+
+    with mock.patch.object(sys, "argv", [script, *args]):
+        try:
+            runpy.run_path(str(CONF_DIR.parent / script), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+            return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
 def compose_config(overrides: list[str], output_dir) -> DictConfig:  # noqa: F821
     """The real Hydra config, composed as train.py would, with output_dir pointed at a tmp dir.
     Many tests compose the same overrides: each set is composed once (Hydra's compose is the

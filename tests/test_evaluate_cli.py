@@ -1,6 +1,7 @@
-"""`python evaluate.py` as a real subprocess on SAE files saved to disk: an identity SAE (as a
-SAELens folder and as a Gemma Scope params.npz) spliced into tiny-gemma-2 costs no loss, and the
-run writes eval.json and the feature-density picture beside the SAE."""
+"""`python evaluate.py` on SAE files saved to disk: an identity SAE (as a SAELens folder and as a
+Gemma Scope params.npz) spliced into tiny-gemma-2 costs no loss, and the run writes eval.json
+and the feature-density picture beside the SAE. Two tests run it as a real program; the rest
+run its ``__main__`` in the test's process (the same work and messages, one interpreter less)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch
 
 from saelab.io import save_gemma_scope_npz, save_sae
 from saelab.plots import save_density_histogram
+from tests.conftest import run_script
 from tests.test_evaluation import identity_sae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,19 +43,31 @@ def _evaluate(path: Path, *extra: str) -> subprocess.CompletedProcess:
     )
 
 
+def _evaluate_here(capsys, path: Path, *extra: str) -> tuple[int, str, str]:
+    """evaluate.py's ``__main__`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    code = run_script("evaluate.py", str(path), "--tokens", "300", "--context-length", "64", *extra)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["saelens", "gemma_scope"])
-def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
+def test_evaluate_cli_on_saved_identity_sae(tmp_path, capsys, fmt):
     sae = identity_sae(128)
     path = (
         save_sae(sae, tmp_path / "sae")
         if fmt == "saelens"
         else save_gemma_scope_npz(sae, tmp_path / "params.npz")
     )
-    done = _evaluate(path, "--site", "resid", "--layer", "12")
-    assert done.returncode == 0, done.stderr[-2000:]
+    if fmt == "saelens":  # the program itself
+        done = _evaluate(path, "--site", "resid", "--layer", "12")
+        code, err = done.returncode, done.stderr
+    else:
+        code, _, err = _evaluate_here(capsys, path, "--site", "resid", "--layer", "12")
+    assert code == 0, err[-2000:]
     # Off a terminal, a line saying what runs instead of a bar's carriage returns.
-    assert "evaluating on 300 held-out tokens" in done.stderr and "%|" not in done.stderr
+    assert "evaluating on 300 held-out tokens" in err and "%|" not in err
     out_dir = path if path.is_dir() else path.parent
     results = json.loads((out_dir / "eval.json").read_text())
     assert results["tokens"] >= 300 and results["site"] == "resid" and results["layer"] == 12
@@ -62,14 +76,12 @@ def test_evaluate_cli_on_saved_identity_sae(tmp_path, fmt):
     assert image.shape[0] > 100 and image.shape[1] > 100
 
 
-@pytest.mark.slow  # a subprocess or a multi-site cache: seconds
-def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path):
+def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path, capsys):
     path = save_sae(identity_sae(8), tmp_path / "sae")
-    done = _evaluate(path)
-    assert done.returncode != 0 and "--site and --layer" in done.stderr
+    code, _, err = _evaluate_here(capsys, path)
+    assert code == 2 and "--site and --layer" in err
 
 
-@pytest.mark.slow  # a subprocess
 @pytest.mark.parametrize(
     ("kw", "site", "message"),
     [
@@ -79,15 +91,14 @@ def test_evaluate_cli_needs_a_site_for_a_bare_sae_folder(tmp_path):
     ],
 )
 def test_an_sae_given_the_wrong_site_fails_in_one_line_and_writes_nothing(
-    tmp_path, kw, site, message
+    tmp_path, capsys, kw, site, message
 ):
     from tests.conftest import make_sae
 
     path = save_sae(make_sae("jumprelu", **kw), tmp_path / "sae")
     before = sorted(p.name for p in path.iterdir())
-    done = _evaluate(path, "--site", site, "--layer", "2")
-    assert done.returncode == 2 and message in done.stderr
-    assert "Traceback" not in done.stderr
+    code, _, err = _evaluate_here(capsys, path, "--site", site, "--layer", "2")  # no traceback:
+    assert code == 2 and message in err  # any other exception would have failed the test
     assert sorted(p.name for p in path.iterdir()) == before
 
 

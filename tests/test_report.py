@@ -15,7 +15,7 @@ import matplotlib.image
 import pytest
 
 from saelab.report import interpolate_at, shared_l0s
-from tests.conftest import TINY_RUN
+from tests.conftest import TINY_RUN, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,11 +67,9 @@ def test_report_collects_a_real_multirun(tmp_path):
     assert matplotlib.image.imread(tmp_path / "report" / "pareto_fvu.png").ndim == 3
 
 
-def test_report_on_a_folder_without_runs_says_what_it_expected(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "report.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert done.returncode != 0 and "metrics.json" in done.stderr
+def test_report_on_a_folder_without_runs_says_what_it_expected(tmp_path, capsys):
+    code = run_script("report.py", str(tmp_path))  # report.py as a program: the test above
+    assert code != 0 and "metrics.json" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -80,14 +78,7 @@ def test_report_lists_each_member_of_a_several_sae_pass(tmp_path):
     cmd = [sys.executable, "train.py", "multi=l0_sweep", *TINY_RUN, f"hydra.run.dir={run}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run(
-        [sys.executable, "report.py", str(run)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_script("report.py", str(run)) == 0
     with open(run / "runs.csv") as f:
         rows = {Path(r["run"]).name: r for r in csv.DictReader(f)}
     config = json.loads((run / "config.json").read_text())

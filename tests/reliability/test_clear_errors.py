@@ -5,8 +5,6 @@ a self-linking SAE path. Each is one error naming the file, field or flag and th
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +15,7 @@ from saelab.io import save_sae
 from saelab.lm.load import EMBEDDED, ModelLoadError, load_model
 from saelab.sae import load_sae
 from saelab.targets import resolve_target
-from tests.conftest import make_sae
-from tests.scale.helpers import ROOT, env
+from tests.conftest import make_sae, run_script
 
 
 @pytest.fixture
@@ -43,28 +40,13 @@ def test_no_tokens_to_evaluate_is_refused_before_anything_loads(sae_folder, toke
         evaluate_on_validation(load_sae(sae_folder), target.data_cfg, tokens, progress=False)
 
 
-@pytest.mark.slow
-def test_evaluate_py_refuses_tokens_0_and_keeps_eval_json(sae_folder):
+def test_evaluate_py_refuses_tokens_0_and_keeps_eval_json(sae_folder, capsys):
     (sae_folder / "eval.json").write_text('{"fvu": 0.1}')
-    done = subprocess.run(
-        [
-            sys.executable,
-            "evaluate.py",
-            str(sae_folder),
-            "--site",
-            "resid",
-            "--layer",
-            "1",
-            "--tokens",
-            "0",
-        ],
-        cwd=ROOT,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    code = run_script(
+        "evaluate.py", str(sae_folder), "--site", "resid", "--layer", "1", "--tokens", "0"
     )
-    assert done.returncode != 0 and "--tokens=0 is invalid" in done.stderr, done.stderr[-2000:]
+    err = capsys.readouterr().err
+    assert code != 0 and "--tokens=0 is invalid" in err, err[-2000:]
     assert (sae_folder / "eval.json").read_text() == '{"fvu": 0.1}'
 
 

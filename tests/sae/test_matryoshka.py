@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from saelab.sae import JumpReLUSAE, Step, load_sae
-from tests.conftest import make_training
+from tests.conftest import make_training, run_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,13 +83,8 @@ def _run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedPro
 
 
 def _main(script: str, *args: str) -> None:
-    """An entry point's own ``__main__`` in this process: the tool's whole work without paying
-    for another interpreter (train.py, run above as a program, checks the entry point itself)."""
-    import runpy
-    from unittest import mock
-
-    with mock.patch.object(sys, "argv", [script, *args]):
-        runpy.run_path(str(ROOT / script), run_name="__main__")  # exit != 0 raises SystemExit
+    # In this process (train.py, run above as a program, checks the entry point itself).
+    assert run_script(script, *args) == 0
 
 
 @pytest.mark.slow
