@@ -42,7 +42,7 @@ def test_the_smoke_steps_run_end_to_end_at_a_toy_shape_on_the_cpu(tmp_path):
     result = _smoke(
         [
             *("--shape", "toy", "--layer", "2", "--context", "128"),
-            *("--widths", "1024,2048", "--stream-widths", "1024", "--steps", "3"),
+            *("--widths", "1024", "--stream-widths", "1024", "--steps", "3"),
             *("--train-tokens", "32768"),  # a quarter of the GPU's budget: the same phases
             *("--folder", str(tmp_path / "model"), "--root", str(tmp_path / "scratch")),
             *("--out", str(table)),
@@ -58,7 +58,6 @@ def test_the_smoke_steps_run_end_to_end_at_a_toy_shape_on_the_cpu(tmp_path):
         "| caching pass resid@2",
         "| JumpReLU 1,024 latents on data=stream, batch 4096, 3 steps |",
         "| JumpReLU 1,024 latents on data=activations, batch 4096, 3 steps |",
-        "| JumpReLU 2,048 latents on data=activations, batch 4096, 3 steps |",
         "| total, data=stream (LM + SAE on one device) |",
     ):
         assert row in text, row
