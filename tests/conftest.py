@@ -21,20 +21,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-# Fixtures that take seconds to build (a trained run, a built cache) and serve several tests.
-# Every xdist worker builds its own copy of a session or module fixture, so the tests that share
-# one are sent to one worker (--dist loadgroup, pyproject.toml) and it is built once.
-SHARED_BUILDS = ("llama_run", "dense_reference", "uninterrupted", "one_process", "reference_build")
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        shared = [name for name in SHARED_BUILDS if name in item.fixturenames]
-        if shared:
-            item.add_marker(pytest.mark.xdist_group(shared[0]))
-
-
 FAMILIES = sorted(SAE_CLASSES)
 TINY = "tiny-gemma-2"
 
