@@ -94,11 +94,13 @@ class NestedPrefixes:
 
     def encode_sparse(self, sae, x: Tensor, step: Step) -> Encoded:
         enc = super().encode_sparse(sae, x, step)
-        cols = enc.sel.cols
-        decodes = [
-            decode_selected(enc.sel, enc.acts * (cols < end), sae.W_dec) + sae.b_dec
-            for end in self.ends
-        ]
+        sel, acts = enc.sel, enc.acts
+        decodes, x_hat, start = [], sae.b_dec, 0
+        for end in self.ends:  # cumulative: each selected entry decoded once, in its segment
+            part = (sel.cols >= start) & (sel.cols < end)
+            x_hat = x_hat + decode_selected(sel.subset(part), acts[part], sae.W_dec)
+            decodes.append(x_hat)
+            start = end
         return enc._replace(terms={**enc.terms, **self._prefix_term(step.target, decodes)})
 
 

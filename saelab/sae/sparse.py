@@ -56,6 +56,13 @@ class Selection(NamedTuple):
             shape
         )  # in place: one [B, d_sae]
 
+    def subset(self, keep: Tensor) -> Selection:
+        """The entries where ``keep`` [nnz] is set, still grouped by row in row order (the
+        same rows: a row with none left is an empty bag)."""
+        rows = self.rows[keep]
+        counts = torch.bincount(rows, minlength=self.offsets.shape[0])
+        return Selection(rows, self.cols[keep], torch.cumsum(counts, 0) - counts, self.values[keep])
+
 
 def _from_flat(flat: Tensor, z: Tensor) -> Selection:
     """A Selection from ascending flat indices into z."""

@@ -147,3 +147,15 @@ def test_selected_jumprelu_matches_the_dense_fused_function(kernel, per_latent_b
     _close(l0_s, l0)
     _close(gt, ref_gt)
     _close(gv, (g_f * (z > theta.detach()))[sel.rows, sel.cols])
+
+
+def test_a_subset_of_a_selection_decodes_as_the_selection_with_the_rest_weighted_zero():
+    z = torch.randn(6, 20, dtype=torch.float64)
+    sel = topk_rows(z, 5)
+    W_dec = torch.randn(20, 4, dtype=torch.float64)
+    keep = (sel.cols < 8) & (sel.rows != 2)  # row 2 keeps nothing: an empty bag, zeros
+    part = sel.subset(keep)
+    assert torch.equal(part.cols, sel.cols[keep]) and torch.equal(part.rows, sel.rows[keep])
+    got = decode_selected(part, sel.values[keep], W_dec)
+    torch.testing.assert_close(got, decode_selected(sel, sel.values * keep, W_dec))
+    assert torch.equal(got[2], torch.zeros(4, dtype=torch.float64))
