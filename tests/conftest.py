@@ -121,7 +121,10 @@ def run_script(script: str, *args: str) -> int:
             runpy.run_path(str(CONF_DIR.parent / script), run_name="__main__")
         except SystemExit as exit_:
             code = exit_.code
-            return code if isinstance(code, int) else (0 if code is None else 1)
+            if code is None or isinstance(code, int):
+                return code or 0
+            print(code, file=sys.stderr)  # what the interpreter prints for SystemExit("...")
+            return 1
     return 0
 
 

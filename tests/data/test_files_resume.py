@@ -1,6 +1,6 @@
 """data=files resumes exactly: kill -9 a train.py run on a folder of activation shards, rerun
-the same command, and end with the weights and Adam state of a run never interrupted (bitwise;
-one thread per process). The run spans several epochs, so the per-epoch reshuffle is resumed too."""
+the same run (in the test's process), and end with the weights and Adam state of a run never
+interrupted (bitwise; one torch thread everywhere). The run spans several epochs, so the per-epoch reshuffle is resumed too."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def test_sharded_folder_checkpoints_are_checksummed_and_rotated_too(tmp_path):
     assert find_verified(path) == folder / "previous.ckpt"
 
 
-# --- end to end: train.py, kill -9, damage, the same command again ------------------------
+# --- end to end: train.py, kill -9, damage, the same run again (rerun_here) ------------------
 def kill_with_two_checkpoints(args: list[str], last) -> None:
     """train.py killed once a previous.ckpt exists to fall back on and a last.ckpt to damage
     (a kill between a commit's two renames leaves none: the same command again moves past it)."""

@@ -159,3 +159,6 @@ def test_a_subset_of_a_selection_decodes_as_the_selection_with_the_rest_weighted
     got = decode_selected(part, sel.values[keep], W_dec)
     torch.testing.assert_close(got, decode_selected(sel, sel.values * keep, W_dec))
     assert torch.equal(got[2], torch.zeros(4, dtype=torch.float64))
+    none = sel.subset(torch.zeros_like(keep))  # nothing left: every row an empty bag
+    assert torch.equal(none.offsets, torch.zeros(6, dtype=none.offsets.dtype))
+    assert not decode_selected(none, sel.values[:0], W_dec).any()

@@ -64,12 +64,17 @@ def train_py(
 def train_here(args: list[str], run: Path) -> None:
     """The run ``python train.py *args hydra.run.dir=run`` makes, trained in this process: for
     the uninterrupted references that killed, resumed or multi-rank subprocess runs are compared
-    with (their own interpreter would only repeat the imports). The tests' one torch thread per
-    process equals the subprocesses' OMP_NUM_THREADS=1, so the arithmetic is the same."""
+    with (their own interpreter would only repeat the imports). One torch thread, as the
+    subprocesses' OMP_NUM_THREADS=1, so the arithmetic is the same (also under ``-n 0``)."""
     from saelab.runner import train
     from tests.conftest import compose_config
 
-    train(compose_config([a for a in args if not a.startswith("hydra.run.dir=")], run))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(compose_config([a for a in args if not a.startswith("hydra.run.dir=")], run))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def rerun_here(args: list[str], run: Path) -> str:

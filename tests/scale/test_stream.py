@@ -1,4 +1,4 @@
-"""data=stream through train.py as users run it. It resumes exactly: kill -9 a real train.py in the middle, rerun the same command, and
+"""data=stream through train.py as users run it. It resumes exactly: kill -9 a real train.py in the middle, rerun the same run (in the test's process), and
 end with the same weights, bit for bit, as a run that was never interrupted. The resumed run
 rebuilds its shuffle buffer from the checkpointed position (counting tokens, recomputing one
 window), so the LM's activations, their order and everything trained on them are the same.
