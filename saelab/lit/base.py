@@ -257,8 +257,7 @@ class SAELitModule(pl.LightningModule):
             self.density.copy_(self.sync.mean(l0.detach().float()) / self.sae.d_sae)
 
     def on_before_optimizer_step(self, optimizer) -> None:
-        step, total = self.global_step, self.total_steps()
-        scales = self.objective.update_scales(step, total, self.lr_lambda()(step))
+        scales = self.objective.update_scales(self.global_step, self.total_steps())
         params = dict(self.sae.named_parameters()) if scales else {}
         self.scaled = []
         for name, scale in scales.items():

@@ -198,11 +198,6 @@ class JumpReLUExperimental:
     every latent, every step."""
     aux_k: int | None = None
     """Dead latents used by AuxK; None means d_in // 2."""
-    encoder_lr_rewarm: bool = False
-    """After the warm-up, the encoder's lr (W_enc, b_enc, the thresholds) restarts at the peak
-    lr and decays linearly to 0 at the run's end, where the run's schedule has it at a fraction
-    of the peak by then (0.4 with the recipe's warm-up and decay); the dictionary keeps its own
-    (docs/maths.md §8.5)."""
 
 
 @dataclass
@@ -523,20 +518,12 @@ class JumpReLUObjective(Objective):
             return step.total
         return warmup
 
-    def update_scales(self, index: int, total: int, lr_factor: float) -> dict[str, float]:
-        warmup = self.warmup_length(Step(index=index, total=total))
-        if not 0 < warmup <= index:
+    def update_scales(self, index: int, total: int) -> dict[str, float]:
+        scale = self.cfg.decoder_lr_after_warmup
+        if scale == 1:
             return {}
-        scales = {}
-        if self.cfg.decoder_lr_after_warmup != 1:
-            scales["W_dec"] = self.cfg.decoder_lr_after_warmup
-        if self.ex.encoder_lr_rewarm and lr_factor > 0:
-            # The encoder's lr restarts at the peak at the hand-over and falls linearly to 0 at
-            # the end: its readout changes from per-token ranking to per-latent thresholds there
-            # and has to be refitted (docs/maths.md §8.5).
-            rewarm = (total - index) / (total - warmup) / lr_factor
-            scales.update(dict.fromkeys(("W_enc", "b_enc", "log_threshold"), rewarm))
-        return scales
+        warmup = self.warmup_length(Step(index=index, total=total))
+        return {"W_dec": scale} if 0 < warmup <= index else {}
 
     def warmup_l0(self, step: Step) -> float | None:
         """The L0 this step's thresholds are set to give the batch, or None after the warm-up."""

@@ -120,12 +120,10 @@ class Objective(nn.Module):
         rest train at the configured lr."""
         return {}
 
-    def update_scales(self, index: int, total: int, lr_factor: float) -> dict[str, float]:
+    def update_scales(self, index: int, total: int) -> dict[str, float]:
         """Named SAE parameters whose optimiser update at step ``index`` of ``total`` is scaled
-        by a factor (0: left as they are; over 1: a larger step than the schedule's, whose
-        multiplier of the base lr at this step is ``lr_factor``); the rest take the full step.
-        A function of the step alone, so a resumed run scales what the uninterrupted one
-        scaled."""
+        by a factor in [0, 1) (0: left as they are); the rest take the full step. A function of
+        the step alone, so a resumed run scales what the uninterrupted one scaled."""
         return {}
 
     @property

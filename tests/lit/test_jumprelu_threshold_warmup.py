@@ -135,23 +135,6 @@ def test_the_decoder_moves_at_its_own_rate_after_the_warm_up(tmp_path, scale):
     assert not torch.equal(record.log_threshold[4], record.log_threshold[-1])
 
 
-def test_the_encoder_lr_restarts_at_the_hand_over(tmp_path):
-    # 8 steps, the lr decaying linearly over the last 4 (factor (8 - i) / 4 at step i >= 4), the
-    # hand-over at step 6: there the run's factor is 1/2 and the encoder's restarted one is
-    # (8 - 6) / (8 - 6) = 1, so its first per-latent move is twice the plain run's.
-    extra = ("sae.lr_decay_fraction=0.5", "sae.decoder_lr_after_warmup=1")
-    rewarm, _ = _fit(
-        tmp_path / "rewarm", 0.75, extra=(*extra, "sae.experimental.encoder_lr_rewarm=true")
-    )
-    plain, _ = _fit(tmp_path / "plain", 0.75, extra=extra)
-    assert torch.equal(rewarm.W_enc[5], plain.W_enc[5]), "the warm-up is the same run"
-    moved = rewarm.W_enc[6] - rewarm.W_enc[5]
-    assert torch.allclose(moved, 2 * (plain.W_enc[6] - plain.W_enc[5]), rtol=1e-4, atol=1e-7)
-    assert moved.norm() > 0
-    # The dictionary keeps the run's schedule.
-    assert torch.equal(rewarm.W_dec[6], plain.W_dec[6])
-
-
 def test_warmup_without_an_l0_to_aim_at_is_refused(tmp_path):
     cfg = compose_config(["sae=jumprelu", *TINY_RUN, "sae.target_l0=null"], tmp_path)
     with pytest.raises(ValueError, match="threshold_warmup_fraction.*target_l0"):
