@@ -41,7 +41,7 @@ print as runs finish; the table of every selected result (old and new) prints at
 JumpReLU against the targets where a cell has both a JumpReLU and a TopK row.
 
 Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. tiny-llama is
-built (pretrained, about 50 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
+built (pretrained, about 45 min on a free core) by saelab.lm.pretrain.ensure_tiny_llama the first
 time a cell needs it.
 """
 

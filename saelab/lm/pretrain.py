@@ -253,7 +253,7 @@ TINY_LLAMA_ARGS = [
 
 
 def ensure_tiny_llama(out: str | Path = TINY_LLAMA_DIR) -> Path:
-    """The tiny-llama folder, pretrained first (about 50 minutes on a free core) if it is missing
+    """The tiny-llama folder, pretrained first (about 45 minutes on a free core) if it is missing
     or was built with other arguments than ``TINY_LLAMA_ARGS`` (its report says which). Built in
     ``<out>.partial`` and renamed when complete, so a stopped build never looks done."""
     out = Path(out).expanduser()
