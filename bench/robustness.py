@@ -284,6 +284,11 @@ def run(cell: str, family: str, variant: list[str], tokens: int, seed: int, curv
         m = train(compose_config(overrides, out))
         seconds = time.perf_counter() - start
         points = read_curve(out) if curve else None
+    if "interrupted" in m:  # a stopped run checkpoints and returns without validating
+        raise SystemExit(
+            f"{cell} {family}: training stopped ({m['interrupted']}) at step {m['steps']} of "
+            f"{steps}; no row recorded"
+        )
     if kind == "lm":
         scores = {
             "L0": m["eval/l0"],

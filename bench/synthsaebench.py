@@ -127,7 +127,12 @@ def train_saelab(family: str, l0: int, seed: int, args, folder: Path) -> dict:
     from omegaconf import OmegaConf
 
     cfg = compose(overrides, folder)
-    train(cfg)
+    result = train(cfg)
+    if "interrupted" in result:  # a stopped run checkpoints and returns without exporting
+        raise SystemExit(
+            f"saelab:{family}: training stopped ({result['interrupted']}) at step "
+            f"{result['steps']} of {steps}; no row recorded"
+        )
     return {"lr": OmegaConf.to_object(cfg.sae).lr}  # the family's default, resolved
 
 
