@@ -10,10 +10,11 @@ Cells (every one has a fixed half, `tune` or `heldout`, decided here and never b
     ... saelab's default synthetic problem          iid (tune) / iid-b (heldout, wider, noisy)
 
 Every run: width 1,024, batch 1,024, the budget's tokens (1M = 977 steps), L0 target 32 on LM
-cells and the true L0 on synthetic ones (JumpReLU `sae.target_l0`, TopK/BatchTopK `sae.k`). All
-three families train with JumpReLU's optimiser settings: Adam lr 3e-3 (JumpReLU's default at
-1,024 latents, scaled 1/sqrt(width) elsewhere), beta1 0.9, beta2 0.999; TopK/BatchTopK keep
-their Adam eps 6.25e-10 and AuxK (aux_k = d_in/2, 1/32). LM cells cache 1,048,576 training
+cells and the true L0 on synthetic ones (JumpReLU `sae.target_l0`, TopK/BatchTopK `sae.k`).
+JumpReLU trains with its defaults (Adam lr 3e-3 x sqrt(256 / d_in) at 1,024 latents: 4.2e-3 on
+tiny-gemma-2, 3e-3 on tiny-llama, 6e-3 on the 64-wide synthetic problems; beta1 0.9, beta2
+0.999); TopK/BatchTopK at Adam lr 3e-3, beta1 0.9, with their Adam eps 6.25e-10 and AuxK
+(aux_k = d_in/2, 1/32). LM cells cache 1,048,576 training
 tokens (3M tokens = 3 passes) and report the end-of-run evaluation with the SAE spliced into the
 LM on 8,192 held-out tokens (FVU, L0, dead = never fired there, delta LM loss); synthetic cells
 report validation on 65,536 tokens (FVU, L0, dead, MMCS, recovered = true features whose best
@@ -130,7 +131,8 @@ CELLS: dict[str, tuple[str, str, int, list[str]]] = {
         ],
     ),
 }
-# JumpReLU's optimiser settings for every family (lr null = 3e-3 at 1,024 latents for JumpReLU).
+# TopK and BatchTopK at lr 3e-3 (the best TopK measured at 1,024 latents) and beta1 0.9; JumpReLU
+# keeps its own default lr (3e-3 x sqrt(256 / d_in) at 1,024 latents).
 OPTIMISER = ["sae.lr=3e-3", "sae.adam_beta1=0.9"]
 FAMILIES = {
     "jumprelu": ["sae=jumprelu", "sae.target_l0={L0}"],

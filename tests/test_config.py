@@ -219,3 +219,17 @@ def test_jumprelus_recipe_is_a_handful_of_keys_and_the_rest_one_experimental_gro
     assert not research & set(own), "a research option beside the recipe's keys"
     yaml = OmegaConf.load(CONF_DIR / "sae" / "jumprelu.yaml")
     assert "experimental" not in yaml, "the recipe's yaml sets no research option"
+
+
+@pytest.mark.parametrize("family", ["jumprelu", "matryoshka_jumprelu"])
+def test_jumprelu_default_lr_follows_width_and_d_in(family, tmp_path):
+    """3e-3 at 1,024 latents on 256 dimensions, 1/sqrt in each (docs/maths.md §3.6)."""
+    lrs = {}
+    for d_in, expansion in [(64, 16), (256, 4), (256, 16), (128, 8)]:
+        overrides = [f"sae={family}", f"data.d_in={d_in}", f"sae.expansion_factor={expansion}"]
+        _, module = build(compose_config(overrides, tmp_path / f"{d_in}x{expansion}"))
+        lrs[d_in, d_in * expansion] = module.cfg.lr
+    assert lrs[256, 1024] == pytest.approx(3e-3)
+    assert lrs[64, 1024] == pytest.approx(6e-3)  # a quarter of the width: twice the lr
+    assert lrs[256, 4096] == pytest.approx(1.5e-3)  # four times the latents: half the lr
+    assert lrs[128, 1024] == pytest.approx(3e-3 * 2**0.5)

@@ -139,9 +139,10 @@ class JumpReLUSAE(SAE):
 
 
 # --- training ------------------------------------------------------------------------------------
-JUMPRELU_LR_AT_1024 = 3e-3
-"""Best of 1e-3 / 3e-3 / 5e-3 / 1e-2 at d_sae = 1024 and 2M tokens (docs/results.md, "Choosing eps
-and lambda"); TopK was best at 3e-3 too."""
+JUMPRELU_LR = 3e-3
+"""Adam lr at d_sae = 1,024 latents on activations d_in = 256 wide, scaled as 1/sqrt(d_sae) and
+1/sqrt(d_in) elsewhere (4.2e-3 on tiny-gemma-2's 128): chosen on the tune half of the
+robustness matrix (docs/maths.md §3.6, docs/robustness.md)."""
 
 
 PREACT_COEFFICIENT = 1e-3
@@ -242,7 +243,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Research options (``JumpReLUExperimental``), not part of the recipe."""
 
     def default_lr(self) -> float:
-        return width_scaled_lr(self, JUMPRELU_LR_AT_1024, 1024)
+        return width_scaled_lr(self, JUMPRELU_LR, 1024, d_in=256)
 
     def __post_init__(self) -> None:
         if isinstance(self.experimental, dict):  # from a checkpoint's or export's hparams
