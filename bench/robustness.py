@@ -11,9 +11,9 @@ Cells (every one has a fixed half, `tune` or `heldout`, decided here and never b
 
 Every run: width 1,024, batch 1,024, the budget's tokens (1M = 977 steps), L0 target 32 on LM
 cells and the true L0 on synthetic ones (JumpReLU `sae.target_l0`, TopK/BatchTopK `sae.k`).
-JumpReLU trains with its defaults (Adam lr 3e-3 x sqrt(256 / d_in) at 1,024 latents: 4.2e-3 on
-tiny-gemma-2, 3e-3 on tiny-llama, 6e-3 on the 64-wide synthetic problems; beta1 0.9, beta2
-0.999); TopK/BatchTopK at Adam lr 3e-3, beta1 0.9, with their Adam eps 6.25e-10 and AuxK
+Every family trains with JumpReLU's optimiser: its default Adam lr (3e-3 x sqrt(256 / d_in) at
+1,024 latents: 4.2e-3 on tiny-gemma-2, 3e-3 on tiny-llama, 6e-3 on the 64-wide synthetic
+problems), beta1 0.9, beta2 0.999; TopK/BatchTopK keep their Adam eps 6.25e-10 and AuxK
 (aux_k = d_in/2, 1/32). LM cells cache 1,048,576 training
 tokens (3M tokens = 3 passes) and report the end-of-run evaluation with the SAE spliced into the
 LM on 8,192 held-out tokens (FVU, L0, dead = never fired there, delta LM loss); synthetic cells
@@ -131,9 +131,9 @@ CELLS: dict[str, tuple[str, str, int, list[str]]] = {
         ],
     ),
 }
-# TopK and BatchTopK at lr 3e-3 (the best TopK measured at 1,024 latents) and beta1 0.9; JumpReLU
-# keeps its own default lr (3e-3 x sqrt(256 / d_in) at 1,024 latents).
-OPTIMISER = ["sae.lr=3e-3", "sae.adam_beta1=0.9"]
+# TopK and BatchTopK train at the lr JumpReLU's default gives the cell ({JR_LR}) and beta1 0.9, so
+# every family of a cell has the same optimiser.
+OPTIMISER = ["sae.lr={JR_LR}", "sae.adam_beta1=0.9"]
 FAMILIES = {
     "jumprelu": ["sae=jumprelu", "sae.target_l0={L0}"],
     "topk": ["sae=topk", "sae.k={L0}", *OPTIMISER],
@@ -195,6 +195,17 @@ def recipe(overrides: list[str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def jumprelu_lr(cell_overrides: list[str]) -> float:
+    """JumpReLU's default lr on this cell (it depends on d_in, read from the cell's data or
+    model), at the matrix's width."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    cfg = compose_config([*SHARED, *cell_overrides, "sae=jumprelu"], "/robustness-lr")
+    return OmegaConf.to_object(cfg.sae).lr
+
+
 def run_key(cell: str, family: str, tokens: int, seed: int, recipe: str) -> str:
     # The variant's name is a label: two names with the same resolved config are the same run.
     return f"{cell}|{family}|{tokens}|{seed}|{recipe}"
@@ -206,6 +217,8 @@ def overrides_for(
     _, _, l0, cell_overrides = CELLS[cell]
     steps = max(1, round(tokens / BATCH))
     names = {"L0": l0, "STEPS": steps, "TOKENS": steps * BATCH, "WIDTH": WIDTH, "BATCH": BATCH}
+    if any("{JR_LR}" in o for o in FAMILIES[family]):
+        names["JR_LR"] = jumprelu_lr(cell_overrides)
 
     def sub(o: str) -> str:
         # {expression} in names above, e.g. {L0} or {int(100 * WIDTH / L0)}: the user's own
