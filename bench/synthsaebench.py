@@ -274,13 +274,14 @@ def commit() -> str | None:
 def table(results: list[dict]) -> str:
     keys = ("f1", "mcc", "uniqueness", "explained_variance", "l0", "dead", "train_s")
     lines = [
-        "| L0 | SAE | F1 | MCC | uniqueness | var. explained | L0 measured | dead | s/run | seeds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| L0 | SAE | lr | F1 | MCC | uniqueness | var. explained | L0 measured | dead | s/run | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    # Rows at another lr (a changed default, an override) are another group, never averaged in.
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["target_l0"], r["row"]), []).append(r)
-    for (l0, row), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        groups.setdefault((r["target_l0"], r["row"], r["lr"]), []).append(r)
+    for (l0, row, lr), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         cells = []
         for k in keys:
             values = [float(r[k]) for r in rs]
@@ -288,7 +289,7 @@ def table(results: list[dict]) -> str:
             spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 and k != "dead" else ""
             fmt = {"l0": ".1f", "dead": ".0f", "train_s": ".0f"}.get(k, ".4f")
             cells.append(f"{mean:{fmt}}{spread if k not in ('l0', 'train_s') else ''}")
-        lines.append(f"| {l0} | {row} | " + " | ".join(cells) + f" | {len(rs)} |")
+        lines.append(f"| {l0} | {row} | {lr:.2g} | " + " | ".join(cells) + f" | {len(rs)} |")
     return "\n".join(lines)
 
 

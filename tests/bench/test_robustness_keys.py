@@ -118,3 +118,22 @@ def test_a_curve_point_carries_the_thresholds_last_logged_at_or_before_it(tmp_pa
     assert [p["theta_max"] for p in curve] == [13.0, 19.0]
     assert [p["lambda"] for p in curve] == [-3.0, -9.0]
     assert "theta_median" not in curve[0], "a tag the run did not log is left out"
+
+
+def test_every_family_of_a_cell_trains_at_jumprelus_lr_for_that_cell():
+    """JumpReLU's default lr follows d_in; TopK and BatchTopK must follow it cell by cell, or the
+    matrix would compare families at different step sizes."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import compose_config
+
+    bench = _bench()
+    seen = set()
+    for cell in ("syn-plc", "gemma-resid-L6"):
+        lrs = {}
+        for family in ("jumprelu", "topk", "batchtopk"):
+            overrides, _ = bench.overrides_for(cell, family, [], 1024 * 10, 0)
+            lrs[family] = OmegaConf.to_object(compose_config(overrides, "/x").sae).lr
+        assert lrs["topk"] == lrs["batchtopk"] == pytest.approx(lrs["jumprelu"]), (cell, lrs)
+        seen.add(round(lrs["jumprelu"], 8))
+    assert len(seen) == 2  # 64 and 128 dimensions: two lrs, so the test sees the rule act
