@@ -3,17 +3,7 @@ another lr (a changed default, an override) is its own line, never averaged in."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("ssb", ROOT / "bench" / "synthsaebench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench.synthsaebench import table
 
 
 def _row(seed, lr, f1):
@@ -24,7 +14,7 @@ def _row(seed, lr, f1):
 
 def test_rows_at_another_lr_are_not_averaged_in():
     rows = [_row(0, 1.5e-3, 0.4), _row(1, 1.5e-3, 0.6), _row(0, 8.7e-4, 0.9)]
-    lines = [line for line in _bench().table(rows).splitlines() if "saelab:jumprelu" in line]
+    lines = [line for line in table(rows).splitlines() if "saelab:jumprelu" in line]
     assert len(lines) == 2
     by_lr = {line.split(" | ")[2]: line for line in lines}
     assert set(by_lr) == {"0.0015", "0.00087"}
