@@ -230,6 +230,6 @@ def test_jumprelu_default_lr_follows_width_and_d_in(family, tmp_path):
         _, module = build(compose_config(overrides, tmp_path / f"{d_in}x{expansion}"))
         lrs[d_in, d_in * expansion] = module.cfg.lr
     assert lrs[256, 1024] == pytest.approx(3e-3)
-    assert lrs[64, 1024] == pytest.approx(6e-3)  # a quarter of the width: twice the lr
+    assert lrs[64, 1024] == pytest.approx(6e-3)  # a quarter of d_in: twice the lr
     assert lrs[256, 4096] == pytest.approx(1.5e-3)  # four times the latents: half the lr
     assert lrs[128, 1024] == pytest.approx(3e-3 * 2**0.5)
