@@ -252,6 +252,7 @@ def run_one(row: str, l0: int, seed: int, args, dm) -> dict:
         "width": args.width,
         "batch": args.batch,
         "variant": args.variant,
+        "overrides": args.saelab_override if kind == "saelab" else [],
         "device": args.device,
         "commit": commit(),
         **info,
@@ -277,10 +278,12 @@ def table(results: list[dict]) -> str:
         "| L0 | SAE | lr | F1 | MCC | uniqueness | var. explained | L0 measured | dead | s/run | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    # Rows at another lr (a changed default, an override) are another group, never averaged in.
+    # Rows at another lr or with other overrides are another group, never averaged in.
     groups: dict[tuple, list[dict]] = {}
     for r in results:
-        groups.setdefault((r["target_l0"], r["row"], r["lr"]), []).append(r)
+        extra = " ".join(o for o in r.get("overrides", []) if not o.startswith("sae.lr="))
+        row = f"{r['row']} ({extra})" if extra else r["row"]
+        groups.setdefault((r["target_l0"], row, r["lr"]), []).append(r)
     for (l0, row, lr), rs in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
         cells = []
         for k in keys:
