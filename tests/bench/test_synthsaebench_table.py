@@ -20,3 +20,13 @@ def test_rows_at_another_lr_are_not_averaged_in():
     assert set(by_lr) == {"0.0015", "0.00087"}
     assert "| 0.5000 ± 0.1414 |" in by_lr["0.0015"] and by_lr["0.0015"].endswith("| 2 |")
     assert "| 0.9000 |" in by_lr["0.00087"] and by_lr["0.00087"].endswith("| 1 |")
+
+
+def test_rows_with_other_overrides_are_their_own_line():
+    other = _row(1, 1.5e-3, 0.2) | {"overrides": ["sae.lr=1.5e-3", "sae.adam_beta1=0.9"]}
+    rows = [_row(0, 1.5e-3, 0.4), other]
+    lines = [line for line in table(rows).splitlines() if "saelab:jumprelu" in line]
+    assert len(lines) == 2
+    named = [line for line in lines if "(sae.adam_beta1=0.9)" in line]
+    assert len(named) == 1 and "sae.lr" not in named[0]  # the lr has its own column
+    assert "| 0.2000 |" in named[0] and named[0].endswith("| 1 |")
