@@ -135,10 +135,10 @@ def step_peak_memory(lit, x: torch.Tensor) -> int:
     the optimiser's state is persistent). Measured outside the Trainer, whose step starts with
     the previous step's leftovers still live, which would hide part of the rise."""
     sae = lit.sae.train()
-    x = lit.normalize(x)
-    dead = lit.dead_mask()
+    x, target = lit.normalize(x)
+    step = lit.current_step(x)
     with PeakMemory() as mem:
-        out = sae(x, dead_mask=dead)
+        out = sae(x, objective=lit.objective, step=step, target=target)
         out.loss.backward()
         del out
     sae.zero_grad(set_to_none=True)
@@ -173,6 +173,9 @@ class InMemory(pl.LightningDataModule):
 
     def sample_activations(self, n_tokens: int) -> torch.Tensor:
         return self.x[:n_tokens]
+
+    def mean_squared_norm(self, n_tokens: int, cols: slice | None = None, **_) -> float:
+        return float(self.x[:n_tokens, cols or slice(None)].double().pow(2).sum(1).mean())
 
     def train_dataloader(self):
         return _Repeat(self.x)

@@ -213,10 +213,10 @@ class SAELitModule(pl.LightningModule):
     def dead_mask(self) -> Tensor:
         return self.tokens_since_fired >= self._dead_window
 
-    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        x, target = self.normalize(batch)
+    def current_step(self, x: Tensor) -> Step:
+        """What the objective needs to know of this training step besides its batch ``x``."""
         density = float(self.density) if self.density >= 0 else None
-        step = Step(
+        return Step(
             index=self.global_step,
             total=self.total_steps(),
             sparsity_scale=self.sparsity_scale(),
@@ -224,6 +224,10 @@ class SAELitModule(pl.LightningModule):
             tokens_since_fired=self.tokens_since_fired,
             sparse=self.objective.wants_sparse(self.sae, x.device, density),
         )
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        x, target = self.normalize(batch)
+        step = self.current_step(x)
         out = self.sae(x, objective=self.objective, step=step, target=target)
         loss = out.loss
         self.track_firing(out.feature_acts)

@@ -305,8 +305,6 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
 # Entries of z the per-token warm-up's rate-matched thresholds copy (as z^T) at once: 16M, 64 MiB
 # of float32 values.
 PER_TOKEN_BLOCK_ELEMENTS = 1 << 24
-# Columns selected from at once, so a block's largest count is close to its others'.
-PER_TOKEN_BLOCK_COLUMNS = 16
 
 
 # The hand-over average spans at most this fraction of the warm-up: its first steps set thresholds
@@ -562,24 +560,26 @@ class JumpReLUObjective(Objective):
         counts = (z >= rows[:, None]).sum(0)
         counts = (self.sync.mean(counts.double()) * self.sync.world_size).round().long()
         n = z.shape[0] * self.sync.world_size
-        # Columns in blocks, in order of their counts: a block's top-(c + 1) reaches only its own
-        # largest count, so the many rarely kept latents never pay for the few kept on most
-        # rows (which need nearly a whole column sorted). Columns are read as rows of z^T
-        # (contiguous memory: about a third faster on a CPU than z's strided columns), one
-        # bounded slab of columns at a time, so the transient stays bounded too.
+        # Columns in blocks by their counts, one block per power of two that c + 1 reaches: a
+        # block's top-(c + 1) reaches at most twice any of its columns' own, so the many rarely
+        # kept latents never pay for the few kept on most rows (which need nearly a whole
+        # column sorted), and a step runs about log2(rows) blocks, not one per few columns.
+        # Columns are read as rows of z^T (contiguous memory: about a third faster on a CPU than
+        # z's strided columns), one bounded slab of columns at a time, so the transient stays
+        # bounded too.
         slab = max(1, PER_TOKEN_BLOCK_ELEMENTS // z.shape[0])
-        width = min(PER_TOKEN_BLOCK_COLUMNS, slab)
         theta = torch.empty(z.shape[1], dtype=z.dtype, device=z.device)
         for s0 in range(0, z.shape[1], slab):
             z_t = z[:, s0 : s0 + slab].t().contiguous()
             slab_counts = counts[s0 : s0 + slab]
-            # The same order on every rank: counts are synced. Each block's largest count is
-            # its last, read from the device once per slab, not once per block.
+            # The same order and blocks on every rank: counts are synced. The blocks' sizes and
+            # largest counts are read from the device once per slab, not once per block.
             sorted_counts, order = slab_counts.sort(stable=True)
-            starts = range(0, z_t.shape[0], width)
-            tops = sorted_counts[[min(j + width, z_t.shape[0]) - 1 for j in starts]].tolist()
-            for j, top in zip(starts, tops):
-                cols = order[j : j + width]
+            octave = torch.frexp((sorted_counts + 1).double()).exponent  # 2^(e-1) <= c+1 < 2^e
+            ends = torch.unique_consecutive(octave, return_counts=True)[1].cumsum(0)
+            ends, tops = torch.stack([ends, sorted_counts[ends - 1]]).tolist()
+            for j0, j1, top in zip([0, *ends[:-1]], ends, tops):
+                cols = order[j0:j1]
                 theta[s0 + cols] = self._column_kth(
                     z_t.index_select(0, cols), slab_counts[cols], top + 1
                 )
