@@ -165,6 +165,7 @@ def fit_module(datamodule, module, steps: int = 6, callbacks=()):
     trainer = pl.Trainer(
         max_steps=steps,
         logger=False,
+        log_every_n_steps=1,  # train/* is logged on the steps Lightning writes: every one here
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -74,7 +74,7 @@ class NonFiniteGuard(pl.Callback):
     def _message(self, trainer, pl_module, loss_step, bad_params, saving) -> str:
         step = trainer.global_step
         if loss_step >= 0:
-            terms = _bad_terms(trainer.callback_metrics)
+            terms = _bad_terms(getattr(pl_module, "loss_terms", {}))
             what = f"the training loss became non-finite at step {loss_step}" + (
                 f" ({', '.join(terms)})" if terms else ""
             )

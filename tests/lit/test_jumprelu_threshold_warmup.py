@@ -94,6 +94,7 @@ def _fit(tmp_path, warmup: float, steps: int = 8, extra: tuple[str, ...] = ()):
     trainer = pl.Trainer(
         max_steps=steps,
         logger=False,
+        log_every_n_steps=1,  # train/* is logged on the steps Lightning writes: here every one
         enable_checkpointing=False,
         callbacks=[record],
         enable_progress_bar=False,

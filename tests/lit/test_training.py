@@ -138,3 +138,37 @@ def test_the_preact_loss_reads_the_trainers_firing_count(tmp_path):
     trainer = fit_module(datamodule, module, steps=3)
     assert module.tokens_since_fired[:3].min() == 3 * 256
     assert trainer.callback_metrics["train/loss/preact"] > 1.0
+
+
+def test_train_values_are_logged_on_the_steps_lightning_writes_and_are_those_steps(tmp_path):
+    """train/* is logged only on the steps Lightning writes (every log_every_n_steps): each
+    value written is its own step's, not one left over from an earlier step."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    class Losses(pl.Callback):
+        def __init__(self):
+            self.losses = []
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            self.losses.append(float(outputs["loss"]))
+
+    datamodule, module = build(compose_config(["sae=topk", *TINY_RUN], tmp_path / "run"))
+    record = Losses()
+    trainer = pl.Trainer(
+        max_steps=10,
+        log_every_n_steps=4,
+        logger=TensorBoardLogger(tmp_path, name="tb", version=0),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        callbacks=[record],
+    )
+    trainer.fit(module, datamodule=datamodule)
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"scalars": 0})
+    acc.Reload()
+    written = [(e.step, e.value) for e in acc.Scalars("train/loss")]
+    assert [step for step, _ in written] == [3, 7]  # the 4th and 8th steps
+    assert [value for _, value in written] == pytest.approx([record.losses[3], record.losses[7]])
+    assert len(set(record.losses)) == 10, "every step's loss differs, so a stale value shows"
