@@ -222,8 +222,8 @@ def test_jumprelus_recipe_is_a_handful_of_keys_and_the_rest_one_experimental_gro
 
 
 @pytest.mark.parametrize("family", ["jumprelu", "matryoshka_jumprelu"])
-def test_jumprelu_default_lr_follows_width_and_d_in(family, tmp_path):
-    """3e-3 at 1,024 latents on 256 dimensions, 1/sqrt in each (docs/maths.md §3.6)."""
+def test_jumprelu_default_lr_follows_d_in_not_width(family, tmp_path):
+    """3e-3 on 256 dimensions, 1/sqrt(d_in), the same at every width (docs/maths.md §3.6)."""
     lrs = {}
     for d_in, expansion in [(64, 16), (256, 4), (256, 16), (128, 8)]:
         overrides = [f"sae={family}", f"data.d_in={d_in}", f"sae.expansion_factor={expansion}"]
@@ -231,5 +231,5 @@ def test_jumprelu_default_lr_follows_width_and_d_in(family, tmp_path):
         lrs[d_in, d_in * expansion] = module.cfg.lr
     assert lrs[256, 1024] == pytest.approx(3e-3)
     assert lrs[64, 1024] == pytest.approx(6e-3)  # a quarter of d_in: twice the lr
-    assert lrs[256, 4096] == pytest.approx(1.5e-3)  # four times the latents: half the lr
+    assert lrs[256, 4096] == pytest.approx(3e-3)  # four times the latents: the same lr
     assert lrs[128, 1024] == pytest.approx(3e-3 * 2**0.5)

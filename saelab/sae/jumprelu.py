@@ -33,7 +33,7 @@ from .kernels import KERNEL_SUPPORT, KERNELS
 from .objective import Encoded, Objective, Step, Sync
 from .registry import Family, register
 from .sparse import SelectedJumpReLU, above, encode_selected, use_sparse, where
-from .train_config import TrainConfig, check, width_scaled_lr
+from .train_config import TrainConfig, check
 
 
 # --- the paper's estimators, op by op (the reference the fused passes are tested against) -------
@@ -140,9 +140,11 @@ class JumpReLUSAE(SAE):
 
 # --- training ------------------------------------------------------------------------------------
 JUMPRELU_LR = 3e-3
-"""Adam lr at d_sae = 1,024 latents on activations d_in = 256 wide, scaled as 1/sqrt(d_sae) and
-1/sqrt(d_in) elsewhere (4.2e-3 on tiny-gemma-2's 128): chosen on the tune half of the
-robustness matrix (docs/maths.md §3.6, docs/robustness.md)."""
+"""Adam lr on activations d_in = 256 wide, scaled as 1/sqrt(d_in) elsewhere (4.2e-3 on
+tiny-gemma-2's 128) and the same at every width: an Adam step turns a unit-norm row of d_in
+coordinates by about lr * sqrt(d_in), while a wider dictionary's latents each see fewer tokens
+and already move less per step (docs/maths.md §3.6). Chosen on the tune half of the robustness
+matrix (docs/robustness.md)."""
 
 
 PREACT_COEFFICIENT = 1e-3
@@ -243,7 +245,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Research options (``JumpReLUExperimental``), not part of the recipe."""
 
     def default_lr(self) -> float:
-        return width_scaled_lr(self, JUMPRELU_LR, 1024, d_in=256)
+        return JUMPRELU_LR / math.sqrt(self.d_in / 256)
 
     def __post_init__(self) -> None:
         if isinstance(self.experimental, dict):  # from a checkpoint's or export's hparams

@@ -82,10 +82,7 @@ def require_finite(cfg: object) -> None:
             check(cfg, field.name, math.isfinite(value), "a finite number")
 
 
-def width_scaled_lr(cfg, lr_at: float, width: int, d_in: int | None = None) -> float:
+def width_scaled_lr(cfg, lr_at: float, width: int) -> float:
     """Adam lr for this config's d_sae, scaled as 1/sqrt(d_sae) (Gao et al. 2024's rule) from
-    its value ``lr_at`` at d_sae = ``width``; with ``d_in`` given, also as 1/sqrt(d_in) from
-    its value at that d_in, because an Adam step turns a unit-norm row of d_in coordinates by
-    about lr * sqrt(d_in) (docs/maths.md §3.6)."""
-    lr = lr_at / math.sqrt(cfg.d_sae / width)
-    return lr if d_in is None else lr / math.sqrt(cfg.d_in / d_in)
+    its value ``lr_at`` at d_sae = ``width`` (docs/maths.md §3.6)."""
+    return lr_at / math.sqrt(cfg.d_sae / width)
