@@ -11,8 +11,8 @@ Cells (every one has a fixed half, `tune` or `heldout`, decided here and never b
 
 Every run: width 1,024, batch 1,024, the budget's tokens (1M = 977 steps), L0 target 32 on LM
 cells and the true L0 on synthetic ones (JumpReLU `sae.target_l0`, TopK/BatchTopK `sae.k`). Every
-family trains with JumpReLU's optimiser: its default Adam lr (3e-3 x sqrt(256 / d_in) at 1,024
-latents: 4.2e-3 on tiny-gemma-2, 3e-3 on tiny-llama, 6e-3 on the 64-wide synthetic problems),
+family trains with JumpReLU's optimiser: its default Adam lr (3e-3 x sqrt(256 / d_in) at any
+width: 4.2e-3 on tiny-gemma-2, 3e-3 on tiny-llama, 6e-3 on the 64-wide synthetic problems),
 beta1 0.9, beta2 0.999; TopK/BatchTopK keep their Adam eps 6.25e-10 and AuxK (aux_k = d_in/2,
 1/32). LM cells cache 1,048,576 training tokens (3M tokens = 3 passes) and report the end-of-run
 evaluation with the SAE spliced into the LM on 8,192 held-out tokens (FVU, L0, dead = never fired
