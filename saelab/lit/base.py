@@ -232,14 +232,12 @@ class SAELitModule(pl.LightningModule):
         loss = out.loss
         self.track_firing(out.feature_acts)
         self.track_density(out.metrics["l0"])
-        # The loss terms the non-finite guard names if this step's loss is NaN/inf.
-        self.loss_terms = {self.tag(f"train/loss/{k}"): v.detach() for k, v in out.losses.items()}
-        self.loss_terms[self.tag("train/loss")] = loss.detach()
+        # Also what the non-finite guard names if this step's loss is NaN/inf.
+        self.loss_terms = {f"train/loss/{k}": v.detach() for k, v in out.losses.items()}
+        self.loss_terms["train/loss"] = loss.detach()
         after = self.objective.after_step(self.sae, out, step)  # state updates: every step
         if self.logs_this_step():
-            logs = {f"train/loss/{k}": v.detach() for k, v in out.losses.items()}
-            logs.update({f"train/{k}": v for k, v in out.metrics.items()})
-            logs["train/loss"] = loss.detach()
+            logs = {**self.loss_terms, **{f"train/{k}": v for k, v in out.metrics.items()}}
             logs["train/dead_fraction"] = step.dead_mask.float().mean()
             logs["train/sparsity_scale"] = step.sparsity_scale
             logs.update({f"train/{k}": v for k, v in after.items()})

@@ -88,7 +88,9 @@ class MultiSAELit(pl.LightningModule):
     # --- training ---------------------------------------------------------------------------
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
         loss = sum(member.training_step(batch, batch_idx) for member in self.members.values())
-        self.loss_terms = {k: v for m in self.members.values() for k, v in m.loss_terms.items()}
+        self.loss_terms = {
+            m.tag(k): v for m in self.members.values() for k, v in m.loss_terms.items()
+        }
         return loss
 
     def configure_gradient_clipping(
