@@ -37,6 +37,7 @@ from saelab.lit import (
 from saelab.lit.checkpointing import CHECKPOINT, checkpoint_step
 from saelab.lit.guards import NonFiniteGuard
 from saelab.lit.progress import StepProgressBar
+from saelab.lit.repetition import RepeatedDataWarning
 from saelab.run_checks import check_run_folder, clear_run_folder
 from saelab.summary import run_summary
 
@@ -122,6 +123,7 @@ def _callbacks(
         stopper,
         SameRunFolder(output_dir),
         FeatureRecoveryCallback(),
+        RepeatedDataWarning(),
     ]
     if logger:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
