@@ -10,8 +10,9 @@ requested L0 for every run, and the same held-out evaluation with the SAE splice
 
 Each run prints as it finishes; a table of means over seeds follows.
 
-Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. Note the
-default cache holds 524,288 training tokens, so budgets above that revisit it (8M = 16 passes).
+Runs through the real Hydra configs and saelab.runner.train, exactly like train.py. It reads a
+cache of 524,288 training tokens (the one its figures were measured on), so budgets above that
+revisit it (8M = 16 passes; docs/activation-cache.md#how-many-passes).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SHARED = [
     "++trainer.enable_progress_bar=false",
     "++trainer.enable_model_summary=false",
     "data.progress=false",
+    "data.train_tokens=524288",  # the cache docs/results.md's figures were measured on
     "export=false",
     "sae.expansion_factor=8",
 ]
