@@ -10,6 +10,7 @@ the two. Usage:
 
     python bench/passes.py                                   # 524,288, 1,048,576 and 2,097,152
     python bench/passes.py --train-tokens 2097152 --runs outputs/<date>/<time>
+    python bench/passes.py --train-tokens 2097152 layer=6 sae.d_sae=4096   # any train.py overrides
 
 Results and what they mean: docs/activation-cache.md#how-many-passes.
 """
@@ -37,12 +38,13 @@ from tests.conftest import compose_config  # noqa: E402
 SAMPLE_ROWS = 16_384
 
 
-def train(out: Path, train_tokens: int) -> float:
+def train(out: Path, train_tokens: int, extra: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(
         [
             sys.executable,
             str(ROOT / "train.py"),
+            *extra,
             f"data.train_tokens={train_tokens}",
             f"hydra.run.dir={out}",
             "data.progress=false",
@@ -72,8 +74,8 @@ def spread_rows(cache) -> torch.Tensor:
     return torch.cat([cache.read(s, s + block) for s in starts])
 
 
-def measure(run: Path, train_tokens: int) -> dict:
-    cfg = compose_config([f"data.train_tokens={train_tokens}"], run)
+def measure(run: Path, train_tokens: int, extra: list[str]) -> dict:
+    cfg = compose_config([*extra, f"data.train_tokens={train_tokens}"], run)
     data = OmegaConf.to_object(cfg.data).build()
     data.prepare_data()
     held_out = torch.cat(list(data.val_dataloader()))
@@ -102,6 +104,9 @@ def main(argv=None) -> None:
         "--runs", nargs="*", default=None, help="existing run folders, one per --train-tokens"
     )
     parser.add_argument("--out", default="outputs/passes", help="where new runs are written")
+    parser.add_argument(
+        "overrides", nargs="*", help="train.py overrides for every run (default: the main job)"
+    )
     args = parser.parse_args(argv)
     if args.runs is not None and len(args.runs) != len(args.train_tokens):
         parser.error("--runs takes one run folder per --train-tokens value")
@@ -115,8 +120,8 @@ def main(argv=None) -> None:
             run, seconds = Path(args.runs[i]), None
         else:
             run = Path(args.out) / f"train_tokens_{tokens}"
-            seconds = train(run, tokens)
-        r = measure(run, tokens)
+            seconds = train(run, tokens, args.overrides)
+        r = measure(run, tokens, args.overrides)
         took = "-" if seconds is None else f"{seconds:.0f}"
         print(
             f"| {tokens:,} | {r['passes']:.1f} | {r['train_l0']:.1f} / {r['train_fvu']:.4f} | "
