@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# The cache docs/transcoders.md's figures were measured on (the main job's before it grew).
-CACHE = ["data.train_tokens=524288"]
 VARIANTS = {
     "transcoder": ["site=transcoder"],
     "skip transcoder": ["site=transcoder", "sae.skip_connection=true"],
@@ -57,7 +55,7 @@ def main(argv=None) -> None:
         for name in args.variants.split(","):
             extra = VARIANTS[name]
             folder = args.out / f"{family}-{name.replace(' ', '_')}"
-            result, seconds = run(folder, [f"sae={family}", *extra, *CACHE, *args.overrides])
+            result, seconds = run(folder, [f"sae={family}", *extra, *args.overrides])
             print(
                 f"| {family} | {name} | {result['l0']:.1f} | {result['fvu']:.4f} | "
                 f"{result['delta_lm_loss']:.4f} | {result['kl_div']:.4f} | "
