@@ -95,7 +95,11 @@ def measure(run: Path, train_tokens: int, extra: list[str]) -> dict:
     }
 
 
-def main(argv=None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The bench's options and train.py's overrides. Overrides (key=value) are taken out first:
+    argparse would otherwise read one that follows --train-tokens or --runs as a value of it."""
+    argv = sys.argv[1:] if argv is None else argv
+    overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--train-tokens", type=int, nargs="+", default=[524_288, 1_048_576, 2_097_152]
@@ -107,9 +111,15 @@ def main(argv=None) -> None:
     parser.add_argument(
         "overrides", nargs="*", help="train.py overrides for every run (default: the main job)"
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_args([a for a in argv if a not in overrides])
+    args.overrides = [*overrides, *args.overrides]
     if args.runs is not None and len(args.runs) != len(args.train_tokens):
         parser.error("--runs takes one run folder per --train-tokens value")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     print(
         "| data.train_tokens | passes | training rows: L0 / FVU | held out: L0 / FVU | "
         "delta LM loss | s/run |"
