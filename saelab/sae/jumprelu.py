@@ -147,6 +147,15 @@ and already move less per step (docs/maths.md §3.6). Chosen on the tune half of
 matrix (docs/robustness.md)."""
 
 
+def threshold_lr_scale(d_in: int) -> float:
+    """The thresholds' lr over the rest of the SAE's, sqrt(d_in / 256): 1 on 256-dimensional
+    activations, 0.71 on tiny-gemma-2's 128, 1.7 on SynthSAEBench's 768. Adam moves log theta
+    by about its lr a step, a relative change; it keeps pace with pre-activations that move by
+    about lr * sqrt(d_in) only if the lr rule's 1/sqrt(d_in) is taken back off it
+    (docs/maths.md §8.9)."""
+    return math.sqrt(d_in / 256)
+
+
 PREACT_COEFFICIENT = 1e-3
 """The pre-activation loss's weight when a run aims at an L0: chosen on the tune half of the
 robustness matrix (docs/robustness.md)."""
@@ -185,7 +194,8 @@ class JumpReLUExperimental:
     average spans at most a quarter of the warm-up (``warmup_decay``)."""
     threshold_lr_scale: float | None = None
     """The thresholds' learning rate as a multiple of ``lr``, in their own Adam parameter group
-    (docs/maths.md §8.9); None = 1, one group."""
+    (docs/maths.md §8.9). None = the recipe's sqrt(d_in / 256), which takes the lr rule's
+    1/sqrt(d_in) back off the thresholds; 1 = one lr for every parameter (the paper's)."""
     threshold_grad: str = "autodiff"
     """'autodiff': d/dlog_threshold by the chain rule through exp (SAELens, the JAX port);
     'direct': the theta pseudo-derivative used as is for log_threshold (Anthropic's variant)."""
@@ -271,8 +281,9 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         require_choice(self, "experimental.target_l0_method", ("dual", "quadratic"))
         for key in ("quadratic_coefficient", "target_l0_lr", "target_l0_kp", "preact_window"):
             check(self, f"experimental.{key}", getattr(ex, key) >= 0, "a number >= 0")
-        scale = ex.threshold_lr_scale
-        check(self, "experimental.threshold_lr_scale", scale is None or scale > 0, "> 0 or null")
+        if ex.threshold_lr_scale is None:
+            ex.threshold_lr_scale = threshold_lr_scale(self.d_in)
+        check(self, "experimental.threshold_lr_scale", ex.threshold_lr_scale > 0, "> 0 or null")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
         ema = ex.threshold_warmup_ema
@@ -617,8 +628,7 @@ class JumpReLUObjective(Objective):
         return theta.float().clamp_min(1e-6)
 
     def lr_scales(self) -> dict[str, float]:
-        scale = self.ex.threshold_lr_scale
-        return {} if scale is None else {"log_threshold": scale}
+        return {"log_threshold": self.ex.threshold_lr_scale}
 
     # --- after the step ----------------------------------------------------------------------
     def after_optimizer_step(self, sae: JumpReLUSAE) -> None:

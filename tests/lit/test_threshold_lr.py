@@ -1,5 +1,6 @@
-"""`sae.threshold_lr_scale`: JumpReLU's thresholds in their own Adam group at lr x scale, the rest
-of the SAE untouched; multi-SAE runs keep one schedule per group."""
+"""`sae.experimental.threshold_lr_scale`: JumpReLU's thresholds in their own Adam group at lr x
+scale, the rest of the SAE untouched; by default the scale is sqrt(d_in / 256); multi-SAE runs keep
+one schedule per group."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _one_step(tmp_path, scale) -> tuple[dict, dict, torch.optim.Optimizer]:
 
 
 def test_thresholds_step_at_the_scaled_rate_and_nothing_else_changes(tmp_path):
-    before, plain, optimizer = _one_step(tmp_path / "plain", "null")  # the default: one group
+    before, plain, optimizer = _one_step(tmp_path / "plain", 1)  # one lr for all: one group
     assert len(optimizer.param_groups) == 1
     before_s, scaled, optimizer_s = _one_step(tmp_path / "scaled", 0.1)
     for name in before:
@@ -41,6 +42,25 @@ def test_thresholds_step_at_the_scaled_rate_and_nothing_else_changes(tmp_path):
     torch.testing.assert_close(step_s[moved], 0.1 * step[moved], rtol=1e-3, atol=1e-9)
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         torch.testing.assert_close(scaled[name], plain[name])
+
+
+@pytest.mark.parametrize("width", [64, 256])
+def test_the_default_scale_takes_the_d_in_factor_off_the_thresholds(tmp_path, width):
+    # The thresholds' lr is the lr rule's value at d_in = 256 whatever d_in: lr x sqrt(d_in / 256).
+    cfg = compose_config([*RUN, f"data.d_in={width}"], tmp_path)
+    _, module = build(cfg)
+    groups = module.optimizer_groups()
+    lr = module.cfg.lr
+    assert lr == pytest.approx(3e-3 * (256 / width) ** 0.5)  # the default lr rule
+    theta = module.sae.log_threshold
+    threshold_lrs = [g["lr"] for g in groups if any(p is theta for p in g["params"])]
+    assert threshold_lrs == [pytest.approx(3e-3)]
+    assert len(groups) == (1 if width == 256 else 2)
+
+
+def test_the_papers_recipe_keeps_one_lr(tmp_path):
+    _, module = build(compose_config([*RUN, "sae=jumprelu_paper"], tmp_path))
+    assert len(module.optimizer_groups()) == 1
 
 
 def test_bad_scale_is_refused(tmp_path):
