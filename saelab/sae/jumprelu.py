@@ -147,12 +147,11 @@ and already move less per step (docs/maths.md §3.6). Chosen on the tune half of
 matrix (docs/robustness.md)."""
 
 
-def threshold_lr_scale(d_in: int) -> float:
-    """The thresholds' lr over the rest of the SAE's, sqrt(d_in / 256): 1 on 256-dimensional
-    activations, 0.71 on tiny-gemma-2's 128, 1.7 on SynthSAEBench's 768. Adam moves log theta
-    by about its lr a step, a relative change; it keeps pace with pre-activations that move by
-    about lr * sqrt(d_in) only if the lr rule's 1/sqrt(d_in) is taken back off it
-    (docs/maths.md §8.9)."""
+def d_in_factor(d_in: int) -> float:
+    """sqrt(d_in / 256): the default lr is JUMPRELU_LR divided by it, and the thresholds' lr is
+    the lr multiplied by it, so they step at JUMPRELU_LR at every d_in. Adam moves log theta by
+    about its lr a step, a relative change; it keeps pace with pre-activations that move by about
+    lr * sqrt(d_in) only if the lr rule's 1/sqrt(d_in) is taken back off it (docs/maths.md §8.9)."""
     return math.sqrt(d_in / 256)
 
 
@@ -255,7 +254,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
     """Research options (``JumpReLUExperimental``), not part of the recipe."""
 
     def default_lr(self) -> float:
-        return JUMPRELU_LR / math.sqrt(self.d_in / 256)
+        return JUMPRELU_LR / d_in_factor(self.d_in)
 
     def __post_init__(self) -> None:
         if isinstance(self.experimental, dict):  # from a checkpoint's or export's hparams
@@ -282,7 +281,7 @@ class JumpReLUTrainConfig(TrainConfig, JumpReLUConfig):
         for key in ("quadratic_coefficient", "target_l0_lr", "target_l0_kp", "preact_window"):
             check(self, f"experimental.{key}", getattr(ex, key) >= 0, "a number >= 0")
         if ex.threshold_lr_scale is None:
-            ex.threshold_lr_scale = threshold_lr_scale(self.d_in)
+            ex.threshold_lr_scale = d_in_factor(self.d_in)
         check(self, "experimental.threshold_lr_scale", ex.threshold_lr_scale > 0, "> 0 or null")
         frac = self.threshold_warmup_fraction
         check(self, "threshold_warmup_fraction", 0 <= frac <= 1, "in [0, 1]")
