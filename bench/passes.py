@@ -6,11 +6,17 @@ or reads the run folder given with ``--runs``), then scores the exported SAE wit
 L0 and FVU metrics on two sets of rows: 16,384 rows spread over the run's training
 cache (rows it trained on, each as often as the others) and the validation rows (held out, the
 ones the run's summary reports). An SAE that fits what it revisits shows it as a gap between
-the two. Usage:
+the two. With ``--unseen-tokens N`` it also scores rows of the same split that the run never
+read: the cache of N tokens of that split holds the run's cache's shards first (the builder
+fills shards in corpus order) and then new ones, whose rows are the training text's own
+distribution without the repetition. That tells a gap from fitting the revisited rows (unseen
+rows score like held-out ones) from one between the two splits' texts (they score like the
+training rows). Usage:
 
     python bench/passes.py                                   # 524,288, 1,048,576 and 2,097,152
     python bench/passes.py --train-tokens 2097152 --runs outputs/<date>/<time>
     python bench/passes.py --train-tokens 2097152 layer=6 sae.d_sae=4096   # any train.py overrides
+    python bench/passes.py --train-tokens 1048576 --unseen-tokens 3000320 --runs <run folder>
 
 Results and what they mean: docs/activation-cache.md#how-many-passes.
 """
@@ -74,16 +80,49 @@ def spread_rows(cache) -> torch.Tensor:
     return torch.cat([cache.read(s, s + block) for s in starts])
 
 
-def measure(run: Path, train_tokens: int, extra: list[str]) -> dict:
+def train_cache(run: Path, train_tokens: int, extra: list[str]):
+    """The run's data module (its training cache built if absent)."""
     cfg = compose_config([*extra, f"data.train_tokens={train_tokens}"], run)
     data = OmegaConf.to_object(cfg.data).build()
     data.prepare_data()
+    return data
+
+
+def unseen_rows(seen, larger, rows: int = SAMPLE_ROWS, block: int = 512) -> torch.Tensor:
+    """``rows`` rows, in blocks of ``block``, spread over the shards of ``larger`` past those of
+    ``seen`` (the run's cache). The shard that ends ``seen`` may be partial, and its counterpart
+    in ``larger`` holds more rows shuffled differently, so it is skipped too."""
+    if not torch.equal(seen.read(0, block), larger.read(0, block)):
+        raise SystemExit(
+            "--unseen-tokens: the larger cache does not start with the run's cache (another "
+            "corpus, model or shuffle_seed?); give the run's own overrides"
+        )
+    start = int(larger.offsets[len(seen.offsets) - 1])
+    if len(larger) - start < rows:
+        raise SystemExit(
+            f"--unseen-tokens: the larger cache holds {len(larger):,} rows, {len(larger) - start:,} "
+            f"past the run's {len(seen):,} (whole shards); it needs {rows:,}: ask for "
+            "more tokens (the corpus may hold fewer than asked: the build says so)"
+        )
+    starts = torch.linspace(start, len(larger) - block, rows // block).long().tolist()
+    return torch.cat([larger.read(s, s + block) for s in starts])
+
+
+def measure(
+    run: Path, train_tokens: int, extra: list[str], unseen_tokens: int | None = None
+) -> dict:
+    data = train_cache(run, train_tokens, extra)
     held_out = torch.cat(list(data.val_dataloader()))
     sae = load_sae(run / "sae")
     metrics = json.loads((run / "metrics.json").read_text())
     passes = metrics["train_tokens"] / len(data.train_cache)
     train_l0, train_fvu = score(sae, spread_rows(data.train_cache))
     val_l0, val_fvu = score(sae, held_out)
+    unseen = {}
+    if unseen_tokens is not None:
+        larger = train_cache(run, unseen_tokens, extra).train_cache
+        unseen_l0, unseen_fvu = score(sae, unseen_rows(data.train_cache, larger))
+        unseen = {"unseen_l0": unseen_l0, "unseen_fvu": unseen_fvu}
     return {
         "train_tokens": train_tokens,
         "passes": passes,
@@ -92,6 +131,7 @@ def measure(run: Path, train_tokens: int, extra: list[str]) -> dict:
         "val_l0": val_l0,
         "val_fvu": val_fvu,
         "delta_lm_loss": metrics.get("eval/delta_lm_loss"),
+        **unseen,
     }
 
 
@@ -107,6 +147,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--runs", nargs="*", default=None, help="existing run folders, one per --train-tokens"
     )
+    parser.add_argument(
+        "--unseen-tokens",
+        type=int,
+        default=None,
+        help="also score rows of the training split past the run's cache, from a cache of this "
+        "many tokens of it (built if absent)",
+    )
     parser.add_argument("--out", default="outputs/passes", help="where new runs are written")
     parser.add_argument(
         "overrides", nargs="*", help="train.py overrides for every run (default: the main job)"
@@ -120,22 +167,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    unseen = args.unseen_tokens is not None
     print(
-        "| data.train_tokens | passes | training rows: L0 / FVU | held out: L0 / FVU | "
-        "delta LM loss | s/run |"
+        "| data.train_tokens | passes | training rows: L0 / FVU | "
+        + ("unseen training-split rows: L0 / FVU | " if unseen else "")
+        + "held out: L0 / FVU | delta LM loss | s/run |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---" * (7 if unseen else 6) + "|")
     for i, tokens in enumerate(args.train_tokens):
         if args.runs is not None:
             run, seconds = Path(args.runs[i]), None
         else:
             run = Path(args.out) / f"train_tokens_{tokens}"
             seconds = train(run, tokens, args.overrides)
-        r = measure(run, tokens, args.overrides)
+        r = measure(run, tokens, args.overrides, args.unseen_tokens)
         took = "-" if seconds is None else f"{seconds:.0f}"
+        middle = f"{r['unseen_l0']:.1f} / {r['unseen_fvu']:.4f} | " if unseen else ""
         print(
             f"| {tokens:,} | {r['passes']:.1f} | {r['train_l0']:.1f} / {r['train_fvu']:.4f} | "
-            f"{r['val_l0']:.1f} / {r['val_fvu']:.4f} | {r['delta_lm_loss']:.4f} | {took} |",
+            f"{middle}{r['val_l0']:.1f} / {r['val_fvu']:.4f} | {r['delta_lm_loss']:.4f} | "
+            f"{took} |",
             flush=True,
         )
 
