@@ -9,9 +9,9 @@ ones the run's summary reports). An SAE that fits what it revisits shows it as a
 the two. With ``--unseen-tokens N`` it also scores rows of the same split that the run never
 read: the cache of N tokens of that split holds the run's cache's shards first (the builder
 fills shards in corpus order) and then new ones, whose rows are the training text's own
-distribution without the repetition. That tells a gap from fitting the revisited rows (unseen
-rows score like held-out ones) from one between the two splits' texts (they score like the
-training rows). Usage:
+distribution without the repetition. Unseen rows that score like the training rows make the
+gap a difference between the two splits' texts; unseen rows that score like the held-out ones,
+or worse, show an SAE fitted to the rows it revisits. Usage:
 
     python bench/passes.py                                   # 524,288, 1,048,576 and 2,097,152
     python bench/passes.py --train-tokens 2097152 --runs outputs/<date>/<time>
@@ -72,15 +72,16 @@ def score(sae, rows: torch.Tensor) -> tuple[float, float]:
     return float(l0.compute()), float(fvu.compute())
 
 
-def spread_rows(cache) -> torch.Tensor:
-    """SAMPLE_ROWS rows in 16 blocks spread evenly over the cache: its shards follow the
-    corpus's files, so its first rows would be a few modules, not the training data."""
-    block = SAMPLE_ROWS // 16
-    starts = torch.linspace(0, len(cache) - block, 16).long().tolist()
+def spread_rows(cache, start: int = 0, rows: int = SAMPLE_ROWS, blocks: int = 16) -> torch.Tensor:
+    """``rows`` rows in ``blocks`` blocks spread evenly over the cache's rows from ``start`` on:
+    its shards follow the corpus's files, so its first rows would be a few modules, not the
+    training data."""
+    block = rows // blocks
+    starts = torch.linspace(start, len(cache) - block, blocks).long().tolist()
     return torch.cat([cache.read(s, s + block) for s in starts])
 
 
-def train_cache(run: Path, train_tokens: int, extra: list[str]):
+def data_module(run: Path, train_tokens: int, extra: list[str]):
     """The run's data module (its training cache built if absent)."""
     cfg = compose_config([*extra, f"data.train_tokens={train_tokens}"], run)
     data = OmegaConf.to_object(cfg.data).build()
@@ -88,11 +89,12 @@ def train_cache(run: Path, train_tokens: int, extra: list[str]):
     return data
 
 
-def unseen_rows(seen, larger, rows: int = SAMPLE_ROWS, block: int = 512) -> torch.Tensor:
-    """``rows`` rows, in blocks of ``block``, spread over the shards of ``larger`` past those of
+def unseen_rows(seen, larger, rows: int = SAMPLE_ROWS, blocks: int = 32) -> torch.Tensor:
+    """``rows`` rows, in ``blocks`` blocks, spread over the shards of ``larger`` past those of
     ``seen`` (the run's cache). The shard that ends ``seen`` may be partial, and its counterpart
     in ``larger`` holds more rows shuffled differently, so it is skipped too."""
-    if not torch.equal(seen.read(0, block), larger.read(0, block)):
+    first = rows // blocks
+    if not torch.equal(seen.read(0, first), larger.read(0, first)):
         raise SystemExit(
             "--unseen-tokens: the larger cache does not start with the run's cache (another "
             "corpus, model or shuffle_seed?); give the run's own overrides"
@@ -104,14 +106,13 @@ def unseen_rows(seen, larger, rows: int = SAMPLE_ROWS, block: int = 512) -> torc
             f"past the run's {len(seen):,} (whole shards); it needs {rows:,}: ask for "
             "more tokens (the corpus may hold fewer than asked: the build says so)"
         )
-    starts = torch.linspace(start, len(larger) - block, rows // block).long().tolist()
-    return torch.cat([larger.read(s, s + block) for s in starts])
+    return spread_rows(larger, start, rows, blocks)
 
 
 def measure(
     run: Path, train_tokens: int, extra: list[str], unseen_tokens: int | None = None
 ) -> dict:
-    data = train_cache(run, train_tokens, extra)
+    data = data_module(run, train_tokens, extra)
     held_out = torch.cat(list(data.val_dataloader()))
     sae = load_sae(run / "sae")
     metrics = json.loads((run / "metrics.json").read_text())
@@ -120,7 +121,7 @@ def measure(
     val_l0, val_fvu = score(sae, held_out)
     unseen = {}
     if unseen_tokens is not None:
-        larger = train_cache(run, unseen_tokens, extra).train_cache
+        larger = data_module(run, unseen_tokens, extra).train_cache
         unseen_l0, unseen_fvu = score(sae, unseen_rows(data.train_cache, larger))
         unseen = {"unseen_l0": unseen_l0, "unseen_fvu": unseen_fvu}
     return {

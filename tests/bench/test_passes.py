@@ -66,7 +66,7 @@ def test_unseen_rows_are_the_larger_caches_rows_that_the_run_never_read(run_and_
     # The run's partial last shard has a counterpart in the larger cache that holds other rows
     # too, so the unseen rows start at the larger cache's fifth shard.
     seen, larger = run_and_larger
-    rows = unseen_rows(seen, larger, rows=512, block=64)
+    rows = unseen_rows(seen, larger, rows=512, blocks=8)
     assert rows.shape == (512, seen.d_in)
     unseen = _as_set(rows)
     # The run's rows are the larger cache's first four shards (its partial last shard among
@@ -84,6 +84,6 @@ def test_unseen_rows_refuses_another_cache_or_too_few_rows(run_and_larger, tmp_p
     seen, larger = run_and_larger
     (other,) = _caches(tmp_path, [2000], shuffle_seed=1)
     with pytest.raises(SystemExit, match="does not start with the run's cache"):
-        unseen_rows(seen, other, rows=512, block=64)
+        unseen_rows(seen, other, rows=512, blocks=8)
     with pytest.raises(SystemExit, match="976 past the run's 1,000"):
-        unseen_rows(seen, larger, rows=4096, block=64)
+        unseen_rows(seen, larger, rows=4096, blocks=8)
